@@ -1,0 +1,28 @@
+"""Errors the engine raises. The message of each is one line an administrator can act on."""
+
+
+class P2PFleetError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class ImageError(P2PFleetError):
+    """An image or target cannot be read or used as asked."""
+
+
+class TargetRefused(ImageError):
+    """Writing the target would be dangerous (mounted, running root, too small, wrong kind).
+
+    Raised before anything is opened for writing: the target is untouched.
+    """
+
+
+class ManifestError(P2PFleetError):
+    """A manifest or torrent is missing, corrupt, or does not describe the image."""
+
+
+class SwarmError(P2PFleetError):
+    """The swarm could not move the image (no peers, stalled, libtorrent reported an error)."""
+
+
+class VerifyError(P2PFleetError):
+    """The bytes on the target do not match the manifest."""
