@@ -1,0 +1,308 @@
+"""``p2pfleet``: the engine on the command line, for admins debugging and for the daemons.
+
+Every command prints one clear ``p2pfleet: error: …`` line and exits non-zero on failure.
+Progress is a bar on a terminal, plain lines otherwise, JSON lines with ``--json``.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from . import metainfo, verify
+from .errors import P2PFleetError, SwarmError, VerifyError
+from .image import claim_target
+from .swarm import Swarm, parse_endpoint
+
+DEFAULT_STATE_DIR = "/var/lib/p2pfleet/state" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/p2pfleet")
+MAX_REPAIR_ROUNDS = 3
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _on_signal(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _mib(n) -> str:
+    return f"{n / (1 << 20):,.1f} MiB"
+
+
+class Reporter:
+    """Shows progress: a redrawn bar on a terminal, a line per interval otherwise."""
+
+    def __init__(self, stream=None, as_json=False, interval=None):
+        self.stream = stream or sys.stderr
+        self.as_json = as_json
+        self.tty = self.stream.isatty() and not as_json
+        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self._last = 0.0
+
+    def _due(self, force):
+        now = time.monotonic()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+    def bytes(self, label, done, total, force=False):
+        if not self._due(force or done >= total):
+            return
+        if self.as_json:
+            self._line(json.dumps({"event": label, "bytes_done": done, "bytes_total": total}))
+        else:
+            self._show(f"{label}: {self._bar(done, total)} {_mib(done)} / {_mib(total)}", done >= total)
+
+    def job(self, progress, force=False):
+        if not self._due(force):
+            return
+        if self.as_json:
+            self._line(json.dumps({"event": "progress", **progress.as_dict()}))
+            return
+        eta = f" ETA {int(progress.eta) // 60}:{int(progress.eta) % 60:02d}" if progress.eta else ""
+        self._show(
+            f"{progress.kind} {progress.name}: {self._bar(progress.bytes_done, progress.bytes_total)} "
+            f"{progress.state} ↓ {_mib(progress.download_rate)}/s ↑ {_mib(progress.upload_rate)}/s "
+            f"peers {progress.peers}{eta}",
+            False,
+        )
+
+    def message(self, text):
+        self.end()
+        self._line(json.dumps({"event": "message", "text": text}) if self.as_json else text)
+
+    def end(self):
+        if self.tty and self._open:
+            self.stream.write("\n")
+            self._open = False
+
+    _open = False
+
+    @staticmethod
+    def _bar(done, total, width=30):
+        frac = done / total if total else 1.0
+        fill = int(frac * width)
+        return f"[{'#' * fill}{'.' * (width - fill)}] {100 * frac:5.1f}%"
+
+    def _show(self, text, final):
+        if self.tty:
+            self.stream.write("\r" + text + "\x1b[K")
+            self._open = True
+            if final:
+                self.end()
+            self.stream.flush()
+        else:
+            self._line(text)
+
+    def _line(self, text):
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _result(args, data):
+    """The command's outcome on stdout: JSON with --json, ``key: value`` lines otherwise."""
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value}")
+
+
+def cmd_manifest(args) -> int:
+    rep = Reporter(as_json=args.json)
+    started = time.monotonic()
+    manifest, changed = metainfo.create_manifest(
+        args.image, args.out, name=args.name,
+        piece_size=metainfo.parse_size(args.piece_size) if args.piece_size else None,
+        split_size=metainfo.parse_size(args.split_size) if args.split_size else None,
+        force=args.force,
+        progress=lambda d, t: rep.bytes("hashing", d, t),
+    )
+    rep.end()
+    seconds = time.monotonic() - started
+    _result(args, {
+        "manifest": manifest.path, "torrent": manifest.torrent_path, "info_hash": manifest.info_hash,
+        "image_size": manifest.image_size, "piece_size": manifest.piece_size,
+        "piece_count": manifest.piece_count, "files": len(manifest.files),
+        "digest": f"{manifest.digest_algorithm}:{manifest.digest}", "changed": changed,
+        "seconds": round(seconds, 3),
+    })
+    return 0
+
+
+def _endpoints(values):
+    return [parse_endpoint(v, default_host="127.0.0.1") for v in values or []]
+
+
+def cmd_seed(args) -> int:
+    rep = Reporter(as_json=args.json, interval=args.progress_interval)
+    manifest = metainfo.Manifest.load(args.manifest)
+    with Swarm(args.listen, upload_limit=args.upload_limit) as swarm:
+        started = time.monotonic()
+        job = swarm.seed(manifest, args.image, trackers=args.tracker or [], peers=_endpoints(args.peer),
+                         super_seeding=args.super_seed)
+        while job.snapshot().state != "seeding":
+            swarm.pump(0.05)
+            if job.error:
+                raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
+        rep.message(f"seeding {manifest.name} ({manifest.info_hash}) on port {swarm.listen_port}; "
+                    f"ready after {time.monotonic() - started:.3f} s")
+        while True:
+            swarm.pump(0.5)
+            snap = job.snapshot()
+            if job.error:
+                raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
+            rep.job(snap)
+
+
+def _wait_complete(swarm, job, rep, stall_timeout):
+    last_done, last_change = -1, time.monotonic()
+    while True:
+        swarm.pump(0.5)
+        snap = job.snapshot()
+        if job.error:
+            raise SwarmError(f"fetching {job.manifest.name} failed: {job.error}")
+        rep.job(snap)
+        if snap.complete:
+            rep.job(snap, force=True)
+            return snap
+        if snap.bytes_done != last_done:
+            last_done, last_change = snap.bytes_done, time.monotonic()
+        elif stall_timeout and time.monotonic() - last_change > stall_timeout:
+            why = f" (tracker: {job.tracker_error})" if job.tracker_error else ""
+            raise SwarmError(
+                f"no progress for {stall_timeout:g} s with {snap.peers} peers{why}; "
+                "resume data is saved, run the same command again to continue"
+            )
+
+
+def cmd_fetch(args) -> int:
+    if not args.tracker and not args.peer:
+        raise SwarmError("fetch needs --tracker URL or at least one --peer HOST:PORT")
+    rep = Reporter(as_json=args.json, interval=args.progress_interval)
+    manifest = metainfo.Manifest.load(args.manifest)
+    started = time.monotonic()
+    with claim_target(args.target, manifest.image_size, require_device=args.device) as target, \
+            Swarm(args.listen, upload_limit=args.upload_limit, download_limit=args.download_limit) as swarm:
+        job = swarm.fetch(manifest, target, args.state_dir, trackers=args.tracker or [], peers=_endpoints(args.peer))
+        resumed = job.snapshot().bytes_done
+        for _ in range(MAX_REPAIR_ROUNDS):
+            snap = _wait_complete(swarm, job, rep, args.stall_timeout)
+            rep.end()
+            target.sync()
+            try:
+                digest = verify.verify_target(manifest, target.path,
+                                              progress=lambda d, t: rep.bytes("verifying", d, t))
+                break
+            except VerifyError as exc:
+                rep.message(f"{exc}; checking pieces")
+                bad = verify.bad_pieces(manifest, target.path)
+                if not bad:
+                    raise
+                rep.message(f"{len(bad)} pieces are wrong on {target.path}; fetching them again")
+                swarm.refetch_pieces(job, bad)
+        else:
+            raise VerifyError(f"{target.path}: still wrong after {MAX_REPAIR_ROUNDS} repair rounds")
+        job.save_resume()
+        result = {
+            "target": target.path, "info_hash": manifest.info_hash, "image_size": manifest.image_size,
+            "resumed_bytes": resumed, "downloaded_bytes": snap.downloaded,
+            "seconds": round(time.monotonic() - started, 3),
+            "digest": f"{digest.algorithm}:{digest.value}", "verified": True,
+        }
+        _result(args, result)
+        sys.stdout.flush()
+        if args.keep_seeding:
+            rep.message(f"complete and verified; seeding {manifest.name} until stopped")
+            while True:
+                swarm.pump(0.5)
+                rep.job(job.snapshot())
+    return 0
+
+
+def cmd_verify(args) -> int:
+    rep = Reporter(as_json=args.json)
+    manifest = metainfo.Manifest.load(args.manifest)
+    started = time.monotonic()
+    try:
+        digest = verify.verify_target(manifest, args.target, progress=lambda d, t: rep.bytes("verifying", d, t))
+    except VerifyError:
+        rep.end()
+        if args.pieces:
+            bad = verify.bad_pieces(manifest, args.target)
+            _result(args, {"target": args.target, "verified": False, "bad_pieces": len(bad),
+                           "first_bad_pieces": bad[:20]})
+        raise
+    rep.end()
+    seconds = time.monotonic() - started
+    _result(args, {"target": args.target, "verified": True, "digest": f"{digest.algorithm}:{digest.value}",
+                   "seconds": round(seconds, 3),
+                   "mib_per_second": round(manifest.image_size / (1 << 20) / max(seconds, 1e-9), 1)})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2pfleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="progress and results as JSON lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("manifest", help="hash an image into a torrent and manifest")
+    p.add_argument("image", help="image file or block device")
+    p.add_argument("--out", required=True, help="directory for NAME.torrent and NAME.manifest.json")
+    p.add_argument("--name", help="image name (default: base name of IMAGE)")
+    p.add_argument("--piece-size", help="power of two, 16K..64M (default: 4M, raised for large images)")
+    p.add_argument("--split-size", help="expose the image as virtual files of this size (multiple of piece size)")
+    p.add_argument("--force", action="store_true", help="hash again even if the source looks unchanged")
+    p.set_defaults(func=cmd_manifest)
+
+    def swarm_options(p, listen_default):
+        p.add_argument("--listen", default=listen_default, help=f"HOST:PORT to accept peers on (default {listen_default})")
+        p.add_argument("--tracker", action="append", metavar="URL", help="announce URL (repeatable)")
+        p.add_argument("--peer", action="append", metavar="HOST:PORT", help="connect to this peer (repeatable)")
+        p.add_argument("--upload-limit", type=int, default=0, metavar="BYTES/S", help="0 = unlimited")
+        p.add_argument("--progress-interval", type=float, default=None, metavar="S")
+
+    p = sub.add_parser("seed", help="seed an image to the swarm (runs until stopped)")
+    p.add_argument("manifest")
+    p.add_argument("image", help="image file or block device holding the manifest's image")
+    p.add_argument("--super-seed", action="store_true", help="hand each peer distinct pieces (origin seeder)")
+    swarm_options(p, "0.0.0.0:6881")
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("fetch", help="download an image straight into a target, verify it")
+    p.add_argument("manifest")
+    p.add_argument("target", help="block device (partition) or image file to write")
+    p.add_argument("--device", action="store_true", help="refuse unless TARGET is a block device")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"resume data (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--download-limit", type=int, default=0, metavar="BYTES/S", help="0 = unlimited")
+    p.add_argument("--stall-timeout", type=float, default=300, metavar="S",
+                   help="give up after this long without progress (0 = never; default 300)")
+    p.add_argument("--keep-seeding", action="store_true", help="after verifying, seed until stopped")
+    swarm_options(p, "0.0.0.0:6882")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("verify", help="prove a target holds a manifest's image")
+    p.add_argument("manifest")
+    p.add_argument("target")
+    p.add_argument("--pieces", action="store_true", help="on mismatch, list the wrong pieces")
+    p.set_defaults(func=cmd_verify)
+
+    # subcommands registered by other modules
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+    try:
+        return args.func(args) or 0
+    except Interrupted as exc:
+        print(f"p2pfleet: stopped by {exc}", file=sys.stderr)
+        return 130
+    except P2PFleetError as exc:
+        print(f"p2pfleet: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,354 @@
+"""Manifests: the torrent and the JSON that describe one image.
+
+One read of the image produces everything: the SHA-1 of every piece (the v1 torrent) and
+the whole-image digest (what ``verify`` proves a target against). The manifest also keeps
+a fingerprint of the source, so asking again for the manifest of an unchanged image costs
+a stat, not a 256 GB read.
+
+Piece-size policy: pieces are 4 MiB at least by default and doubled until the piece
+count fits ``MAX_PIECES``; any power of two from 16 KiB to 64 MiB can be asked for, and a
+request that cannot fit is refused before a byte is hashed. An image can be exposed as
+several *virtual files* of a fixed size (a multiple of the piece size) that map back onto
+the one image at their offsets.
+"""
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from . import bencode
+from .errors import ImageError, ManifestError
+from .image import probe
+from .verify import DEFAULT_ALGORITHM, new_digest, read_blocks
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+MIN_PIECE = 16 * KIB
+DEFAULT_PIECE = 4 * MIB
+MAX_PIECE = 64 * MIB
+# 20 bytes of SHA-1 per piece: 262,144 pieces keep the .torrent near 5 MB, half of
+# libtorrent's default load limit (10 MB), with room for the file list of a split image.
+MAX_PIECES = 262_144
+MAX_FILES = 4096
+MANIFEST_FORMAT = 1
+CREATOR = "p2pfleet 0.1.0"
+MANIFEST_SUFFIX = ".manifest.json"
+SAMPLE_BLOCK = 64 * KIB
+SAMPLE_COUNT = 64
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.4g} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def parse_size(text) -> int:
+    """``4M``, ``64MiB``, ``256G``, ``1048576`` → bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace("IB", "").rstrip("B")
+    units = {"K": KIB, "M": MIB, "G": GIB, "T": 1 << 40}
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(s)
+    except ValueError:
+        raise ManifestError(f"invalid size {text!r}; use bytes or a binary unit such as 4M or 64G") from None
+
+
+def choose_piece_size(image_size: int, requested: int = None) -> int:
+    """The piece size for an image of ``image_size`` bytes (see the module docstring)."""
+    if image_size <= 0:
+        raise ManifestError("image is empty; nothing to distribute")
+    if requested is not None:
+        if requested < MIN_PIECE or requested > MAX_PIECE or requested & (requested - 1):
+            raise ManifestError(
+                f"piece size {requested} is not a power of two between "
+                f"{_human(MIN_PIECE)} and {_human(MAX_PIECE)}"
+            )
+        pieces = -(-image_size // requested)
+        if pieces > MAX_PIECES:
+            smallest = _smallest_fitting(image_size)
+            hint = f"use {_human(smallest)} or more" if smallest else "the image is too large"
+            raise ManifestError(
+                f"piece size {_human(requested)} gives {pieces} pieces for a {_human(image_size)} "
+                f"image; the limit is {MAX_PIECES}: {hint}"
+            )
+        return requested
+    size = _smallest_fitting(image_size, start=DEFAULT_PIECE)
+    if size is None:
+        raise ManifestError(
+            f"image of {_human(image_size)} needs more than {MAX_PIECES} pieces even at "
+            f"{_human(MAX_PIECE)}; split it into several images"
+        )
+    return size
+
+
+def _smallest_fitting(image_size: int, start: int = MIN_PIECE):
+    size = start
+    while size <= MAX_PIECE:
+        if -(-image_size // size) <= MAX_PIECES:
+            return size
+        size *= 2
+    return None
+
+
+@dataclass(frozen=True)
+class VirtualFile:
+    """One file of the torrent: ``size`` bytes of the image starting at ``offset``."""
+
+    path: str
+    offset: int
+    size: int
+
+
+def plan_files(name: str, image_size: int, piece_size: int, split_size: int = None) -> list:
+    """How the image is exposed in the torrent: one file, or virtual files of split_size."""
+    if split_size is None or split_size >= image_size:
+        return [VirtualFile(name, 0, image_size)]
+    if split_size < piece_size or split_size % piece_size:
+        raise ManifestError(
+            f"split size {split_size} must be a multiple of the piece size {piece_size}"
+        )
+    count = -(-image_size // split_size)
+    if count > MAX_FILES:
+        raise ManifestError(f"split size {_human(split_size)} makes {count} files; the limit is {MAX_FILES}")
+    width = max(3, len(str(count - 1)))
+    return [
+        VirtualFile(f"{name}.part{i:0{width}d}", i * split_size, min(split_size, image_size - i * split_size))
+        for i in range(count)
+    ]
+
+
+@dataclass
+class Manifest:
+    """What describes an image: its torrent, size, pieces and whole-image digest."""
+
+    name: str
+    info_hash: str
+    image_size: int
+    piece_size: int
+    piece_count: int
+    files: list
+    digest_algorithm: str
+    digest: str
+    torrent: str
+    source: dict = field(default_factory=dict)
+    created: str = ""
+    format: int = MANIFEST_FORMAT
+    path: str = field(default=None, compare=False, repr=False)
+    _torrent_bytes: bytes = field(default=None, compare=False, repr=False)
+
+    @property
+    def torrent_path(self) -> str:
+        return os.path.join(os.path.dirname(self.path or "."), self.torrent)
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.files) > 1
+
+    def torrent_bytes(self) -> bytes:
+        if self._torrent_bytes is None:
+            try:
+                with open(self.torrent_path, "rb") as f:
+                    self._torrent_bytes = f.read()
+            except OSError as exc:
+                raise ManifestError(f"{self.torrent_path}: cannot read torrent: {exc.strerror}") from None
+        return self._torrent_bytes
+
+    def piece_hashes(self) -> list:
+        info = bencode.decode(self.torrent_bytes())[b"info"]
+        pieces = info[b"pieces"]
+        return [pieces[i:i + 20] for i in range(0, len(pieces), 20)]
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if k not in ("path", "_torrent_bytes")}
+        data["files"] = [asdict(f) if isinstance(f, VirtualFile) else f for f in self.files]
+        data["digest"] = {"algorithm": data.pop("digest_algorithm"), "value": data.pop("digest")}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def load(cls, path: str) -> "Manifest":
+        """Read a manifest and check that its torrent is intact and agrees with it."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ManifestError(f"{path}: no such manifest") from None
+        except (OSError, ValueError) as exc:
+            raise ManifestError(f"{path}: not a readable manifest: {exc}") from None
+        try:
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ManifestError(f"{path}: unsupported manifest format {data.get('format')!r}")
+            manifest = cls(
+                name=str(data["name"]),
+                info_hash=str(data["info_hash"]),
+                image_size=int(data["image_size"]),
+                piece_size=int(data["piece_size"]),
+                piece_count=int(data["piece_count"]),
+                files=[VirtualFile(str(f["path"]), int(f["offset"]), int(f["size"])) for f in data["files"]],
+                digest_algorithm=str(data["digest"]["algorithm"]),
+                digest=str(data["digest"]["value"]),
+                torrent=str(data["torrent"]),
+                source=dict(data.get("source") or {}),
+                created=str(data.get("created", "")),
+                path=os.path.abspath(path),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{path}: manifest is missing or has a bad field: {exc}") from None
+        manifest._check_torrent()
+        return manifest
+
+    def _check_torrent(self) -> None:
+        raw = self.torrent_bytes()
+        where = self.torrent_path
+        try:
+            meta = bencode.decode(raw)
+            info = meta[b"info"]
+            piece_length = info[b"piece length"]
+            pieces = info[b"pieces"]
+        except (bencode.BencodeError, KeyError, TypeError) as exc:
+            raise ManifestError(f"{where}: corrupt torrent ({exc})") from None
+        if hashlib.sha1(bencode.encode(info)).hexdigest() != self.info_hash:
+            raise ManifestError(f"{where}: torrent info-hash does not match manifest {self.info_hash}")
+        if b"files" in info:
+            total = sum(f[b"length"] for f in info[b"files"])
+        else:
+            total = info.get(b"length")
+        if piece_length != self.piece_size or total != self.image_size or len(pieces) != 20 * self.piece_count:
+            raise ManifestError(f"{where}: torrent disagrees with manifest on size or pieces")
+
+
+def info_dict(name: str, files: list, piece_size: int, piece_hashes: list) -> dict:
+    info = {
+        "name": name,
+        "piece length": piece_size,
+        "pieces": b"".join(piece_hashes),
+        "private": 1,
+    }
+    if len(files) == 1:
+        info["length"] = files[0].size
+    else:
+        info["files"] = [{"length": f.size, "path": [f.path]} for f in files]
+    return info
+
+
+def fingerprint(path: str) -> dict:
+    """Cheap identity of an image source: unchanged fingerprint ⇒ unchanged bytes.
+
+    For a file: device, inode, size and modification time. A block device has no
+    trustworthy modification time, so its fingerprint adds a digest of sampled blocks
+    (the first and last MiB, where file systems keep their superblocks and journals, and
+    SAMPLE_COUNT blocks spread over the device).
+    """
+    info = probe(path)
+    fp = {"kind": info.kind, "size": info.size, "dev": info.dev, "ino": info.ino}
+    if info.kind == "file":
+        fp["mtime_ns"] = info.mtime_ns
+        return fp
+    h = hashlib.sha256()
+    offsets = {0, max(0, info.size - MIB)}
+    step = max(SAMPLE_BLOCK, info.size // SAMPLE_COUNT)
+    offsets.update(range(0, info.size, step))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for off in sorted(offsets):
+            length = MIB if off in (0, max(0, info.size - MIB)) else SAMPLE_BLOCK
+            h.update(os.pread(fd, min(length, info.size - off), off))
+    finally:
+        os.close(fd)
+    fp["sample_sha256"] = h.hexdigest()
+    return fp
+
+
+def hash_image(path: str, size: int, piece_size: int, algorithm: str = DEFAULT_ALGORITHM, progress=None):
+    """One pass over the image: ``(piece SHA-1 list, whole-image digest hex)``.
+
+    Pieces are SHA-1'd on a thread pool while the whole-image digest runs in order;
+    hashlib and blake3 release the GIL, so both cores work while a reader thread keeps the
+    disk busy.
+    """
+    whole = new_digest(algorithm)
+    hashes = []
+    pending = []
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for offset, data in read_blocks(path, size, block=piece_size, depth=2 * workers):
+            pending.append(pool.submit(lambda d: hashlib.sha1(d).digest(), data))
+            whole.update(data)
+            while len(pending) > 2 * workers:
+                hashes.append(pending.pop(0).result())
+            if progress:
+                progress(offset + len(data), size)
+        hashes.extend(f.result() for f in pending)
+    return hashes, whole.hexdigest()
+
+
+def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size: int = None,
+                    split_size: int = None, force: bool = False, progress=None):
+    """Write ``NAME.torrent`` and ``NAME.manifest.json`` for an image into ``out_dir``.
+
+    Returns ``(manifest, changed)``. When a manifest for the same source with the same
+    fingerprint and layout is already there, nothing is hashed and ``changed`` is False.
+    """
+    info = probe(image_path)
+    name = name or os.path.basename(image_path.rstrip("/"))
+    if not name or "/" in name or name.startswith("."):
+        raise ManifestError(f"invalid image name {name!r}")
+    piece = choose_piece_size(info.size, piece_size)
+    files = plan_files(name, info.size, piece, split_size)
+    if not os.path.isdir(out_dir):
+        raise ManifestError(f"{out_dir}: output directory does not exist")
+    manifest_path = os.path.join(out_dir, name + MANIFEST_SUFFIX)
+    fp = fingerprint(image_path)
+    source = {"path": os.path.abspath(image_path), "fingerprint": fp}
+
+    if not force and os.path.exists(manifest_path):
+        try:
+            old = Manifest.load(manifest_path)
+        except ManifestError:
+            old = None
+        if old and old.source == source and old.piece_size == piece and old.files == files:
+            return old, False
+
+    hashes, digest = hash_image(image_path, info.size, piece, progress=progress)
+    after = fingerprint(image_path)
+    if after != fp:
+        raise ImageError(f"{image_path}: changed while it was being hashed; is it in use?")
+    info_section = info_dict(name, files, piece, hashes)
+    torrent = {
+        "info": info_section,
+        "created by": CREATOR,
+        "creation date": int(time.time()),
+    }
+    manifest = Manifest(
+        name=name,
+        info_hash=hashlib.sha1(bencode.encode(info_section)).hexdigest(),
+        image_size=info.size,
+        piece_size=piece,
+        piece_count=len(hashes),
+        files=files,
+        digest_algorithm=DEFAULT_ALGORITHM,
+        digest=digest,
+        torrent=name + ".torrent",
+        source=source,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        path=os.path.abspath(manifest_path),
+    )
+    _write_atomic(manifest.torrent_path, bencode.encode(torrent))
+    _write_atomic(manifest_path, manifest.to_json().encode("utf-8"))
+    manifest._torrent_bytes = None
+    return manifest, True
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
