@@ -1,5 +1,82 @@
+"""Shared fixtures: real loop devices, real images, the engine on sys.path."""
 import os
+import shutil
+import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
+P2PFLEET = [sys.executable, os.path.join(ROOT, "bin", "p2pfleet")]
+
+MIB = 1 << 20
+
+
+def _loop_devices_usable():
+    if os.geteuid() != 0:
+        return "loop devices need root"
+    if not shutil.which("losetup"):
+        return "losetup (util-linux) is not installed"
+    if not os.path.exists("/dev/loop-control"):
+        return "/dev/loop-control is missing (no loop device support)"
+    return None
+
+
+LOOP_SKIP_REASON = _loop_devices_usable()
+needs_loop = pytest.mark.skipif(LOOP_SKIP_REASON is not None, reason=LOOP_SKIP_REASON or "")
+
+
+def random_image(path, size, seed=1):
+    """A file of ``size`` pseudo-random bytes (deterministic per seed, incompressible)."""
+    import random
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 * MIB)
+            f.write(rng.randbytes(n))
+            left -= n
+    return str(path)
+
+
+@pytest.fixture
+def image_factory(tmp_path):
+    def make(size=32 * MIB, seed=1, name="image.img"):
+        return random_image(tmp_path / name, size, seed)
+    return make
+
+
+@pytest.fixture
+def loop_factory(tmp_path):
+    """Make loop devices backed by sparse files in tmp_path; all detached afterwards."""
+    if LOOP_SKIP_REASON:
+        pytest.skip(LOOP_SKIP_REASON)
+    made = []
+
+    def make(size, fill=None):
+        backing = tmp_path / f"loop{len(made)}.bin"
+        if fill is not None:
+            shutil.copyfile(fill, backing)
+            with open(backing, "r+b") as f:
+                f.truncate(size)
+        else:
+            with open(backing, "wb") as f:
+                f.truncate(size)
+        dev = subprocess.run(["losetup", "--find", "--show", str(backing)],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        made.append(dev)
+        return dev
+
+    yield make
+    for dev in made:
+        subprocess.run(["umount", dev], capture_output=True)
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def run_cli(*args, timeout=120, check=False):
+    """Run bin/p2pfleet; returns CompletedProcess with text output."""
+    proc = subprocess.run(P2PFLEET + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"p2pfleet {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
