@@ -192,6 +192,7 @@ def cmd_fetch(args) -> int:
         for _ in range(MAX_REPAIR_ROUNDS):
             snap = _wait_complete(swarm, job, rep, args.stall_timeout)
             rep.end()
+            job.sync()
             target.sync()
             try:
                 digest = verify.verify_target(manifest, target.path,
@@ -209,7 +210,7 @@ def cmd_fetch(args) -> int:
         job.save_resume()
         result = {
             "target": target.path, "info_hash": manifest.info_hash, "image_size": manifest.image_size,
-            "resumed_bytes": resumed, "downloaded_bytes": snap.downloaded,
+            "resumed_bytes": resumed, "downloaded_bytes": snap.downloaded, "uploaded_bytes": snap.uploaded,
             "seconds": round(time.monotonic() - started, 3),
             "digest": f"{digest.algorithm}:{digest.value}", "verified": True,
         }

@@ -333,6 +333,15 @@ class SliceMap:
         fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(status))
         return dev
 
+    def sync(self) -> None:
+        """Push what libtorrent wrote through the slices down into the image.
+
+        Each loop device has its own page cache; until it is flushed, reading the image
+        directly shows the old bytes.
+        """
+        for fd in self._fds:
+            os.fsync(fd)
+
     def release(self) -> None:
         for fd in self._fds:
             os.close(fd)

@@ -80,7 +80,7 @@ def lan_settings(listen: str, upload_limit: int = 0, download_limit: int = 0) ->
         "download_rate_limit": int(download_limit),
         "alert_mask": (
             lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
-            | lt.alert_category.tracker
+            | lt.alert_category.tracker | lt.alert_category.piece_progress
         ),
     }
 
@@ -179,6 +179,12 @@ class Job:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.resume_path)
+
+    def sync(self) -> None:
+        """Make everything this job wrote visible and durable on its target."""
+        for holder in self._holders:
+            if hasattr(holder, "sync"):
+                holder.sync()
 
     def release(self) -> None:
         for holder in self._holders:

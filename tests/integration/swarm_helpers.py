@@ -1,0 +1,107 @@
+"""Running real p2pfleet processes for swarm tests, with bounded waits."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import P2PFLEET
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A p2pfleet process whose JSON-lines stderr and JSON stdout are read as it runs."""
+
+    def __init__(self, *args, log_path):
+        self.args = [str(a) for a in args]
+        self.log_path = str(log_path)
+        self._err = open(self.log_path + ".err", "w")
+        self._out = open(self.log_path + ".out", "w")
+        self.popen = subprocess.Popen(P2PFLEET + ["--json"] + self.args, stdout=self._out, stderr=self._err)
+
+    def events(self):
+        with open(self.log_path + ".err") as f:
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "text", "text": line})
+        return out
+
+    def stderr(self):
+        with open(self.log_path + ".err") as f:
+            return f.read()
+
+    def result(self):
+        with open(self.log_path + ".out") as f:
+            text = f.read().strip()
+        return json.loads(text.splitlines()[-1]) if text else None
+
+    def wait_for(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return
+            if self.popen.poll() is not None and not predicate(self):
+                raise AssertionError(f"{what}: process exited {self.popen.returncode}:\n{self.stderr()[-2000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{what}: not within {timeout} s:\n{self.stderr()[-2000:]}")
+
+    def wait_exit(self, timeout, what):
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{what}: still running after {timeout} s:\n{self.stderr()[-2000:]}") from None
+
+    def last_progress(self):
+        progress = [e for e in self.events() if e.get("event") == "progress"]
+        return progress[-1] if progress else None
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._err.close()
+        self._out.close()
+
+
+def ready_seeder(proc):
+    return any("ready after" in e.get("text", "") for e in proc.events())
+
+
+def file_digest(path, size):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size
+        while left:
+            chunk = f.read(min(left, 4 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def wait_file_changes(path, since_mtime, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.stat(path).st_mtime_ns > since_mtime:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: {path} not written within {timeout} s")

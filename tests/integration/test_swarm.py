@@ -1,0 +1,165 @@
+"""Real swarms on 127.0.0.1: libtorrent seeders and fetchers as p2pfleet processes,
+writing into real loop-device partitions."""
+import os
+import signal
+
+import pytest
+
+from conftest import MIB, needs_loop, run_cli
+from swarm_helpers import Proc, file_digest, free_port, ready_seeder, wait_file_changes
+
+
+@pytest.fixture
+def manifest_of(tmp_path):
+    def make(image, *extra):
+        out = tmp_path / "manifests"
+        out.mkdir(exist_ok=True)
+        run_cli("manifest", image, "--out", out, *extra, check=True)
+        return str(out / (os.path.basename(image) + ".manifest.json"))
+    return make
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def start_seeder(procs, tmp_path, manifest, image, *extra):
+    port = free_port()
+    proc = Proc("seed", manifest, image, "--listen", f"127.0.0.1:{port}", "--progress-interval", "0.5",
+                *extra, log_path=tmp_path / f"seed{port}")
+    procs.append(proc)
+    proc.wait_for(ready_seeder, 30, "seeder ready")
+    return port
+
+
+@needs_loop
+def test_seeder_and_three_fetchers_two_into_partitions(tmp_path, image_factory, loop_factory, manifest_of, procs):
+    size = 48 * MIB
+    image = image_factory(size)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    # The origin is slowed so the fetchers must trade pieces among themselves.
+    seed_port = start_seeder(procs, tmp_path, manifest, image, "--upload-limit", str(12 * MIB))
+    targets = [loop_factory(64 * MIB), loop_factory(size), str(tmp_path / "copy.img")]
+    ports = [free_port() for _ in targets]
+    fetchers = []
+    for i, (target, port) in enumerate(zip(targets, ports)):
+        others = [f"127.0.0.1:{p}" for p in ports if p != port]
+        args = ["fetch", manifest, target, "--listen", f"127.0.0.1:{port}", "--state-dir", tmp_path / f"state{i}",
+                "--peer", f"127.0.0.1:{seed_port}", "--progress-interval", "0.5", "--stall-timeout", "60"]
+        for other in others:
+            args += ["--peer", other]
+        proc = Proc(*args, log_path=tmp_path / f"fetch{i}")
+        procs.append(proc)
+        fetchers.append(proc)
+    results = []
+    for proc, target in zip(fetchers, targets):
+        assert proc.wait_exit(120, f"fetch into {target}") == 0, proc.stderr()
+        results.append(proc.result())
+    want = file_digest(image, size)
+    for target, result in zip(targets, results):
+        assert result["verified"] is True
+        assert file_digest(target, size) == want, f"{target} differs from the image"
+    assert sum(r["uploaded_bytes"] for r in results) > 0, "fetchers never traded pieces with each other"
+
+
+@needs_loop
+def test_seed_from_partition_into_partition(tmp_path, image_factory, loop_factory, manifest_of, procs):
+    size = 32 * MIB
+    image = image_factory(size, seed=7)
+    source = loop_factory(size, fill=image)
+    manifest = manifest_of(source)
+    seed_port = start_seeder(procs, tmp_path, manifest, source)
+    target = loop_factory(40 * MIB)
+    proc = run_cli("--json", "fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}",
+                   "--listen", f"127.0.0.1:{free_port()}", "--state-dir", tmp_path / "state", check=True)
+    assert '"verified": true' in proc.stdout
+    assert file_digest(target, size) == file_digest(image, size)
+    # The bytes past the image in a larger partition are left alone (never truncated).
+    with open(target, "rb") as f:
+        f.seek(size)
+        assert f.read(MIB) == b"\0" * MIB
+
+
+@needs_loop
+def test_killed_fetch_resumes_without_fetching_done_pieces_again(tmp_path, image_factory, loop_factory,
+                                                                manifest_of, procs):
+    size = 64 * MIB
+    piece = MIB
+    image = image_factory(size, seed=3)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    seed_port = start_seeder(procs, tmp_path, manifest, image)
+    target = loop_factory(size)
+    state = tmp_path / "state"
+    common = [manifest, target, "--peer", f"127.0.0.1:{seed_port}", "--state-dir", state]
+    first = Proc("fetch", *common, "--listen", f"127.0.0.1:{free_port()}", "--download-limit", str(8 * MIB),
+                 "--progress-interval", "0.2", log_path=tmp_path / "first")
+    procs.append(first)
+
+    def half_done(p):
+        last = p.last_progress()
+        return last is not None and last["percent"] >= 50
+
+    first.wait_for(half_done, 60, "first fetch reaching 50 %")
+    resume_file = next(state.glob("*.resume"), None)
+    assert resume_file is not None, "no resume data written while fetching"
+    wait_file_changes(str(resume_file), resume_file.stat().st_mtime_ns, 10, "resume data after 50 %")
+    first.popen.send_signal(signal.SIGKILL)
+    first.popen.wait(10)
+    killed_at = first.last_progress()["bytes_done"]
+    assert killed_at < size, "the first fetch finished before it could be killed"
+
+    second = run_cli("--json", "fetch", *common, "--listen", f"127.0.0.1:{free_port()}", check=True)
+    result = [line for line in second.stdout.splitlines() if line.startswith("{")][-1]
+    import json
+    result = json.loads(result)
+    assert result["verified"] is True
+    assert file_digest(target, size) == file_digest(image, size)
+    assert result["resumed_bytes"] >= size * 0.4, f"resumed only {result['resumed_bytes']} of {size} bytes"
+    # Pieces in flight when killed may come again; nothing already saved may.
+    assert result["downloaded_bytes"] <= size - result["resumed_bytes"] + 8 * piece, result
+
+
+@needs_loop
+def test_split_image_lands_at_offsets_of_one_partition(tmp_path, image_factory, loop_factory, manifest_of, procs):
+    size = 40 * MIB
+    image = image_factory(size, seed=11)
+    manifest = manifest_of(image, "--piece-size", "1M", "--split-size", "16M")
+    seed_port = start_seeder(procs, tmp_path, manifest, image)
+    target = loop_factory(size)
+    run_cli("fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}", "--listen", f"127.0.0.1:{free_port()}",
+            "--state-dir", tmp_path / "state", check=True)
+    assert file_digest(target, size) == file_digest(image, size)
+
+
+def test_rerun_of_a_finished_fetch_downloads_nothing(tmp_path, image_factory, manifest_of, procs):
+    size = 16 * MIB
+    image = image_factory(size, seed=5)
+    manifest = manifest_of(image)
+    seed_port = start_seeder(procs, tmp_path, manifest, image)
+    target = tmp_path / "target.img"
+    args = ["--json", "fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}", "--state-dir", tmp_path / "s"]
+    run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
+    again = run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
+    import json
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert result["resumed_bytes"] == size and result["downloaded_bytes"] == 0
+
+
+def test_fetch_repairs_a_target_corrupted_behind_its_back(tmp_path, image_factory, manifest_of, procs):
+    size = 16 * MIB
+    image = image_factory(size, seed=9)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    seed_port = start_seeder(procs, tmp_path, manifest, image)
+    target = tmp_path / "target.img"
+    args = ["--json", "fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}", "--state-dir", tmp_path / "s"]
+    run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
+    with open(target, "r+b") as f:
+        f.seek(5 * MIB + 123)
+        f.write(b"\xff" * 10)
+    again = run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
+    assert "1 pieces are wrong" in again.stderr
+    assert file_digest(target, size) == file_digest(image, size)
