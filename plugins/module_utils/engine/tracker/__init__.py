@@ -1,0 +1,1 @@
+"""The LAN tracker: announce/scrape (BEP 3, 7, 23, 48), allow-lists, topology policy, fleet status."""
