@@ -1,0 +1,250 @@
+"""Load and validate the tracker's config file (YAML; JSON is valid YAML too).
+
+Every error names the offending key as a dotted path, e.g. ``policy.seeder_slots``, so the
+administrator (or the Ansible role that rendered the file) can fix it without guessing.
+"""
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from ..errors import P2PFleetError
+
+_HEX = set("0123456789abcdef")
+
+
+class ConfigError(P2PFleetError):
+    """The tracker config file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which group each peer belongs to and who the origin seeders are."""
+
+    group_hosts: dict          # host name -> group
+    group_networks: tuple      # (network, group), most specific network first
+    seeder_hosts: frozenset
+    seeder_networks: tuple
+    fetch_from: dict           # group -> frozenset of groups it may fetch from
+    other_group_peers: int
+    seeder_slots: int
+
+    def group_of(self, ip, host):
+        if host is not None and host in self.group_hosts:
+            return self.group_hosts[host]
+        for network, group in self.group_networks:
+            if ip.version == network.version and ip in network:
+                return group
+        return None
+
+    def is_seeder(self, ip, host):
+        if host is not None and host in self.seeder_hosts:
+            return True
+        return any(ip.version == net.version and ip in net for net in self.seeder_networks)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    listen: tuple                       # (host, port) pairs
+    allowed_networks: tuple
+    topology: Topology
+    interval: int = 30
+    min_interval: int = 10
+    expiry_intervals: int = 2
+    forget_after: int = 3600
+    default_numwant: int = 50
+    max_numwant: int = 200
+    manifest_dir: str | None = None
+    manifest_rescan: int = 30
+    info_hashes: tuple = ()
+    admin_token: str | None = None
+    hosts: dict = field(default_factory=dict)   # ip address -> host name
+    log_level: str = "info"
+
+    def allows(self, ip) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.allowed_networks)
+
+    def host_name(self, ip, announced):
+        return self.hosts.get(ip, announced)
+
+
+_TOP_KEYS = {
+    "listen", "allowed_networks", "interval", "min_interval", "expiry_intervals",
+    "forget_after", "default_numwant", "max_numwant", "manifest_dir", "manifest_rescan",
+    "info_hashes", "admin_token", "hosts", "groups", "policy", "log_level",
+}
+_POLICY_KEYS = {"other_group_peers", "seeders", "seeder_slots", "fetch_from"}
+_GROUP_KEYS = {"networks", "hosts"}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def load(path) -> TrackerConfig:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read tracker config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"tracker config {path} is not valid YAML: {exc}") from None
+    return parse(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def parse(raw, base_dir=".") -> TrackerConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("tracker config must be a mapping of keys to values")
+    _no_unknown(raw, _TOP_KEYS, "")
+    interval = _int(raw, "interval", 30, 1, 86400)
+    max_numwant = _int(raw, "max_numwant", 200, 1, 10000)
+    manifest_dir = raw.get("manifest_dir")
+    if manifest_dir is not None:
+        if not isinstance(manifest_dir, str) or not manifest_dir:
+            raise ConfigError("manifest_dir: must be a directory path")
+        manifest_dir = os.path.join(base_dir, manifest_dir)
+    token = raw.get("admin_token")
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        raise ConfigError("admin_token: must be a string of at least 16 characters")
+    log_level = raw.get("log_level", "info")
+    if log_level not in _LOG_LEVELS:
+        raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+    if "allowed_networks" not in raw:
+        raise ConfigError("allowed_networks: missing; list the CIDR networks peers may announce from")
+    hosts = _mapping(raw, "hosts")
+    return TrackerConfig(
+        listen=_listen(raw.get("listen", "0.0.0.0:6969")),
+        allowed_networks=_networks(raw["allowed_networks"], "allowed_networks"),
+        topology=_topology(raw),
+        interval=interval,
+        min_interval=_int(raw, "min_interval", min(10, interval), 1, interval),
+        expiry_intervals=_int(raw, "expiry_intervals", 2, 1, 100),
+        forget_after=_int(raw, "forget_after", 3600, 0, 30 * 86400),
+        default_numwant=_int(raw, "default_numwant", min(50, max_numwant), 0, max_numwant),
+        max_numwant=max_numwant,
+        manifest_dir=manifest_dir,
+        manifest_rescan=_int(raw, "manifest_rescan", 30, 0, 86400),
+        info_hashes=tuple(_info_hash(v, f"info_hashes[{i}]") for i, v in enumerate(_list(raw, "info_hashes"))),
+        admin_token=token,
+        hosts={_ip(ip, f"hosts.{ip}"): _name(name, f"hosts.{ip}") for ip, name in hosts.items()},
+        log_level=log_level,
+    )
+
+
+def _topology(raw) -> Topology:
+    groups = _mapping(raw, "groups")
+    group_hosts, group_networks = {}, []
+    for group, spec in groups.items():
+        where = f"groups.{group}"
+        _name(group, where)
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: must be a mapping with networks and/or hosts")
+        _no_unknown(spec, _GROUP_KEYS, where + ".")
+        for host in _list(spec, "hosts", where + "."):
+            _name(host, f"{where}.hosts")
+            if host in group_hosts:
+                raise ConfigError(f"{where}.hosts: {host} is already in group {group_hosts[host]}")
+            group_hosts[host] = group
+        for network in _networks(spec.get("networks", []), f"{where}.networks"):
+            group_networks.append((network, group))
+    group_networks.sort(key=lambda pair: pair[0].prefixlen, reverse=True)
+
+    policy = _mapping(raw, "policy")
+    _no_unknown(policy, _POLICY_KEYS, "policy.")
+    seeder_hosts, seeder_networks = set(), []
+    for entry in _list(policy, "seeders", "policy."):
+        try:
+            seeder_networks.append(ipaddress.ip_network(entry, strict=False))
+        except (TypeError, ValueError):
+            seeder_hosts.add(_name(entry, "policy.seeders"))
+    fetch_from = {}
+    for group, sources in _mapping(policy, "fetch_from", "policy.").items():
+        where = f"policy.fetch_from.{group}"
+        if group not in groups:
+            raise ConfigError(f"{where}: {group} is not a group defined under groups")
+        if not isinstance(sources, list) or not sources:
+            raise ConfigError(f"{where}: must be a non-empty list of group names")
+        for source in sources:
+            if source not in groups:
+                raise ConfigError(f"{where}: {source!r} is not a group defined under groups")
+        fetch_from[group] = frozenset(sources)
+    return Topology(
+        group_hosts=group_hosts,
+        group_networks=tuple(group_networks),
+        seeder_hosts=frozenset(seeder_hosts),
+        seeder_networks=tuple(seeder_networks),
+        fetch_from=fetch_from,
+        other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
+        seeder_slots=_int(policy, "seeder_slots", 4, 1, 10000, "policy."),
+    )
+
+
+def _no_unknown(mapping, known, prefix):
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown key; expected one of {', '.join(sorted(known))}")
+
+
+def _int(mapping, key, default, low, high, prefix=""):
+    value = mapping.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{prefix}{key}: must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def _list(mapping, key, prefix=""):
+    value = mapping.get(key) or []
+    if not isinstance(value, list):
+        raise ConfigError(f"{prefix}{key}: must be a list, got {type(value).__name__}")
+    return value
+
+
+def _mapping(mapping, key, prefix=""):
+    value = mapping.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{prefix}{key}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _networks(value, where):
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list of CIDR networks")
+    networks = []
+    for entry in value:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {entry!r} is not a CIDR network such as 10.1.0.0/16") from None
+    return tuple(networks)
+
+
+def _ip(value, where):
+    try:
+        return ipaddress.ip_address(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not an IP address") from None
+
+
+def _name(value, where):
+    if not isinstance(value, str) or not value or len(value) > 253 or any(c.isspace() for c in value):
+        raise ConfigError(f"{where}: {value!r} is not a valid name")
+    return value
+
+
+def _info_hash(value, where):
+    if not isinstance(value, str) or len(value) != 40 or not set(value.lower()) <= _HEX:
+        raise ConfigError(f"{where}: {value!r} is not a 40-digit hex info-hash")
+    return bytes.fromhex(value)
+
+
+def _listen(value):
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("listen: must be HOST:PORT or a list of them")
+    pairs = []
+    for entry in entries:
+        host, sep, port = str(entry).rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"listen: {entry!r} is not HOST:PORT (use [::]:6969 for IPv6)")
+        pairs.append((host, int(port)))
+    return tuple(pairs)

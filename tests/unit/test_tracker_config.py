@@ -1,0 +1,80 @@
+import ipaddress
+
+import pytest
+
+from engine.tracker.config import ConfigError, load, parse
+
+BASE = {"allowed_networks": ["10.0.0.0/8"]}
+
+
+def with_(**extra):
+    return {**BASE, **extra}
+
+
+def test_full_example_config_loads(tmp_path):
+    path = tmp_path / "tracker.yml"
+    path.write_text("""
+listen: ["0.0.0.0:6969", "[::]:6969"]
+allowed_networks: [10.0.0.0/8, "fd00::/8"]
+interval: 20
+manifest_dir: manifests
+admin_token: 0123456789abcdef0123
+hosts: {10.1.0.5: pc-105}
+groups:
+  room1: {networks: [10.1.0.0/16], hosts: [laptop-7]}
+  room1-front: {networks: [10.1.0.0/24]}
+policy: {seeders: [server-1, 10.0.0.1], seeder_slots: 3, other_group_peers: 2,
+         fetch_from: {room1-front: [room1]}}
+""")
+    cfg = load(path)
+    assert cfg.listen == (("0.0.0.0", 6969), ("::", 6969))
+    assert cfg.manifest_dir == str(tmp_path / "manifests")
+    assert cfg.min_interval == 10 and cfg.expiry_intervals == 2
+    ip = ipaddress.ip_address
+    assert cfg.host_name(ip("10.1.0.5"), "announced") == "pc-105"
+    assert cfg.host_name(ip("10.1.0.6"), "announced") == "announced"
+    topo = cfg.topology
+    assert topo.group_of(ip("10.1.0.9"), None) == "room1-front"      # most specific network
+    assert topo.group_of(ip("10.1.7.9"), None) == "room1"
+    assert topo.group_of(ip("10.9.0.1"), "laptop-7") == "room1"
+    assert topo.group_of(ip("10.9.0.1"), None) is None
+    assert topo.is_seeder(ip("10.0.0.1"), None) and topo.is_seeder(ip("10.5.5.5"), "server-1")
+    assert not topo.is_seeder(ip("10.0.0.2"), "pc-1")
+    assert cfg.allows(ip("10.200.0.1")) and cfg.allows(ip("fd00::1"))
+    assert not cfg.allows(ip("192.168.1.1")) and not cfg.allows(ip("::1"))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({}, "allowed_networks: missing"),
+    (with_(allowed_networks=["10.0.0.0/33"]), "allowed_networks: '10.0.0.0/33' is not a CIDR network"),
+    (with_(intervall=30), "intervall: unknown key"),
+    (with_(interval=0), "interval: must be an integer in 1..86400, got 0"),
+    (with_(interval="30"), "interval: must be an integer"),
+    (with_(min_interval=60), "min_interval: must be an integer in 1..30"),
+    (with_(listen="6969"), "listen: '6969' is not HOST:PORT"),
+    (with_(admin_token="short"), "admin_token: must be a string of at least 16 characters"),
+    (with_(hosts={"not-an-ip": "pc"}), "hosts.not-an-ip: 'not-an-ip' is not an IP address"),
+    (with_(groups={"room1": ["10.0.0.0/8"]}), "groups.room1: must be a mapping"),
+    (with_(groups={"room1": {"subnets": []}}), "groups.room1.subnets: unknown key"),
+    (with_(groups={"a": {"hosts": ["pc"]}, "b": {"hosts": ["pc"]}}), "groups.b.hosts: pc is already in group a"),
+    (with_(policy={"seeder_slots": 0}), "policy.seeder_slots: must be an integer in 1..10000, got 0"),
+    (with_(policy={"fetch_from": {"room9": ["room1"]}}), "policy.fetch_from.room9: room9 is not a group"),
+    (with_(groups={"room1": {}}, policy={"fetch_from": {"room1": ["roomX"]}}),
+     "policy.fetch_from.room1: 'roomX' is not a group"),
+    (with_(info_hashes=["abc"]), "info_hashes[0]: 'abc' is not a 40-digit hex info-hash"),
+    (with_(log_level="loud"), "log_level: must be one of"),
+    ([1, 2], "must be a mapping"),
+])
+def test_bad_config_names_the_key(raw, message):
+    with pytest.raises(ConfigError) as excinfo:
+        parse(raw)
+    assert message in str(excinfo.value)
+
+
+def test_unreadable_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read tracker config"):
+        load(tmp_path / "missing.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("groups: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load(bad)
