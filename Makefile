@@ -29,7 +29,7 @@ $(STAMP): requirements.txt requirements-test.txt
 venv: deps $(STAMP)
 
 demo: venv
-	$(PY) bin/p2pfleet demo
+	$(PY) lab/demo.py
 
 test: venv
 	$(PY) -m pytest tests

@@ -40,6 +40,7 @@ class Reporter:
         self.tty = self.stream.isatty() and not as_json
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
         self._last = 0.0
+        self._open = False
 
     def _due(self, force):
         now = time.monotonic()
@@ -78,8 +79,6 @@ class Reporter:
         if self.tty and self._open:
             self.stream.write("\n")
             self._open = False
-
-    _open = False
 
     @staticmethod
     def _bar(done, total, width=30):
@@ -150,12 +149,17 @@ def cmd_seed(args) -> int:
                 raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
         rep.message(f"seeding {manifest.name} ({manifest.info_hash}) on port {swarm.listen_port}; "
                     f"ready after {time.monotonic() - started:.3f} s")
-        while True:
-            swarm.pump(0.5)
-            snap = job.snapshot()
-            if job.error:
-                raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
-            rep.job(snap)
+        try:
+            while True:
+                swarm.pump(0.5)
+                snap = job.snapshot()
+                if job.error:
+                    raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
+                rep.job(snap)
+        except Interrupted as exc:
+            # Stopping is how a seed job ends, so it is a success for a service manager.
+            rep.message(f"stopped by {exc}; uploaded {_mib(snap.uploaded)}")
+            return 0
 
 
 def _wait_complete(swarm, job, rep, stall_timeout):
@@ -292,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     # subcommands registered by other modules
+    from .tracker.cli import register as register_tracker; register_tracker(sub)  # noqa: E702
     return parser
 
 

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Engine benchmark: measured side by side in one run, printed as a table with ratios.
+
+* hashing (manifest: per-piece SHA-1 + whole-image digest in one pass) vs a plain read
+  of the same image;
+* seed start-up without re-hashing (seed mode + trusted layout) vs the full check
+  libtorrent would otherwise run, from an image file and from a partition;
+* transfer throughput over 127.0.0.1: file → partition and partition → partition.
+
+Needs root (loop devices). Usage: benchmarks/engine_throughput.py [--size 2G] [--keep]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
+
+import libtorrent as lt  # noqa: E402
+
+from engine import metainfo, verify  # noqa: E402
+from engine.swarm import Swarm  # noqa: E402
+
+P2PFLEET = [sys.executable, os.path.join(ROOT, "bin", "p2pfleet"), "--json"]
+MIB = 1 << 20
+
+
+def make_image(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def losetup(path):
+    return subprocess.run(["losetup", "--find", "--show", path], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def drop_caches():
+    """Cold-cache reads when the kernel lets us; otherwise every read is equally warm."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def plain_read(path, size):
+    for _ in verify.read_blocks(path, size):
+        pass
+
+
+def seed_startup(manifest, image, trusted):
+    """Seconds from adding the seed job until libtorrent will serve pieces."""
+    with Swarm("127.0.0.1:0") as swarm:
+        if trusted:
+            start = time.perf_counter()
+            job = swarm.seed(manifest, image)
+        else:
+            # What a stock client does: add the torrent and let libtorrent check every piece.
+            atp = swarm._params(manifest, [os.path.abspath(image)], [])
+            start = time.perf_counter()
+            handle = swarm.session.add_torrent(atp)
+            job = None
+        while True:
+            swarm.pump(0.01)
+            st = (job.handle if job else handle).status()
+            if st.state == lt.torrent_status.seeding:
+                return time.perf_counter() - start
+            if time.perf_counter() - start > 600:
+                raise RuntimeError("seed did not start within 600 s")
+
+
+def transfer(manifest, source, target, workdir):
+    seed_port, fetch_port = 47311, 47312
+    seeder = subprocess.Popen(P2PFLEET + ["seed", manifest, source, "--listen", f"127.0.0.1:{seed_port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in seeder.stderr:
+            if "ready after" in line:
+                break
+        state = tempfile.mkdtemp(dir=workdir)
+        proc = subprocess.run(P2PFLEET + ["fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}",
+                                          "--listen", f"127.0.0.1:{fetch_port}", "--state-dir", state],
+                              capture_output=True, text=True, check=True)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        return result["seconds"]
+    finally:
+        seeder.terminate()
+        seeder.wait(30)
+
+
+def verify_only(manifest, target):
+    return timed(lambda: verify.verify_target(manifest, target))[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="2G")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    size = metainfo.parse_size(args.size)
+    if os.geteuid() != 0:
+        sys.exit("benchmark needs root for loop devices")
+    work = tempfile.mkdtemp(prefix="p2pfleet-bench-", dir="/var/tmp")
+    loops = []
+    rows = []
+    try:
+        image = os.path.join(work, "image.img")
+        make_image(image, size)
+        for name in ("source", "target1", "target2"):
+            backing = os.path.join(work, name + ".bin")
+            if name == "source":
+                shutil.copyfile(image, backing)
+            else:
+                with open(backing, "wb") as f:
+                    f.truncate(size)
+            loops.append(losetup(backing))
+        source_dev, target1, target2 = loops
+        out = os.path.join(work, "manifests")
+        os.mkdir(out)
+        cold = drop_caches()
+        t_read, _ = timed(lambda: plain_read(image, size))
+        drop_caches()
+        t_hash, (manifest, _) = timed(lambda: metainfo.create_manifest(image, out, name="image"))
+        rows.append(("plain read of the image", t_read, size))
+        rows.append(("manifest hashing (SHA-1 pieces + digest)", t_hash, size))
+        t_dev_manifest, (dev_manifest, _) = timed(lambda: metainfo.create_manifest(source_dev, out, name="dev"))
+        rows.append(("manifest hashing from a partition", t_dev_manifest, size))
+
+        startup = {}
+        for label, m, src in (("file", manifest, image), ("partition", dev_manifest, source_dev)):
+            drop_caches()
+            startup[label, True] = seed_startup(m, src, trusted=True)
+            drop_caches()
+            startup[label, False] = seed_startup(m, src, trusted=False)
+
+        drop_caches()
+        t_fp = transfer(manifest.path, image, target1, work)
+        rows.append(("fetch file → partition (incl. verify)", t_fp, size))
+        drop_caches()
+        t_pp = transfer(dev_manifest.path, source_dev, target2, work)
+        rows.append(("fetch partition → partition (incl. verify)", t_pp, size))
+        drop_caches()
+        t_verify = verify_only(manifest, target1)
+        rows.append(("verify a partition (digest only)", t_verify, size))
+
+        print(f"\nimage {size / MIB:.0f} MiB, pieces {manifest.piece_size // MIB} MiB, "
+              f"digest {manifest.digest_algorithm}, caches {'dropped' if cold else 'warm (drop_caches refused)'} "
+              f"before each step, libtorrent {lt.__version__}, {os.cpu_count()} cores\n")
+        print(f"{'step':48} {'seconds':>9} {'MiB/s':>9}")
+        for label, seconds, nbytes in rows:
+            print(f"{label:48} {seconds:9.2f} {nbytes / MIB / seconds:9.1f}")
+        print(f"\n{'seed start-up':48} {'no check':>9} {'full check':>11} {'ratio':>7}")
+        for label in ("file", "partition"):
+            fast, slow = startup[label, True], startup[label, False]
+            print(f"{'from an image ' + label:48} {fast:9.3f} {slow:11.2f} {slow / max(fast, 1e-6):7.0f}x")
+        print(f"\nhashing speed / plain read speed: {t_read / t_hash:.2f}")
+        print(f"fetch time / verify time (file → partition): {t_fp / t_verify:.2f}")
+    finally:
+        for dev in loops:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The collection as Ansible sees it: it builds, and the engine imports from inside it."""
+import ast
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+ENGINE = os.path.join(ROOT, "plugins", "module_utils", "engine")
+
+
+def engine_sources():
+    for base, _, files in os.walk(ENGINE):
+        for name in files:
+            if name.endswith(".py"):
+                yield os.path.join(base, name)
+
+
+def test_engine_never_imports_ansible():
+    offenders = []
+    for path in engine_sources():
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{os.path.relpath(path, ROOT)}: {n}" for n in names if n.split(".")[0] == "ansible"]
+    assert not offenders, "the engine must stay free of ansible imports:\n" + "\n".join(offenders)
+
+
+@pytest.fixture(scope="module")
+def installed_collection(tmp_path_factory):
+    galaxy = os.path.join(os.path.dirname(sys.executable), "ansible-galaxy")
+    if not os.path.exists(galaxy):
+        pytest.skip("ansible-galaxy is not installed in this environment")
+    out = tmp_path_factory.mktemp("build")
+    build = subprocess.run([galaxy, "collection", "build", ROOT, "--output-path", str(out)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    tarball = next(out.glob("p2pfleet-imaging-*.tar.gz"))
+    dest = tmp_path_factory.mktemp("collections")
+    install = subprocess.run([galaxy, "collection", "install", str(tarball), "-p", str(dest)],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    yield dest
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+def test_collection_builds_and_engine_imports_under_its_namespace(installed_collection):
+    # AnsiballZ imports module_utils as ansible_collections.<ns>.<name>.plugins.module_utils.*:
+    # the engine's relative imports must work there exactly as they do from bin/p2pfleet.
+    code = ("import ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.swarm as s, "
+            "ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo as m; "
+            "print(m.choose_piece_size(256 << 30), s.lan_settings('127.0.0.1:0')['enable_dht'])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(installed_collection),
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(installed_collection)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(4 << 20), "False"]
+
+
+def test_collection_tarball_carries_no_local_state(installed_collection):
+    root = installed_collection / "ansible_collections" / "p2pfleet" / "imaging"
+    assert (root / "plugins" / "module_utils" / "engine" / "swarm.py").exists()
+    assert (root / "meta" / "runtime.yml").exists()
+    assert not (root / ".venv").exists(), "the virtualenv must not be packed into the collection"
