@@ -111,6 +111,9 @@ def test_killed_fetch_resumes_without_fetching_done_pieces_again(tmp_path, image
     first.popen.wait(10)
     killed_at = first.last_progress()["bytes_done"]
     assert killed_at < size, "the first fetch finished before it could be killed"
+    # The limit holds for a peer on the local network too (libtorrent exempts LANs by default).
+    rates = [e["download_rate"] for e in first.events() if e.get("event") == "progress"]
+    assert max(rates) <= 8 * MIB * 1.5, f"download limit of 8 MiB/s not applied: peak {max(rates)} B/s"
 
     second = run_cli("--json", "fetch", *common, "--listen", f"127.0.0.1:{free_port()}", check=True)
     result = [line for line in second.stdout.splitlines() if line.startswith("{")][-1]

@@ -6,8 +6,10 @@ proved here, outside libtorrent: one streaming digest over exactly the image's b
 when that fails, a per-piece SHA-1 pass that says which pieces to fetch again.
 """
 import hashlib
+import mmap
 import os
 import queue
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ except ImportError:  # distributions without the blake3 binding fall back to SHA
     _blake3 = None
 
 READ_SIZE = 8 << 20
+DIRECT_ALIGN = 4096
 DEFAULT_ALGORITHM = "blake3" if _blake3 is not None else "sha256"
 
 
@@ -35,15 +38,17 @@ def new_digest(algorithm: str):
 
 
 def read_blocks(path: str, size: int, block: int = READ_SIZE, depth: int = 4):
-    """Yield ``(offset, bytes)`` blocks covering exactly the first ``size`` bytes of ``path``.
+    """Yield ``(offset, buffer)`` blocks covering exactly the first ``size`` bytes of ``path``.
 
     A reader thread keeps ``depth`` blocks ahead so the disk and the hashing overlap.
+    A block device is read with O_DIRECT: buffered reads of a partition crawl at the
+    mercy of its small read-ahead (a loop partition here: 250 MB/s buffered, 2 GB/s
+    direct), and a 256 GB pass would evict everything else from the page cache. The
+    kernel writes dirty cached pages back before a direct read, so nothing is missed.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot open for reading: {exc.strerror}") from None
-    os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+    fd, direct = _open_for_streaming(path)
+    if not direct:
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
     blocks = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -52,12 +57,7 @@ def read_blocks(path: str, size: int, block: int = READ_SIZE, depth: int = 4):
         try:
             while offset < size and not stop.is_set():
                 want = min(block, size - offset)
-                data = os.pread(fd, want, offset)
-                while len(data) < want:
-                    more = os.pread(fd, want - len(data), offset + len(data))
-                    if not more:
-                        raise ImageError(f"{path}: ends at byte {offset + len(data)}, expected {size} bytes")
-                    data += more
+                data = _read_exact(fd, want, offset, direct, path, size)
                 blocks.put((offset, data))
                 offset += want
             blocks.put(None)
@@ -84,6 +84,39 @@ def read_blocks(path: str, size: int, block: int = READ_SIZE, depth: int = 4):
             except queue.Empty:
                 thread.join(0.05)
         os.close(fd)
+
+
+def _open_for_streaming(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot open for reading: {exc.strerror}") from None
+    if not stat.S_ISBLK(os.fstat(fd).st_mode):
+        return fd, False
+    try:
+        direct = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+    except OSError:
+        return fd, False
+    os.close(fd)
+    return direct, True
+
+
+def _read_exact(fd, want, offset, direct, path, size):
+    """``want`` bytes at ``offset``; O_DIRECT needs aligned lengths and aligned memory."""
+    if direct:
+        aligned = -(-want // DIRECT_ALIGN) * DIRECT_ALIGN
+        buf = mmap.mmap(-1, aligned)  # page-aligned, as O_DIRECT requires
+        got = os.preadv(fd, [buf], offset)
+        if got < want:
+            raise ImageError(f"{path}: ends at byte {offset + got}, expected {size} bytes")
+        return memoryview(buf)[:want]
+    data = os.pread(fd, want, offset)
+    while len(data) < want:
+        more = os.pread(fd, want - len(data), offset + len(data))
+        if not more:
+            raise ImageError(f"{path}: ends at byte {offset + len(data)}, expected {size} bytes")
+        data += more
+    return data
 
 
 @dataclass
