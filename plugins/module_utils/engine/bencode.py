@@ -38,7 +38,13 @@ def _encode(value, out):
         out.append(b"d")
         keys = {}
         for key in value:
-            raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+            if isinstance(key, str):
+                raw = key.encode("utf-8")
+            elif isinstance(key, (bytes, bytearray)):
+                raw = bytes(key)
+            else:
+                # bytes(5) would silently become five NUL bytes.
+                raise BencodeError(f"dictionary key must be a string, not {type(key).__name__}")
             if raw in keys:
                 raise BencodeError(f"duplicate dictionary key {raw!r}")
             keys[raw] = key
