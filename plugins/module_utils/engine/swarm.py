@@ -12,6 +12,7 @@ mapped onto its target with ``renamed_files`` (a device path or a loop slice of 
 The session's alert loop lives in ``Swarm.pump`` and nowhere else; everything outside
 reads ``Progress`` snapshots.
 """
+import collections
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from .errors import ManifestError, SwarmError
 from .image import SliceMap, Target, open_source
 
 RESUME_SAVE_INTERVAL = 2.0
+RATE_WINDOW = 3.0
 PEER_RETRY_INTERVAL = 5.0
 USER_AGENT = "p2pfleet/0.1.0"
 
@@ -134,11 +136,27 @@ class Job:
         self._resume_dirty = False
         self._last_resume_save = 0.0
         self._last_peer_retry = 0.0
+        self._samples = collections.deque()
+
+    def _rates(self, st) -> tuple:
+        """Payload rates over the last few seconds, from byte counters.
+
+        libtorrent's own rates move only on its one-second tick and read 0 for most of a
+        short LAN transfer; counters sampled at every snapshot show what really happens.
+        """
+        now = time.monotonic()
+        self._samples.append((now, st.total_payload_download, st.total_payload_upload))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
+            self._samples.popleft()
+        t0, down0, up0 = self._samples[0]
+        if now - t0 < 0.2:
+            return st.download_payload_rate, st.upload_payload_rate
+        return int((st.total_payload_download - down0) / (now - t0)), int((st.total_payload_upload - up0) / (now - t0))
 
     def snapshot(self) -> Progress:
         st = self.handle.status()
         done, total = st.total_wanted_done, st.total_wanted
-        rate = st.download_payload_rate
+        rate, up_rate = self._rates(st)
         state = "error" if self.error else _STATES.get(st.state, str(st.state))
         if self.kind == "fetch" and done >= total and state != "error":
             state = "complete"
@@ -150,7 +168,7 @@ class Job:
             bytes_done=done,
             bytes_total=total,
             download_rate=rate,
-            upload_rate=st.upload_payload_rate,
+            upload_rate=up_rate,
             peers=st.num_peers,
             seeds=st.num_seeds,
             uploaded=st.total_payload_upload,
