@@ -1,5 +1,6 @@
 """Real swarms on 127.0.0.1: libtorrent seeders and fetchers as p2pfleet processes,
 writing into real loop-device partitions."""
+import json
 import os
 import signal
 
@@ -85,8 +86,9 @@ def test_seed_from_partition_into_partition(tmp_path, image_factory, loop_factor
 
 
 @needs_loop
-def test_killed_fetch_resumes_without_fetching_done_pieces_again(tmp_path, image_factory, loop_factory,
-                                                                manifest_of, procs):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_interrupted_fetch_resumes_without_fetching_done_pieces_again(how, tmp_path, image_factory, loop_factory,
+                                                                      manifest_of, procs):
     size = 64 * MIB
     piece = MIB
     image = image_factory(size, seed=3)
@@ -104,25 +106,31 @@ def test_killed_fetch_resumes_without_fetching_done_pieces_again(tmp_path, image
         return last is not None and last["percent"] >= 50
 
     first.wait_for(half_done, 60, "first fetch reaching 50 %")
+    live = first.last_progress()
+    assert live["state"] == "downloading" and live["peers"] >= 1 and live["eta"] is not None, live
     resume_file = next(state.glob("*.resume"), None)
     assert resume_file is not None, "no resume data written while fetching"
-    wait_file_changes(str(resume_file), resume_file.stat().st_mtime_ns, 10, "resume data after 50 %")
-    first.popen.send_signal(signal.SIGKILL)
-    first.popen.wait(10)
-    killed_at = first.last_progress()["bytes_done"]
-    assert killed_at < size, "the first fetch finished before it could be killed"
+    if how == "SIGKILL":
+        wait_file_changes(str(resume_file), resume_file.stat().st_mtime_ns, 10, "resume data after 50 %")
+    first.popen.send_signal(getattr(signal, how))
+    code = first.popen.wait(20)
+    assert code == (-signal.SIGKILL if how == "SIGKILL" else 130), f"fetch stopped by {how} exited {code}"
+    stopped_at = first.last_progress()["bytes_done"]
+    assert stopped_at < size, "the first fetch finished before it could be stopped"
     # The limit holds for a peer on the local network too (libtorrent exempts LANs by default).
     rates = [e["download_rate"] for e in first.events() if e.get("event") == "progress"]
     assert max(rates) <= 8 * MIB * 1.5, f"download limit of 8 MiB/s not applied: peak {max(rates)} B/s"
 
     second = run_cli("--json", "fetch", *common, "--listen", f"127.0.0.1:{free_port()}", check=True)
-    result = [line for line in second.stdout.splitlines() if line.startswith("{")][-1]
-    import json
-    result = json.loads(result)
+    result = json.loads(second.stdout.strip().splitlines()[-1])
     assert result["verified"] is True
     assert file_digest(target, size) == file_digest(image, size)
-    assert result["resumed_bytes"] >= size * 0.4, f"resumed only {result['resumed_bytes']} of {size} bytes"
-    # Pieces in flight when killed may come again; nothing already saved may.
+    if how == "SIGTERM":
+        # A graceful stop saves resume data for everything it had.
+        assert result["resumed_bytes"] >= stopped_at, (result, stopped_at)
+    else:
+        assert result["resumed_bytes"] >= size * 0.4, f"resumed only {result['resumed_bytes']} of {size} bytes"
+    # Pieces in flight when stopped may come again; nothing already saved may.
     assert result["downloaded_bytes"] <= size - result["resumed_bytes"] + 8 * piece, result
 
 
@@ -147,7 +155,6 @@ def test_rerun_of_a_finished_fetch_downloads_nothing(tmp_path, image_factory, ma
     args = ["--json", "fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}", "--state-dir", tmp_path / "s"]
     run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
     again = run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
-    import json
     result = json.loads(again.stdout.strip().splitlines()[-1])
     assert result["resumed_bytes"] == size and result["downloaded_bytes"] == 0
 
