@@ -173,3 +173,37 @@ def test_fetch_repairs_a_target_corrupted_behind_its_back(tmp_path, image_factor
     again = run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
     assert "1 pieces are wrong" in again.stderr
     assert file_digest(target, size) == file_digest(image, size)
+
+
+def test_unreachable_tracker_gives_up_after_stall_timeout_naming_it(tmp_path, image_factory, manifest_of):
+    image = image_factory(4 * MIB, seed=13)
+    manifest = manifest_of(image)
+    dead = f"http://127.0.0.1:{free_port()}/announce"
+    proc = run_cli("fetch", manifest, tmp_path / "target.img", "--tracker", dead, "--stall-timeout", "3",
+                   "--listen", f"127.0.0.1:{free_port()}", "--state-dir", tmp_path / "s", timeout=60)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("p2pfleet: error: no progress for 3 s with 0 peers"), last
+    assert "tracker" in last, f"the error should say the tracker failed: {last}"
+
+
+def test_fetch_without_any_peer_source_is_refused(tmp_path, image_factory, manifest_of):
+    manifest = manifest_of(image_factory(4 * MIB))
+    proc = run_cli("fetch", manifest, tmp_path / "target.img", "--state-dir", tmp_path / "s")
+    assert proc.returncode == 1
+    assert "needs --tracker URL or at least one --peer" in proc.stderr
+    assert not (tmp_path / "target.img").exists(), "nothing may be created when the command is refused"
+
+
+def test_port_in_use_fails_before_the_target_is_touched(tmp_path, image_factory, manifest_of):
+    import socket
+    manifest = manifest_of(image_factory(4 * MIB))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("fetch", manifest, tmp_path / "target.img", "--peer", "127.0.0.1:1",
+                       "--listen", f"127.0.0.1:{port}", "--state-dir", tmp_path / "s")
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert not (tmp_path / "target.img").exists()

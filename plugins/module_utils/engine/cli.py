@@ -189,8 +189,9 @@ def cmd_fetch(args) -> int:
     rep = Reporter(as_json=args.json, interval=args.progress_interval)
     manifest = metainfo.Manifest.load(args.manifest)
     started = time.monotonic()
-    with claim_target(args.target, manifest.image_size, require_device=args.device) as target, \
-            Swarm(args.listen, upload_limit=args.upload_limit, download_limit=args.download_limit) as swarm:
+    # The session first: a port already in use must fail before the target is touched.
+    with Swarm(args.listen, upload_limit=args.upload_limit, download_limit=args.download_limit) as swarm, \
+            claim_target(args.target, manifest.image_size, require_device=args.device) as target:
         job = swarm.fetch(manifest, target, args.state_dir, trackers=args.tracker or [], peers=_endpoints(args.peer))
         resumed = job.snapshot().bytes_done
         for _ in range(MAX_REPAIR_ROUNDS):

@@ -62,6 +62,9 @@ def lan_settings(listen: str, upload_limit: int = 0, download_limit: int = 0) ->
     return {
         "listen_interfaces": f"{host}:{port}",
         "user_agent": USER_AGENT,
+        # Peers and trackers are told this port: never drift to another one silently.
+        "listen_system_port_fallback": False,
+        "max_retry_port_bind": 0,
         "enable_dht": False,
         "enable_lsd": False,
         "enable_upnp": False,
