@@ -23,6 +23,7 @@ import libtorrent as lt
 
 from .errors import ManifestError, SwarmError
 from .image import SliceMap, Target, open_source
+from .metainfo import fingerprint
 
 RESUME_SAVE_INTERVAL = 2.0
 RATE_WINDOW = 3.0
@@ -227,7 +228,6 @@ class Swarm:
         everyone.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1 << lt.session.global_peer_class_id)
         self.session.set_peer_class_filter(everyone)
         self.jobs = {}
-        self._listen_error = ""
         self._wait_listening()
 
     def _wait_listening(self, timeout: float = 5.0) -> None:
@@ -273,7 +273,7 @@ class Swarm:
         """
         self._check_new(manifest)
         fd, info = open_source(image_path)
-        holder = _FdHolder(fd)
+        holders = [_FdHolder(fd)]
         try:
             if info.size < manifest.image_size:
                 raise ManifestError(
@@ -283,14 +283,15 @@ class Swarm:
             if manifest.source.get("fingerprint") != _fingerprint_or_none(image_path):
                 _spot_check(manifest, fd, image_path)
             slices = SliceMap(image_path, manifest.files, read_only=True)
-            holders = [holder, slices]
+            holders.append(slices)
             atp = self._params(manifest, slices.paths, trackers)
             atp.flags |= lt.torrent_flags.seed_mode | lt.torrent_flags.no_verify_files
             if super_seeding:
                 atp.flags |= lt.torrent_flags.super_seeding
             handle = self.session.add_torrent(atp)
         except BaseException:
-            holder.release()
+            for holder in holders:
+                holder.release()
             raise
         job = Job("seed", manifest, handle, slices.paths, holders, peers)
         self.jobs[manifest.info_hash] = job
@@ -305,7 +306,10 @@ class Swarm:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         resume_path = os.path.join(state_dir, manifest.info_hash + ".resume")
         identity_path = os.path.join(state_dir, manifest.info_hash + ".target.json")
-        identity = {"path": target.path, "kind": target.info.kind, "dev": target.info.dev, "ino": target.info.ino}
+        # A device node's inode changes at every boot; its number and size do not, so
+        # resume data survives a terminal's reboot mid-download.
+        identity = {"path": target.path, "kind": target.info.kind, "dev": target.info.dev,
+                    "ino": 0 if target.info.is_device else target.info.ino, "size": target.info.size}
         slices = SliceMap(target.path, manifest.files, read_only=False)
         try:
             atp = self._params(manifest, slices.paths, trackers)
@@ -437,7 +441,6 @@ class _FdHolder:
 
 
 def _fingerprint_or_none(path):
-    from .metainfo import fingerprint
     try:
         return fingerprint(path)
     except OSError:
