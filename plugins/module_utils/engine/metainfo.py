@@ -31,6 +31,9 @@ MAX_PIECE = 64 * MIB
 # libtorrent's default load limit (10 MB), with room for the file list of a split image.
 MAX_PIECES = 262_144
 MAX_FILES = 4096
+# libtorrent 2.1 refuses ("invalid length of torrent") a torrent of 2^44 - 16 KiB bytes or
+# more, just below MAX_PIECES * MAX_PIECE; found by loading policy-built torrents.
+MAX_IMAGE = (1 << 44) - 16 * KIB - 1
 MANIFEST_FORMAT = 1
 CREATOR = "p2pfleet 0.1.0"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -48,22 +51,30 @@ def _human(n: int) -> str:
 
 def parse_size(text) -> int:
     """``4M``, ``64MiB``, ``256G``, ``1048576`` → bytes (binary units)."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ManifestError(f"invalid size {text!r}; a size must be positive")
         return text
     s = str(text).strip().upper().replace("IB", "").rstrip("B")
     units = {"K": KIB, "M": MIB, "G": GIB, "T": 1 << 40}
     try:
-        if s and s[-1] in units:
-            return int(float(s[:-1]) * units[s[-1]])
-        return int(s)
-    except ValueError:
-        raise ManifestError(f"invalid size {text!r}; use bytes or a binary unit such as 4M or 64G") from None
+        size = int(float(s[:-1]) * units[s[-1]]) if s and s[-1] in units else int(s)
+    except (ValueError, OverflowError):
+        size = 0
+    if size <= 0:
+        raise ManifestError(f"invalid size {text!r}; use bytes or a binary unit such as 4M or 64G")
+    return size
 
 
 def choose_piece_size(image_size: int, requested: int = None) -> int:
     """The piece size for an image of ``image_size`` bytes (see the module docstring)."""
     if image_size <= 0:
         raise ManifestError("image is empty; nothing to distribute")
+    if image_size > MAX_IMAGE:
+        raise ManifestError(
+            f"image of {_human(image_size)} is larger than libtorrent accepts "
+            f"({_human(MAX_IMAGE)}); split it into several images"
+        )
     if requested is not None:
         if requested < MIN_PIECE or requested > MAX_PIECE or requested & (requested - 1):
             raise ManifestError(
@@ -181,6 +192,8 @@ class Manifest:
             raise ManifestError(f"{path}: no such manifest") from None
         except (OSError, ValueError) as exc:
             raise ManifestError(f"{path}: not a readable manifest: {exc}") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: not a manifest (expected a JSON object)")
         try:
             if data.get("format") != MANIFEST_FORMAT:
                 raise ManifestError(f"{path}: unsupported manifest format {data.get('format')!r}")
@@ -215,12 +228,25 @@ class Manifest:
             raise ManifestError(f"{where}: corrupt torrent ({exc})") from None
         if hashlib.sha1(bencode.encode(info)).hexdigest() != self.info_hash:
             raise ManifestError(f"{where}: torrent info-hash does not match manifest {self.info_hash}")
-        if b"files" in info:
-            total = sum(f[b"length"] for f in info[b"files"])
-        else:
-            total = info.get(b"length")
-        if piece_length != self.piece_size or total != self.image_size or len(pieces) != 20 * self.piece_count:
+        try:
+            if b"files" in info:
+                lengths = [f[b"length"] for f in info[b"files"]]
+            else:
+                lengths = [info[b"length"]]
+            total, pieces_size = sum(lengths), len(pieces)
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"{where}: corrupt torrent ({exc})") from None
+        if piece_length != self.piece_size or total != self.image_size or pieces_size != 20 * self.piece_count:
             raise ManifestError(f"{where}: torrent disagrees with manifest on size or pieces")
+        # The manifest's offsets are where a split image's files are written: they must
+        # tile the image in the torrent's order, or a fetch writes bytes to the wrong place.
+        if len(lengths) != len(self.files):
+            raise ManifestError(f"{where}: torrent has {len(lengths)} files, manifest lists {len(self.files)}")
+        offset = 0
+        for vf, length in zip(self.files, lengths):
+            if vf.offset != offset or vf.size != length:
+                raise ManifestError(f"{where}: manifest file {vf.path} does not match the torrent's layout")
+            offset += length
 
 
 def info_dict(name: str, files: list, piece_size: int, piece_hashes: list) -> dict:
