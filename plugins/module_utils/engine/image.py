@@ -167,6 +167,12 @@ def _partitions_of(devno: int) -> set:
 
 def check_device_target(path: str, devno: int, size: int, needed: int) -> None:
     """Refuse a device target that is the running root, mounted, swap, or too small."""
+    refuse_device_in_use(path, devno)
+    refuse_too_small(path, size, needed)
+
+
+def refuse_device_in_use(path: str, devno: int) -> None:
+    """Refuse a device that is the running root, mounted or swap; needs no access to it."""
     family = {devno} | _partitions_of(devno)
     if family & running_root_devices():
         raise TargetRefused(f"{path}: is or holds the running root file system; refusing to write it")
@@ -176,6 +182,9 @@ def check_device_target(path: str, devno: int, size: int, needed: int) -> None:
             raise TargetRefused(f"{path}: is mounted (on {mounted[dev]}); unmount it first")
     if family & _swap_devices():
         raise TargetRefused(f"{path}: is in use as swap; swapoff it first")
+
+
+def refuse_too_small(path: str, size: int, needed: int) -> None:
     if size < needed:
         raise TargetRefused(
             f"{path}: device holds {size} bytes but the image needs {needed}; "
@@ -228,7 +237,8 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
     target is created if missing and grown to the image size, never shrunk.
     """
     path = os.path.abspath(path)
-    require_device = require_device or path.startswith("/dev/")
+    # realpath, not the spelling: "//dev/sdb" or a symlink into /dev is still /dev.
+    require_device = require_device or os.path.realpath(path).startswith("/dev/")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -237,8 +247,10 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
         raise TargetRefused(f"{path}: cannot stat: {exc.strerror}") from None
 
     if st is not None and stat.S_ISBLK(st.st_mode):
+        # In-use checks first: the running root is refused without even being opened.
+        refuse_device_in_use(path, st.st_rdev)
         size = device_size(path)
-        check_device_target(path, st.st_rdev, size, needed)
+        refuse_too_small(path, size, needed)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
