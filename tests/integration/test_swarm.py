@@ -195,7 +195,7 @@ def test_fetch_without_any_peer_source_is_refused(tmp_path, image_factory, manif
     assert not (tmp_path / "target.img").exists(), "nothing may be created when the command is refused"
 
 
-def test_port_in_use_fails_before_the_target_is_touched(tmp_path, image_factory, manifest_of):
+def test_port_in_use_fails_and_leaves_no_target_behind(tmp_path, image_factory, manifest_of):
     import socket
     manifest = manifest_of(image_factory(4 * MIB))
     with socket.socket() as busy:
@@ -207,3 +207,25 @@ def test_port_in_use_fails_before_the_target_is_touched(tmp_path, image_factory,
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
     assert not (tmp_path / "target.img").exists()
+
+
+def test_keep_seeding_serves_the_next_terminal_after_the_origin_left(tmp_path, image_factory, manifest_of, procs):
+    size = 16 * MIB
+    image = image_factory(size, seed=17)
+    manifest = manifest_of(image)
+    seed_port = start_seeder(procs, tmp_path, manifest, image)
+    origin = procs[-1]
+    relay_port = free_port()
+    relay = Proc("fetch", manifest, tmp_path / "relay.img", "--peer", f"127.0.0.1:{seed_port}",
+                 "--listen", f"127.0.0.1:{relay_port}", "--state-dir", tmp_path / "relay", "--keep-seeding",
+                 log_path=tmp_path / "relay")
+    procs.append(relay)
+    relay.wait_for(lambda p: any("complete and verified" in e.get("text", "") for e in p.events()), 60,
+                   "relay verified and seeding")
+    origin.stop()
+    late = run_cli("--json", "fetch", manifest, tmp_path / "late.img", "--peer", f"127.0.0.1:{relay_port}",
+                   "--listen", f"127.0.0.1:{free_port()}", "--state-dir", tmp_path / "late", check=True)
+    assert json.loads(late.stdout.strip().splitlines()[-1])["verified"] is True
+    assert file_digest(tmp_path / "late.img", size) == file_digest(image, size)
+    relay.popen.send_signal(signal.SIGTERM)
+    assert relay.wait_exit(20, "relay stopping") == 0, "a verified fetch stopped while seeding is a success"

@@ -149,6 +149,7 @@ def cmd_seed(args) -> int:
                 raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
         rep.message(f"seeding {manifest.name} ({manifest.info_hash}) on port {swarm.listen_port}; "
                     f"ready after {time.monotonic() - started:.3f} s")
+        snap = job.snapshot()
         try:
             while True:
                 swarm.pump(0.5)
@@ -183,15 +184,24 @@ def _wait_complete(swarm, job, rep, stall_timeout):
             )
 
 
+def _session_for(target, args):
+    """The fetch's session; if it cannot start, a target file this run created is removed."""
+    try:
+        return Swarm(args.listen, upload_limit=args.upload_limit, download_limit=args.download_limit)
+    except P2PFleetError:
+        target.discard()
+        raise
+
+
 def cmd_fetch(args) -> int:
     if not args.tracker and not args.peer:
         raise SwarmError("fetch needs --tracker URL or at least one --peer HOST:PORT")
     rep = Reporter(as_json=args.json, interval=args.progress_interval)
     manifest = metainfo.Manifest.load(args.manifest)
     started = time.monotonic()
-    # The session first: a port already in use must fail before the target is touched.
-    with Swarm(args.listen, upload_limit=args.upload_limit, download_limit=args.download_limit) as swarm, \
-            claim_target(args.target, manifest.image_size, require_device=args.device) as target:
+    # The target first: a dangerous target must be refused whatever else is wrong.
+    with claim_target(args.target, manifest.image_size, require_device=args.device) as target, \
+            _session_for(target, args) as swarm:
         job = swarm.fetch(manifest, target, args.state_dir, trackers=args.tracker or [], peers=_endpoints(args.peer))
         resumed = job.snapshot().bytes_done
         for _ in range(MAX_REPAIR_ROUNDS):
@@ -223,9 +233,13 @@ def cmd_fetch(args) -> int:
         sys.stdout.flush()
         if args.keep_seeding:
             rep.message(f"complete and verified; seeding {manifest.name} until stopped")
-            while True:
-                swarm.pump(0.5)
-                rep.job(job.snapshot())
+            try:
+                while True:
+                    swarm.pump(0.5)
+                    rep.job(job.snapshot())
+            except Interrupted as exc:
+                # The image is already verified: being stopped now is success.
+                rep.message(f"stopped by {exc}; uploaded {_mib(job.snapshot().uploaded)}")
     return 0
 
 

@@ -112,19 +112,41 @@ def _related_devices(devno: int) -> set:
     return seen
 
 
-def _mountinfo_devices(mountinfo: str = "/proc/self/mountinfo") -> dict:
-    """Map of device number -> first mount point, for every mounted block device."""
-    mounted = {}
+def _mounts(mountinfo: str = "/proc/self/mountinfo"):
+    """Yield ``(device numbers, mount point)`` for every mount.
+
+    A mount names its device twice: the number in field 3, and the source after " - ".
+    btrfs, overlay and friends report an anonymous number (0:NN), so the source, when it
+    is a block device, is the one that names the real partition.
+    """
     with open(mountinfo, encoding="utf-8", errors="replace") as f:
         for line in f:
             fields = line.split()
             if len(fields) < 5:
                 continue
+            devices = set()
             try:
-                dev = _devno(fields[2])
+                devices.add(_devno(fields[2]))
             except ValueError:
-                continue
-            mounted.setdefault(dev, fields[4].replace("\\040", " "))
+                pass
+            if " - " in line:
+                after = line.split(" - ", 1)[1].split()
+                if len(after) >= 2 and after[1].startswith("/dev/"):
+                    try:
+                        st = os.stat(after[1].replace("\\040", " "))
+                        if stat.S_ISBLK(st.st_mode):
+                            devices.add(st.st_rdev)
+                    except OSError:
+                        pass
+            yield devices, fields[4].replace("\\040", " ")
+
+
+def _mountinfo_devices(mountinfo: str = "/proc/self/mountinfo") -> dict:
+    """Map of device number -> first mount point, for every mounted block device."""
+    mounted = {}
+    for devices, mount_point in _mounts(mountinfo):
+        for dev in devices:
+            mounted.setdefault(dev, mount_point)
     return mounted
 
 
@@ -148,7 +170,14 @@ def _swap_devices() -> set:
 
 def running_root_devices() -> set:
     """Every block device the running root file system lives on, directly or below it."""
-    return _related_devices(os.stat("/").st_dev)
+    roots = {os.stat("/").st_dev}
+    for devices, mount_point in _mounts():
+        if mount_point == "/":
+            roots |= devices
+    related = set()
+    for dev in roots:
+        related |= _related_devices(dev)
+    return related
 
 
 def _partitions_of(devno: int) -> set:
@@ -199,9 +228,10 @@ class Target:
     device target stays exclusively opened by this process.
     """
 
-    def __init__(self, info: ImageInfo, fd: int):
+    def __init__(self, info: ImageInfo, fd: int, created: bool = False):
         self.info = info
         self._fd = fd
+        self.created = created
 
     @property
     def path(self) -> str:
@@ -221,6 +251,13 @@ class Target:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Release the claim and remove the file the claim created (nothing else)."""
+        self.release()
+        if self.created:
+            os.unlink(self.path)
+            self.created = False
 
     def __enter__(self):
         return self
@@ -267,6 +304,7 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise TargetRefused(f"{path}: directory {parent} does not exist")
+    created = st is None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -281,7 +319,7 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
     if st.st_size < needed:
         os.ftruncate(fd, needed)
         st = os.fstat(fd)
-    return Target(ImageInfo(path, "file", st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns), fd)
+    return Target(ImageInfo(path, "file", st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns), fd, created)
 
 
 def open_source(path: str) -> tuple:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import libtorrent as lt
 
-from .errors import ManifestError, SwarmError
+from .errors import ManifestError, P2PFleetError, SwarmError
 from .image import SliceMap, Target, open_source
 from .metainfo import fingerprint
 
@@ -443,7 +443,7 @@ class _FdHolder:
 def _fingerprint_or_none(path):
     try:
         return fingerprint(path)
-    except OSError:
+    except (OSError, P2PFleetError):
         return None
 
 
