@@ -292,3 +292,17 @@ def test_cli_seed_of_a_too_small_image_fails_at_start(manifest, image_factory):
     other = image_factory(size=IMAGE_SIZE // 2, seed=31, name="half")
     proc = run_cli("seed", manifest.path, other, "--listen", "127.0.0.1:0", timeout=60)
     assert_one_error_line(proc, f"holds {IMAGE_SIZE // 2} bytes")
+
+
+@needs_loop
+def test_image_file_backing_a_loop_device_is_refused(tmp_path):
+    backing = tmp_path / "attached.img"
+    backing.write_bytes(b"\1" * (4 * MIB))
+    dev = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    try:
+        with pytest.raises(TargetRefused, match=f"attached to {dev}"):
+            image.claim_target(str(backing), 4 * MIB)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=True)
+    assert backing.read_bytes() == b"\1" * (4 * MIB)

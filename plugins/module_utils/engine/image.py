@@ -221,6 +221,24 @@ def refuse_too_small(path: str, size: int, needed: int) -> None:
         )
 
 
+def _refuse_loop_backing(path: str, st) -> None:
+    """Refuse an image file that backs a loop device: it may be mounted through it."""
+    try:
+        names = os.listdir("/sys/block")
+    except OSError:
+        return
+    for name in names:
+        backing = os.path.join("/sys/block", name, "loop", "backing_file")
+        try:
+            with open(backing, encoding="utf-8", errors="replace") as f:
+                backing_path = f.read().strip()
+            other = os.stat(backing_path)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            raise TargetRefused(f"{path}: is attached to /dev/{name}; detach it (losetup -d) first")
+
+
 class Target:
     """A claimed place to write an image. Use as a context manager around the whole job.
 
@@ -304,6 +322,8 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise TargetRefused(f"{path}: directory {parent} does not exist")
+    if st is not None:
+        _refuse_loop_backing(path, st)
     created = st is None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
