@@ -149,18 +149,20 @@ def cmd_seed(args) -> int:
                 raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
         rep.message(f"seeding {manifest.name} ({manifest.info_hash}) on port {swarm.listen_port}; "
                     f"ready after {time.monotonic() - started:.3f} s")
-        snap = job.snapshot()
-        try:
-            while True:
-                swarm.pump(0.5)
-                snap = job.snapshot()
-                if job.error:
-                    raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
-                rep.job(snap)
-        except Interrupted as exc:
-            # Stopping is how a seed job ends, so it is a success for a service manager.
-            rep.message(f"stopped by {exc}; uploaded {_mib(snap.uploaded)}")
-            return 0
+        return _seed_until_stopped(swarm, job, rep)
+
+
+def _seed_until_stopped(swarm, job, rep) -> int:
+    """Serve peers until SIGINT/SIGTERM. Stopping is how seeding ends: exit 0."""
+    try:
+        while True:
+            swarm.pump(0.5)
+            if job.error:
+                raise SwarmError(f"seeding {job.manifest.name} failed: {job.error}")
+            rep.job(job.snapshot())
+    except Interrupted as exc:
+        rep.message(f"stopped by {exc}; uploaded {_mib(job.snapshot().uploaded)}")
+        return 0
 
 
 def _wait_complete(swarm, job, rep, stall_timeout):
@@ -233,13 +235,7 @@ def cmd_fetch(args) -> int:
         sys.stdout.flush()
         if args.keep_seeding:
             rep.message(f"complete and verified; seeding {manifest.name} until stopped")
-            try:
-                while True:
-                    swarm.pump(0.5)
-                    rep.job(job.snapshot())
-            except Interrupted as exc:
-                # The image is already verified: being stopped now is success.
-                rep.message(f"stopped by {exc}; uploaded {_mib(job.snapshot().uploaded)}")
+            return _seed_until_stopped(swarm, job, rep)
     return 0
 
 
