@@ -1,0 +1,30 @@
+"""``p2pfleet tracker --config FILE``: run the LAN tracker until SIGINT/SIGTERM."""
+
+import asyncio
+import logging
+
+from .config import load
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "tracker", help="run the LAN tracker",
+        description="Run the LAN tracker: announce/scrape, allow-lists, topology policy, "
+                    "fleet status page. SIGHUP rescans the manifest directory.")
+    parser.add_argument("--config", required=True, metavar="FILE", help="tracker config (YAML)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="overrides log_level from the config")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args) -> int:
+    # Imported here so other subcommands (and modules under AnsiballZ) never need aiohttp.
+    from .server import serve
+
+    config = load(args.config)
+    level = (args.log_level or config.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("p2pfleet").setLevel(level)
+    asyncio.run(serve(config))
+    return 0

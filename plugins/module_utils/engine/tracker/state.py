@@ -1,0 +1,344 @@
+"""Swarm state: registered info-hashes, their peers, expiry, rates and fleet totals."""
+
+import ipaddress
+import json
+import logging
+import os
+import random
+import time
+
+from .policy import select_peers
+
+log = logging.getLogger("p2pfleet.tracker")
+
+# Rates from two announces closer than this are mostly noise from a client's event announce.
+MIN_RATE_WINDOW = 1.0
+
+
+class Peer:
+    """One peer of one swarm. Identity (not value) equality: the policy keeps peers in sets."""
+
+    __slots__ = (
+        "key", "ip", "port", "host", "group", "origin", "compact", "uploaded", "downloaded",
+        "left", "up_rate", "down_rate", "first_seen", "last_seen", "state", "counted",
+        "_sample_time", "_sample_up", "_sample_down",
+    )
+
+    def __init__(self, key, ip, port, now):
+        self.key = key
+        self.uploaded = self.downloaded = self.left = 0
+        self.up_rate = self.down_rate = 0.0
+        self.first_seen = self.last_seen = now
+        self.state = "active"
+        self.counted = False
+        self._sample_time = None
+        self._sample_up = self._sample_down = 0
+        self.host = self.group = None
+        self.origin = False
+        self.move(ip, port)
+
+    def move(self, ip, port):
+        self.ip, self.port = ip, port
+        self.compact = ip.packed + port.to_bytes(2, "big")
+
+    def sample(self, uploaded, downloaded, now, restarted):
+        """Derive rates from the counters of consecutive announces."""
+        if restarted or self._sample_time is None or uploaded < self._sample_up \
+                or downloaded < self._sample_down:
+            self.up_rate = self.down_rate = 0.0
+            self._sample_time, self._sample_up, self._sample_down = now, uploaded, downloaded
+        elif now - self._sample_time >= MIN_RATE_WINDOW:
+            span = now - self._sample_time
+            self.up_rate = (uploaded - self._sample_up) / span
+            self.down_rate = (downloaded - self._sample_down) / span
+            self._sample_time, self._sample_up, self._sample_down = now, uploaded, downloaded
+        self.uploaded, self.downloaded = uploaded, downloaded
+
+
+class Swarm:
+    def __init__(self, info_hash, name=None, image_size=None, source="config"):
+        self.info_hash = info_hash
+        self.name = name or info_hash.hex()
+        self.image_size = image_size
+        self.source = source
+        self.peers = {}            # peer_id -> Peer, active only
+        self.by_addr = {}          # (ip, port) -> Peer
+        self.groups = {}           # group -> {peer_id: Peer}, active non-origin peers
+        self.origins = {}          # peer_id -> Peer, active origin seeders
+        self.holders = {}          # origin peer_id -> set of Peers holding one of its slots
+        self.gone = {}             # peer_id -> Peer that stopped or went silent
+        self.completed = 0
+        self.largest_left = 0
+
+    # -- membership -------------------------------------------------------------------------
+    def _add(self, peer):
+        self.peers[peer.key] = peer
+        self.by_addr[(peer.ip, peer.port)] = peer
+        if peer.origin:
+            self.origins[peer.key] = peer
+        else:
+            self.groups.setdefault(peer.group, {})[peer.key] = peer
+
+    def _remove(self, peer, state):
+        self.peers.pop(peer.key, None)
+        if self.by_addr.get((peer.ip, peer.port)) is peer:
+            del self.by_addr[(peer.ip, peer.port)]
+        if peer.origin:
+            self.origins.pop(peer.key, None)
+            self.holders.pop(peer.key, None)
+        else:
+            members = self.groups.get(peer.group)
+            if members is not None:
+                members.pop(peer.key, None)
+                if not members:
+                    del self.groups[peer.group]
+            self._release(peer)
+        peer.state = state
+        peer.up_rate = peer.down_rate = 0.0
+        self.gone[peer.key] = peer
+
+    def _release(self, peer):
+        for holding in self.holders.values():
+            holding.discard(peer)
+
+    def announce(self, req, ip, config, rng, now):
+        """Apply one parsed announce from ``ip`` and return the bencodable response."""
+        peer = self.peers.get(req.peer_id)
+        if req.event == "stopped":
+            if peer is not None:
+                self._remove(peer, "stopped")
+                log.debug("%s: %s stopped", self.name, _label(peer))
+            return self._response(config, [], req)
+
+        host = config.host_name(ip, req.host)
+        topology = config.topology
+        if peer is None or peer.ip != ip or peer.port != req.port or peer.host != host:
+            if peer is not None:
+                self._remove(peer, "moved")
+            stale = self.by_addr.get((ip, req.port))
+            if stale is not None:
+                # Same address, new peer id: the client restarted; forget its old self.
+                self._remove(stale, "restarted")
+                self.gone.pop(stale.key, None)
+            previous = self.gone.pop(req.peer_id, None)
+            peer = Peer(req.peer_id, ip, req.port, now)
+            if previous is not None:
+                peer.first_seen, peer.counted = previous.first_seen, previous.counted
+            peer.host = host
+            peer.group = topology.group_of(ip, host)
+            peer.origin = topology.is_seeder(ip, host)
+            self._add(peer)
+            log.debug("%s: new peer %s group=%s origin=%s", self.name, _label(peer),
+                      peer.group, peer.origin)
+
+        peer.sample(req.uploaded, req.downloaded, now, restarted=req.event == "started")
+        peer.left = req.left
+        peer.last_seen = now
+        if req.left > self.largest_left:
+            self.largest_left = req.left
+        if req.left == 0:
+            self._release(peer)
+            if req.event == "completed" and not peer.counted:
+                peer.counted = True
+                self.completed += 1
+
+        numwant = config.default_numwant if req.numwant is None else req.numwant
+        groups = {group: members.values() for group, members in self.groups.items()}
+        decision = select_peers(peer, groups, list(self.origins.values()), self.holders,
+                                topology, numwant, rng)
+        if decision.granted is not None:
+            self.holders.setdefault(decision.granted.key, set()).add(peer)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s (group %s, left %d) gets %s", self.name, _label(peer),
+                      peer.group, peer.left, decision.explain())
+        return self._response(config, decision.peers, req)
+
+    def _response(self, config, peers, req):
+        complete = sum(1 for p in self.peers.values() if p.left == 0)
+        response = {
+            "interval": config.interval,
+            "min interval": config.min_interval,
+            "complete": complete,
+            "incomplete": len(self.peers) - complete,
+        }
+        if req.compact:
+            response["peers"] = b"".join(p.compact for p in peers if p.ip.version == 4)
+            response["peers6"] = b"".join(p.compact for p in peers if p.ip.version == 6)
+        else:
+            entries = []
+            for p in peers:
+                entry = {"ip": str(p.ip), "port": p.port}
+                if not req.no_peer_id:
+                    entry["peer id"] = p.key
+                entries.append(entry)
+            response["peers"] = entries
+        return response
+
+    def expire(self, now, silent_after, forget_after):
+        for peer in [p for p in self.peers.values() if now - p.last_seen > silent_after]:
+            self._remove(peer, "silent")
+            log.info("%s: %s went silent", self.name, _label(peer))
+        for key in [k for k, p in self.gone.items() if now - p.last_seen > forget_after]:
+            del self.gone[key]
+
+    # -- reporting ----------------------------------------------------------------------------
+    @property
+    def size(self):
+        return self.image_size or self.largest_left
+
+    def scrape(self):
+        complete = sum(1 for p in self.peers.values() if p.left == 0)
+        return {"complete": complete, "downloaded": self.completed,
+                "incomplete": len(self.peers) - complete}
+
+    def status(self, now, wall_now, with_peers=True):
+        size = self.size
+        rows, bytes_left, terminals = [], 0, 0
+        for peer in [*self.peers.values(), *self.gone.values()]:
+            if not peer.origin:
+                terminals += 1
+                bytes_left += min(peer.left, size) if size else peer.left
+            if with_peers:
+                rows.append(self._peer_row(peer, size, now, wall_now))
+        active = self.peers.values()
+        totals = {
+            "peers": len(self.peers),
+            "terminals": terminals,
+            "origins": len(self.origins),
+            "downloading": sum(1 for p in active if p.left > 0),
+            "complete": sum(1 for p in active if p.left == 0 and not p.origin),
+            "stopped": sum(1 for p in self.gone.values() if p.state == "stopped"),
+            "silent": sum(1 for p in self.gone.values() if p.state == "silent"),
+            "completed_events": self.completed,
+            "bytes_total": size * terminals,
+            "bytes_left": bytes_left,
+            "progress": _fraction(size * terminals - bytes_left, size * terminals),
+            "upload_rate": sum(p.up_rate for p in active),
+            "download_rate": sum(p.down_rate for p in active),
+        }
+        status = {"info_hash": self.info_hash.hex(), "name": self.name, "image_size": size,
+                  "source": self.source, "totals": totals}
+        if with_peers:
+            rows.sort(key=lambda row: (not row["origin"], row["host"] or "", row["ip"], row["port"]))
+            status["peers"] = rows
+        return status
+
+    @staticmethod
+    def _peer_row(peer, size, now, wall_now):
+        if peer.state != "active":
+            state = peer.state
+        elif peer.origin:
+            state = "seeding"
+        else:
+            state = "complete" if peer.left == 0 else "downloading"
+        return {
+            "host": peer.host, "ip": str(peer.ip), "port": peer.port, "group": peer.group,
+            "origin": peer.origin, "state": state, "left": peer.left,
+            "progress": _fraction(size - min(peer.left, size), size) if size else (1.0 if peer.left == 0 else 0.0),
+            "uploaded": peer.uploaded, "downloaded": peer.downloaded,
+            "upload_rate": round(peer.up_rate, 1), "download_rate": round(peer.down_rate, 1),
+            "last_seen": round(wall_now - (now - peer.last_seen), 3),
+            "seen_ago": round(now - peer.last_seen, 3),
+        }
+
+
+def _fraction(part, whole):
+    return round(part / whole, 6) if whole else 0.0
+
+
+def _label(peer):
+    return f"{peer.host or peer.ip}:{peer.port}"
+
+
+class Tracker:
+    """All swarms of one tracker process plus the counters behind /metrics."""
+
+    def __init__(self, config, rng=None, clock=time.monotonic, wall_clock=time.time):
+        self.config = config
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.swarms = {}
+        self.counters = {"announce_ok": 0, "announce_failed": 0, "scrape": 0}
+        for info_hash in config.info_hashes:
+            self.register(info_hash, source="config")
+        self.rescan()
+
+    def register(self, info_hash, name=None, image_size=None, source="admin"):
+        swarm = self.swarms.get(info_hash)
+        if swarm is None:
+            swarm = self.swarms[info_hash] = Swarm(info_hash, name, image_size, source)
+            log.info("registered %s (%s) from %s", info_hash.hex(), swarm.name, source)
+        else:
+            swarm.name = name or swarm.name
+            swarm.image_size = image_size or swarm.image_size
+        return swarm
+
+    def unregister(self, info_hash):
+        swarm = self.swarms.pop(info_hash, None)
+        if swarm is not None:
+            log.info("unregistered %s (%s)", info_hash.hex(), swarm.name)
+        return swarm is not None
+
+    def rescan(self):
+        """Register every manifest in ``manifest_dir``; forget swarms whose manifest is gone."""
+        directory = self.config.manifest_dir
+        if directory is None:
+            return
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(".manifest.json"))
+        except OSError as exc:
+            log.warning("cannot list manifest_dir %s: %s", directory, exc.strerror)
+            return
+        seen = set()
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    info_hash, title, size = manifest_fields(json.load(handle))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping manifest %s: %s", path, exc)
+                continue
+            seen.add(info_hash)
+            self.register(info_hash, title, size, source=f"manifest {name}")
+        for info_hash, swarm in list(self.swarms.items()):
+            if swarm.source.startswith("manifest ") and info_hash not in seen:
+                self.unregister(info_hash)
+
+    def expire(self):
+        now = self.clock()
+        silent_after = self.config.interval * self.config.expiry_intervals
+        for swarm in self.swarms.values():
+            swarm.expire(now, silent_after, self.config.forget_after)
+
+    def status(self, with_peers=False):
+        now, wall = self.clock(), self.wall_clock()
+        return [s.status(now, wall, with_peers) for s in self.swarms.values()]
+
+
+def manifest_fields(manifest):
+    """(info_hash bytes, name, image_size) from a manifest document; ValueError if unusable."""
+    if not isinstance(manifest, dict):
+        raise ValueError("manifest must be a JSON object")
+    value = manifest.get("info_hash")
+    if not isinstance(value, str) or len(value) != 40:
+        raise ValueError("manifest has no 40-digit hex info_hash")
+    try:
+        info_hash = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"info_hash {value!r} is not hex") from None
+    name = manifest.get("name")
+    size = manifest.get("image_size")
+    if name is not None and not isinstance(name, str):
+        raise ValueError("manifest name must be a string")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError("manifest image_size must be a non-negative integer")
+    return info_hash, name, size
+
+
+def client_ip(address):
+    """The peer's IP from a socket address; IPv4-mapped IPv6 becomes plain IPv4."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

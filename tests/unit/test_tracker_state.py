@@ -1,0 +1,123 @@
+import ipaddress
+import random
+
+from engine.tracker import config
+from engine.tracker.announce import Announce
+from engine.tracker.state import Tracker
+
+HASH = b"h" * 20
+SIZE = 1000
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def make(**policy):
+    cfg = config.parse({
+        "allowed_networks": ["10.0.0.0/8"], "interval": 10, "info_hashes": [HASH.hex()],
+        "hosts": {"10.1.0.9": "pc-9"},
+        "groups": {"room1": {"networks": ["10.1.0.0/24"]}, "room2": {"networks": ["10.2.0.0/24"]}},
+        "policy": {"seeders": ["10.0.0.1"], **policy},
+    })
+    clock = Clock()
+    tracker = Tracker(cfg, rng=random.Random(0), clock=clock, wall_clock=lambda: 5000.0)
+    return tracker, clock
+
+
+def announce(tracker, clock, ip, peer, left, event="", up=0, down=0, host=None, numwant=50):
+    req = Announce(info_hash=HASH, peer_id=peer.ljust(20, b".")[:20], port=6881, uploaded=up,
+                   downloaded=down, left=left, event=event, numwant=numwant, compact=True,
+                   no_peer_id=False, host=host)
+    return tracker.swarms[HASH].announce(req, ipaddress.ip_address(ip), tracker.config,
+                                         tracker.rng, clock())
+
+
+def peers_of(status):
+    return {row["host"] or row["ip"]: row for row in status["peers"]}
+
+
+def test_rates_come_from_consecutive_announces_and_reset_on_restart():
+    tracker, clock = make()
+    announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")
+    clock.now += 10
+    announce(tracker, clock, "10.1.0.2", b"a", SIZE - 500, up=100, down=500)
+    row = peers_of(tracker.swarms[HASH].status(clock(), 5000.0))["10.1.0.2"]
+    assert (row["download_rate"], row["upload_rate"]) == (50.0, 10.0)
+    clock.now += 10
+    announce(tracker, clock, "10.1.0.2", b"a", SIZE - 500, "started", up=0, down=0)
+    row = peers_of(tracker.swarms[HASH].status(clock(), 5000.0))["10.1.0.2"]
+    assert (row["download_rate"], row["upload_rate"]) == (0.0, 0.0)
+
+
+def test_host_names_from_config_map_or_announce_and_fleet_totals():
+    tracker, clock = make()
+    tracker.register(HASH, "lab-image", SIZE)
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started", host="server")
+    announce(tracker, clock, "10.1.0.9", b"nine", 250, "started", host="ignored")
+    announce(tracker, clock, "10.2.0.3", b"three", 750, "started", host="pc-3")
+    status = tracker.swarms[HASH].status(clock(), 5000.0)
+    rows = peers_of(status)
+    assert rows["server"]["state"] == "seeding" and rows["server"]["origin"]
+    assert rows["pc-9"]["progress"] == 0.75 and rows["pc-9"]["group"] == "room1"
+    assert rows["pc-3"]["progress"] == 0.25 and rows["pc-3"]["group"] == "room2"
+    totals = status["totals"]
+    assert (totals["terminals"], totals["bytes_total"], totals["bytes_left"]) == (2, 2000, 1000)
+    assert totals["progress"] == 0.5 and totals["origins"] == 1
+
+
+def test_silent_peers_expire_after_missed_intervals_and_are_forgotten_later():
+    tracker, clock = make()
+    announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")
+    announce(tracker, clock, "10.1.0.3", b"b", SIZE, "started")
+    clock.now += 15
+    announce(tracker, clock, "10.1.0.3", b"b", SIZE)
+    clock.now += 6           # a: 21 s silent, more than 2 intervals of 10 s
+    tracker.expire()
+    rows = peers_of(tracker.swarms[HASH].status(clock(), 5000.0))
+    assert rows["10.1.0.2"]["state"] == "silent" and rows["10.1.0.3"]["state"] == "downloading"
+    response = announce(tracker, clock, "10.1.0.3", b"b", SIZE)
+    assert response["peers"] == b"" and response["incomplete"] == 1
+    clock.now += 3600
+    tracker.expire()
+    assert "10.1.0.2" not in peers_of(tracker.swarms[HASH].status(clock(), 5000.0))
+
+
+def test_stopped_peer_leaves_the_peer_lists_and_completed_counts_once():
+    tracker, clock = make()
+    announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")
+    announce(tracker, clock, "10.1.0.3", b"b", 0, "completed")
+    announce(tracker, clock, "10.1.0.3", b"b", 0, "completed")
+    assert tracker.swarms[HASH].scrape() == {"complete": 1, "downloaded": 1, "incomplete": 1}
+    announce(tracker, clock, "10.1.0.3", b"b", 0, "stopped")
+    response = announce(tracker, clock, "10.1.0.2", b"a", SIZE)
+    assert response["peers"] == b""
+    assert peers_of(tracker.swarms[HASH].status(clock(), 5000.0))["10.1.0.3"]["state"] == "stopped"
+
+
+def test_client_restart_with_new_peer_id_replaces_the_old_entry():
+    tracker, clock = make()
+    announce(tracker, clock, "10.1.0.2", b"old", SIZE, "started")
+    announce(tracker, clock, "10.1.0.2", b"new", SIZE, "started")
+    swarm = tracker.swarms[HASH]
+    assert len(swarm.peers) == 1 and len(swarm.status(clock(), 5000.0)["peers"]) == 1
+
+
+def test_origin_slot_is_released_when_the_holder_completes():
+    tracker, clock = make(seeder_slots=1)
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
+    origin_compact = ipaddress.ip_address("10.0.0.1").packed + (6881).to_bytes(2, "big")
+    first = announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")
+    second = announce(tracker, clock, "10.1.0.3", b"b", SIZE, "started")
+    assert origin_compact in _chunks(first["peers"]) and origin_compact not in _chunks(second["peers"])
+    announce(tracker, clock, "10.1.0.2", b"a", 0, "completed")
+    second = announce(tracker, clock, "10.1.0.3", b"b", SIZE)
+    assert origin_compact in _chunks(second["peers"])
+
+
+def _chunks(compact):
+    return [compact[i:i + 6] for i in range(0, len(compact), 6)]
