@@ -1,0 +1,129 @@
+"""A real tracker process and plain-socket clients for tracker tests, with bounded waits."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from urllib.parse import quote_from_bytes
+
+import yaml
+
+from conftest import P2PFLEET
+from engine.bencode import decode
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+class TrackerProcess:
+    """``p2pfleet tracker`` on 127.0.0.1 with an ephemeral port and a config from a dict."""
+
+    def __init__(self, tmp_path, config, port=None, name="tracker"):
+        self.port = port or free_port()
+        self.config = {"listen": [f"127.0.0.1:{self.port}"], "allowed_networks": ["127.0.0.0/8"],
+                       "interval": 2, "min_interval": 1, **config}
+        self.path = tmp_path / f"{name}.yml"
+        self.path.write_text(yaml.safe_dump(self.config))
+        self.log = tmp_path / f"{name}.log"
+        self.popen = None
+        self.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self._log = open(self.log, "a")
+        self.popen = subprocess.Popen(P2PFLEET + ["tracker", "--config", str(self.path), "--log-level", "debug"],
+                                      stdout=self._log, stderr=subprocess.STDOUT)
+        wait_until(self._serving, 15, f"tracker on port {self.port} serving status.json; log {self.log}")
+
+    def _serving(self):
+        if self.popen.poll() is not None:
+            raise AssertionError(f"tracker exited {self.popen.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            return get(self.url + "/status.json")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                code = self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+                raise AssertionError("tracker ignored SIGTERM for 10 s") from None
+            assert code == 0, f"tracker exited {code} on SIGTERM:\n{self.log.read_text()[-3000:]}"
+        self._log.close()
+
+    def hup(self):
+        self.popen.send_signal(signal.SIGHUP)
+
+    def status(self, info_hash=None):
+        path = f"/status/{info_hash}.json" if info_hash else "/status.json"
+        code, body = get(self.url + path)
+        assert code == 200, f"{path} answered {code}: {body[:200]!r}"
+        return json.loads(body)
+
+
+def get(url, source="127.0.0.1", headers=None, method="GET", body=None, timeout=10):
+    """One HTTP request from a chosen loopback source address; returns (status, body)."""
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout, source_address=(source, 0))
+    try:
+        conn.request(method, "/" + path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def announce(base, info_hash, peer_id, port, left=1000, source="127.0.0.1", event=None, **extra):
+    params = {"info_hash": info_hash, "peer_id": peer_id, "port": str(port), "uploaded": "0",
+              "downloaded": "0", "left": str(left), "compact": "1"}
+    if event:
+        params["event"] = event
+    params.update({k: str(v) for k, v in extra.items()})
+    query = "&".join(f"{k}={quote_from_bytes(v if isinstance(v, bytes) else v.encode())}"
+                     for k, v in params.items())
+    code, body = get(f"{base}/announce?{query}", source=source)
+    assert code == 200, f"announce answered HTTP {code}: {body[:200]!r}"
+    return decode(body)
+
+
+def compact_peers(blob, width=6):
+    out = []
+    for i in range(0, len(blob), width):
+        chunk = blob[i:i + width]
+        ip = socket.inet_ntop(socket.AF_INET if width == 6 else socket.AF_INET6, chunk[:-2])
+        out.append((ip, int.from_bytes(chunk[-2:], "big")))
+    return out
+
+
+def write_manifest(directory, name, info_hash_hex, image_size, torrent=None):
+    path = os.path.join(directory, f"{name}.manifest.json")
+    with open(path, "w") as f:
+        json.dump({"info_hash": info_hash_hex, "name": name, "image_size": image_size,
+                   "piece_size": 1 << 16, "torrent": torrent or f"{name}.torrent"}, f)
+    return path
