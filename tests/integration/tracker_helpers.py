@@ -127,3 +127,59 @@ def write_manifest(directory, name, info_hash_hex, image_size, torrent=None):
         json.dump({"info_hash": info_hash_hex, "name": name, "image_size": image_size,
                    "piece_size": 1 << 16, "torrent": torrent or f"{name}.torrent"}, f)
     return path
+
+
+class LtPeer:
+    """A libtorrent session on one loopback address downloading (or seeding) one torrent.
+
+    ``stock=True`` leaves every setting at libtorrent's default except the listen address.
+    Otherwise the session follows the engine's LAN profile and re-announces every second
+    so the tracker sees progress while the test watches.
+    """
+
+    def __init__(self, ip, torrent, save_path, tracker_url, stock=False, download_limit=0):
+        import libtorrent as lt
+        self.lt = lt
+        self.ip = ip
+        port = free_port(ip)
+        settings = {"listen_interfaces": f"{ip}:{port}"}
+        if not stock:
+            settings.update({
+                "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+                "enable_outgoing_utp": False, "enable_incoming_utp": False,
+                "allow_multiple_connections_per_ip": True, "min_announce_interval": 1,
+                "download_rate_limit": download_limit,
+            })
+        self.session = lt.session(settings)
+        if download_limit:
+            # Loopback counts as a local network, which libtorrent exempts from rate limits.
+            everyone = lt.ip_filter()
+            everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+            self.session.set_peer_class_filter(everyone)
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(str(torrent))
+        atp.save_path = str(save_path)
+        atp.trackers = [tracker_url]
+        self.handle = self.session.add_torrent(atp)
+
+    def progress(self):
+        return self.handle.status().progress
+
+    def is_seed(self):
+        return self.handle.status().is_seeding
+
+    def peer_ips(self):
+        return {p.ip[0] for p in self.handle.get_peer_info()}
+
+    def close(self):
+        self.session.remove_torrent(self.handle)
+        del self.handle, self.session
+
+
+def sha256_of(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

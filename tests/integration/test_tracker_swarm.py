@@ -1,0 +1,141 @@
+"""Real swarms through the tracker: our seeder, stock libtorrent, aria2, the page in Chromium,
+the policy at work, and a tracker restart mid-swarm."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import P2PFLEET, random_image, run_cli
+from tracker_helpers import LtPeer, TrackerProcess, free_port, sha256_of, wait_until
+
+MIB = 1 << 20
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """An 8 MiB image, its manifest in the tracker's manifest directory, a tracker."""
+    class Lab:
+        pass
+    lab = Lab()
+    lab.image = random_image(tmp_path / "disk.img", 8 * MIB, seed=5)
+    lab.manifests = tmp_path / "manifests"
+    lab.manifests.mkdir()
+    run_cli("manifest", lab.image, "--out", lab.manifests, "--piece-size", "256K", check=True)
+    lab.manifest = lab.manifests / "disk.img.manifest.json"
+    lab.torrent = lab.manifests / "disk.img.torrent"
+    lab.info_hash = json.loads(lab.manifest.read_text())["info_hash"]
+    lab.tmp = tmp_path
+    lab.procs, lab.peers = [], []
+    lab.tracker = None
+
+    def start_tracker(**config):
+        lab.tracker = TrackerProcess(tmp_path, {"manifest_dir": str(lab.manifests), **config})
+        return lab.tracker
+
+    def seed(upload_limit=0):
+        log = open(tmp_path / "seed.log", "w")
+        proc = subprocess.Popen(P2PFLEET + ["seed", str(lab.manifest), lab.image, "--listen",
+                                            f"127.0.0.2:{free_port('127.0.0.2')}",
+                                            "--upload-limit", str(upload_limit),
+                                            "--tracker", f"{lab.tracker.url}/announce?host=origin"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        lab.procs.append(proc)
+        wait_until(lambda: any(p["host"] == "origin" for p in lab.tracker.status(lab.info_hash)["peers"]),
+                   20, "origin seeder announced to the tracker")
+        return proc
+
+    def peer(ip, host, origin=False, **kw):
+        save = tmp_path / host
+        save.mkdir()
+        if origin:
+            shutil.copyfile(lab.image, save / "disk.img")
+        p = LtPeer(ip, lab.torrent, save, f"{lab.tracker.url}/announce?host={host}", **kw)
+        p.path, p.host = save / "disk.img", host
+        lab.peers.append(p)
+        return p
+
+    lab.start_tracker, lab.seed, lab.peer = start_tracker, seed, peer
+    yield lab
+    for p in lab.peers:
+        p.close()
+    for proc in lab.procs:
+        proc.terminate()
+        proc.wait(10)
+    if lab.tracker is not None:
+        lab.tracker.stop()
+
+
+def test_stock_libtorrent_downloads_from_our_seeder_through_our_tracker(lab):
+    lab.start_tracker()
+    lab.seed()
+    client = lab.peer("127.0.0.3", "stock-lt", stock=True)
+    wait_until(client.is_seed, 60, "stock libtorrent finished downloading")
+    assert sha256_of(client.path) == sha256_of(lab.image)
+    rows = {r["host"]: r for r in lab.tracker.status(lab.info_hash)["peers"]}
+    assert rows["stock-lt"]["ip"] == "127.0.0.3"
+
+
+@pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2 is not installed (apt install aria2)")
+def test_aria2_downloads_from_our_seeder_through_our_tracker(lab):
+    lab.start_tracker()
+    lab.seed()
+    out = lab.tmp / "aria2"
+    out.mkdir()
+    cmd = ["aria2c", "--dir", str(out), "--interface", "127.0.0.4", "--listen-port", str(free_port("127.0.0.4")),
+           "--bt-tracker", f"{lab.tracker.url}/announce?host=aria2", "--seed-time=0", "--enable-dht=false",
+           "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+           "--bt-stop-timeout=60", "--summary-interval=0", "--console-log-level=warn", "--no-conf",
+           str(lab.torrent)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, f"aria2c failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert sha256_of(out / "disk.img") == sha256_of(lab.image)
+    rows = {r["host"]: r for r in lab.tracker.status(lab.info_hash)["peers"]}
+    assert rows["aria2"]["ip"] == "127.0.0.4"
+
+
+def chromium(*args, timeout=60):
+    profile = args[0]
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args[1:]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt install chromium)")
+def test_page_renders_progress_bars_for_a_live_swarm_in_chromium(lab):
+    lab.start_tracker(interval=1, min_interval=1, groups={
+        "room101": {"networks": ["127.0.0.3/32"]}, "room102": {"networks": ["127.0.0.4/32"]}},
+        policy={"seeders": ["origin"]})
+    # The origin is a session that re-announces every second too, so it stays listed as seeding.
+    lab.peer("127.0.0.2", "origin", origin=True)
+    lab.peer("127.0.0.3", "pc-101", download_limit=512 * 1024)
+    lab.peer("127.0.0.4", "pc-102", download_limit=512 * 1024)
+
+    def midway():
+        rows = {r["host"]: r for r in lab.tracker.status(lab.info_hash)["peers"]}
+        return all(0.1 < rows.get(h, {}).get("progress", 0) < 0.9 for h in ("pc-101", "pc-102")) and rows
+    wait_until(midway, 40, "both terminals reported partial progress to the tracker", interval=0.2)
+
+    dom = chromium(str(lab.tmp / "chrome-dom"), "--virtual-time-budget=5000", "--dump-dom", lab.tracker.url + "/")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    bars = {host: float(pct) for pct, host in re.findall(r'data-progress="([0-9.]+)" data-peer="([^"]+)"', html)}
+    assert {"origin", "pc-101", "pc-102"} <= set(bars), f"bars rendered: {bars}\n{html[-3000:]}"
+    assert bars["origin"] == 100.0
+    assert re.search(r'data-host="origin" data-state="seeding"', html), "origin not shown as seeding"
+    assert 0 < bars["pc-101"] < 100 and 0 < bars["pc-102"] < 100, bars
+    fleet = re.search(r'data-progress="([0-9.]+)" data-fleet="%s"' % lab.info_hash, html)
+    assert fleet is not None and 0 < float(fleet.group(1)) < 100, "no fleet bar with partial progress"
+
+    shot = lab.tmp / "tracker-page.png"
+    result = chromium(str(lab.tmp / "chrome-shot"), "--virtual-time-budget=5000", "--window-size=1100,560",
+                      "--hide-scrollbars", f"--screenshot={shot}", lab.tracker.url + "/")
+    assert result.returncode == 0 and shot.stat().st_size > 5000, result.stderr[-2000:]
+    print(f"screenshot of the tracker page: {shot}")
+    if os.environ.get("P2PFLEET_SAVE_PAGE_SCREENSHOT"):
+        shutil.copyfile(shot, os.path.join(REPO, "docs", "img", "tracker-page.png"))
