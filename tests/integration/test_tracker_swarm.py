@@ -139,3 +139,53 @@ def test_page_renders_progress_bars_for_a_live_swarm_in_chromium(lab):
     print(f"screenshot of the tracker page: {shot}")
     if os.environ.get("P2PFLEET_SAVE_PAGE_SCREENSHOT"):
         shutil.copyfile(shot, os.path.join(REPO, "docs", "img", "tracker-page.png"))
+
+
+def test_policy_in_a_real_swarm_bounds_origin_slots_and_keeps_fixed_relations(lab):
+    lab.start_tracker(interval=1, min_interval=1, groups={
+        "room1": {"networks": ["127.0.0.16/29"]}, "room2": {"networks": ["127.0.0.24/29"]},
+        "room3": {"networks": ["127.0.0.32/29"]}},
+        policy={"seeders": ["origin"], "seeder_slots": 1, "other_group_peers": 4,
+                "fetch_from": {"room2": ["room1"]}})
+    origin = lab.peer("127.0.0.2", "origin", origin=True)
+    wait_until(origin.is_seed, 20, "origin seeding")
+    limit = 1 * MIB
+    room1 = [lab.peer("127.0.0.17", "pc-a", download_limit=limit), lab.peer("127.0.0.18", "pc-b", download_limit=limit)]
+    room2 = lab.peer("127.0.0.25", "pc-c", download_limit=limit)
+    room3 = lab.peer("127.0.0.33", "pc-d", download_limit=limit)
+    terminals = [*room1, room2, room3]
+    lt = origin.lt
+    most_dialed_by_origin = 0
+
+    def all_done():
+        nonlocal most_dialed_by_origin
+        downloading = {p.ip[0] for p in origin.handle.get_peer_info()
+                       if p.flags & lt.peer_info.outgoing_connection and not p.flags & lt.peer_info.seed}
+        most_dialed_by_origin = max(most_dialed_by_origin, len(downloading))
+        assert "127.0.0.33" not in room2.dialed_ips(), "room2 (fetches only from room1) dialed room3"
+        assert "127.0.0.25" not in room3.dialed_ips(), "room3 dialed room2 despite the fixed relation"
+        return all(p.is_seed() for p in terminals)
+    wait_until(all_done, 90, "every terminal complete", interval=0.1)
+    assert most_dialed_by_origin == 1, f"origin knew {most_dialed_by_origin} downloaders at once with seeder_slots 1"
+    for p in terminals:
+        assert sha256_of(p.path) == sha256_of(lab.image), p.host
+
+
+def test_tracker_restart_mid_swarm_peers_reannounce_and_the_swarm_completes(lab):
+    tracker = lab.start_tracker(interval=1, min_interval=1, policy={"seeders": ["origin"]})
+    lab.peer("127.0.0.2", "origin", origin=True)
+    early = [lab.peer("127.0.0.3", "pc-1", download_limit=MIB), lab.peer("127.0.0.4", "pc-2", download_limit=MIB)]
+    wait_until(lambda: all(0.1 < p.progress() < 0.7 for p in early), 30, "both early terminals midway")
+
+    tracker.stop()
+    tracker.start()
+    wait_until(lambda: {r["host"] for r in tracker.status(lab.info_hash)["peers"]} >= {"origin", "pc-1", "pc-2"},
+               20, "origin and both terminals re-announced to the restarted tracker")
+
+    # A terminal that joins after the restart can only learn its peers from the new tracker.
+    late = lab.peer("127.0.0.5", "pc-3")
+    wait_until(lambda: all(p.is_seed() for p in [*early, late]), 60, "every terminal complete after the restart")
+    for p in [*early, late]:
+        assert sha256_of(p.path) == sha256_of(lab.image), p.host
+    wait_until(lambda: tracker.status(lab.info_hash)["totals"]["complete"] == 3, 10,
+               "restarted tracker shows all three terminals complete")

@@ -168,8 +168,11 @@ class LtPeer:
     def is_seed(self):
         return self.handle.status().is_seeding
 
-    def peer_ips(self):
-        return {p.ip[0] for p in self.handle.get_peer_info()}
+    def dialed_ips(self):
+        """Addresses this peer connected to. Incoming connections all come from 127.0.0.1
+        on one machine, so only outgoing ones show whom the tracker introduced."""
+        lt = self.lt
+        return {p.ip[0] for p in self.handle.get_peer_info() if p.flags & lt.peer_info.outgoing_connection}
 
     def close(self):
         self.session.remove_torrent(self.handle)
