@@ -78,3 +78,11 @@ def test_unreadable_and_invalid_yaml_files(tmp_path):
     bad.write_text("groups: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load(bad)
+
+
+def test_documented_example_config_loads():
+    import os
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples", "tracker.yml")
+    cfg = load(example)
+    assert cfg.topology.fetch_from == {"annex": frozenset({"room101"})}
+    assert cfg.topology.seeder_slots == 4
