@@ -49,7 +49,7 @@ def test_numwant_is_clamped_to_the_configured_maximum():
     ({"left": b"18446744073709551615"}, "left 18446744073709551615 is out of range"),
     ({"uploaded": b"1e9"}, "uploaded b'1e9' is not a non-negative integer"),
     ({"downloaded": b"12\n"}, "downloaded b'12\\n' is not a non-negative integer"),
-    ({"event": b"paused"}, "event 'paused' is not one of"),
+    ({"event": b"resumed"}, "event 'resumed' is not one of started, stopped, completed, paused"),
     ({"event": b"\xff"}, "event is not ASCII"),
     ({"host": b"bad host"}, "host 'bad host' is not a valid host name"),
 ])
@@ -114,4 +114,4 @@ def test_fuzz_structured_announces_validate_every_field(fields):
     assert 1 <= req.port <= 65535
     assert all(0 <= n < 2**63 for n in (req.uploaded, req.downloaded, req.left))
     assert req.numwant is None or 0 <= req.numwant <= 200
-    assert req.event in ("started", "stopped", "completed", "")
+    assert req.event in ("started", "stopped", "completed", "paused", "")

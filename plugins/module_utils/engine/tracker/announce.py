@@ -16,7 +16,8 @@ MAX_SCRAPE_QUERY_BYTES = 8000
 MAX_SCRAPE_HASHES = 64
 # Byte counters are bounded by 2**63 - 1 so they fit libtorrent's and Prometheus' int64.
 MAX_BYTES = 2**63 - 1
-EVENTS = ("started", "stopped", "completed", "")
+# "paused" is BEP 21's partial seed; for the swarm it is a regular announce.
+EVENTS = ("started", "stopped", "completed", "paused", "")
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _DIGITS_RE = re.compile(rb"[0-9]{1,20}")
 
@@ -66,7 +67,7 @@ def parse_announce(raw, max_numwant: int) -> Announce:
     params = parse_query(raw)
     event = _text(params, "event", default="")
     if event not in EVENTS:
-        raise AnnounceError(f"event {event[:32]!r} is not one of started, stopped, completed")
+        raise AnnounceError(f"event {event[:32]!r} is not one of started, stopped, completed, paused")
     numwant = None
     if b"numwant" in params:
         numwant = min(_number(params, "numwant", 0, 2**31), max_numwant)
