@@ -74,6 +74,9 @@ def lan_settings(listen: str, upload_limit: int = 0, download_limit: int = 0) ->
         "enable_incoming_utp": False,
         # Labs behind one NAT, and the virtual lab on one machine, share an address.
         "allow_multiple_connections_per_ip": True,
+        # libtorrent's floor is 5 minutes, which would override our tracker's interval and
+        # make agents look silent to the fleet status; the tracker sets the pace.
+        "min_announce_interval": 2,
         "announce_to_all_trackers": True,
         "announce_to_all_tiers": True,
         # Measured best for LAN swarms of 4-16 peers; more slots spread the origin thin.
