@@ -2,17 +2,11 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
 from conftest import P2PFLEET
-
-
-def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from tracker_helpers import free_port  # noqa: F401  (re-exported for the swarm tests)
 
 
 class Proc:
