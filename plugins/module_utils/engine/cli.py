@@ -205,9 +205,10 @@ def cmd_fetch(args) -> int:
     with claim_target(args.target, manifest.image_size, require_device=args.device) as target, \
             _session_for(target, args) as swarm:
         job = swarm.fetch(manifest, target, args.state_dir, trackers=args.tracker or [], peers=_endpoints(args.peer))
-        resumed = job.snapshot().bytes_done
+        downloaded = 0
         for _ in range(MAX_REPAIR_ROUNDS):
             snap = _wait_complete(swarm, job, rep, args.stall_timeout)
+            downloaded += snap.downloaded
             rep.end()
             job.sync()
             target.sync()
@@ -227,7 +228,7 @@ def cmd_fetch(args) -> int:
         job.save_resume()
         result = {
             "target": target.path, "info_hash": manifest.info_hash, "image_size": manifest.image_size,
-            "resumed_bytes": resumed, "downloaded_bytes": snap.downloaded, "uploaded_bytes": snap.uploaded,
+            "resumed_bytes": job.resumed_bytes, "downloaded_bytes": downloaded, "uploaded_bytes": snap.uploaded,
             "seconds": round(time.monotonic() - started, 3),
             "digest": f"{digest.algorithm}:{digest.value}", "verified": True,
         }

@@ -137,6 +137,7 @@ class Job:
         self.paths = list(paths)
         self.peers = list(peers)
         self.resume_path = resume_path
+        self.resumed_bytes = 0
         self.error = ""
         self.tracker_error = ""
         self._holders = holders
@@ -317,6 +318,7 @@ class Swarm:
         try:
             atp = self._params(manifest, slices.paths, trackers)
             resumed = _load_resume(resume_path, identity_path, identity)
+            resumed_bytes = _bytes_in(manifest, resumed.have_pieces) if resumed is not None else 0
             if resumed is not None:
                 resumed.ti, resumed.save_path = atp.ti, atp.save_path
                 resumed.renamed_files, resumed.trackers = atp.renamed_files, atp.trackers
@@ -333,6 +335,7 @@ class Swarm:
             slices.release()
             raise
         job = Job("fetch", manifest, handle, slices.paths, [slices], peers, resume_path)
+        job.resumed_bytes = resumed_bytes
         self.jobs[manifest.info_hash] = job
         job.connect_peers()
         return job
@@ -462,6 +465,15 @@ def _spot_check(manifest, fd, path, samples: int = 8) -> None:
             raise ManifestError(
                 f"{path}: does not hold the image of manifest {manifest.name} (piece {index} differs)"
             )
+
+
+def _bytes_in(manifest, have_pieces) -> int:
+    """Bytes of the image covered by the pieces marked as had."""
+    count = sum(1 for had in have_pieces if had)
+    if count and len(have_pieces) == manifest.piece_count and have_pieces[-1]:
+        last = manifest.image_size - (manifest.piece_count - 1) * manifest.piece_size
+        return (count - 1) * manifest.piece_size + last
+    return count * manifest.piece_size
 
 
 def _load_resume(resume_path, identity_path, identity):
