@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
 
 import libtorrent as lt  # noqa: E402
 
-from engine import metainfo, verify  # noqa: E402
-from engine.swarm import Swarm  # noqa: E402
+from engine import image, metainfo, verify  # noqa: E402
+from engine.session import Session, SessionSettings  # noqa: E402
 
 P2PFLEET = [sys.executable, os.path.join(ROOT, "bin", "p2pfleet"), "--json"]
 MIB = 1 << 20
@@ -62,7 +62,7 @@ def timed(fn):
 
 
 def plain_read(path, size):
-    for _ in verify.read_blocks(path, size):
+    for _ in image.read_blocks(path, size):
         pass
 
 
@@ -82,24 +82,35 @@ def seed_startup(manifest, image, trusted):
     hash-checked piece by piece; a partition (size 0 to libtorrent) in seed mode has its
     resume data rejected and is re-checked in full.
     """
-    with Swarm("127.0.0.1:0") as swarm:
-        start = time.perf_counter()
-        if trusted:
-            handle = swarm.seed(manifest, image).handle
-        else:
-            atp = swarm._params(manifest, [os.path.abspath(image)], [])
-            if manifest.source.get("fingerprint", {}).get("kind") == "device":
-                atp.flags |= lt.torrent_flags.seed_mode
-            handle = swarm.session.add_torrent(atp)
-        while True:
-            swarm.pump(0.01)
-            st = handle.status()
-            if st.state == lt.torrent_status.seeding:
-                return time.perf_counter() - start
-            if st.state == lt.torrent_status.downloading:
-                raise RuntimeError(f"libtorrent found only {st.num_pieces} pieces of {image}")
-            if time.perf_counter() - start > 600:
-                raise RuntimeError("seed did not start within 600 s")
+    if trusted:
+        with Session(SessionSettings("127.0.0.1:0")) as session:
+            start = time.perf_counter()
+            snap, _ = session.put_seed(manifest, image)
+            session.wait_for(lambda jobs: jobs[snap.id].state in ("seeding", "failed"), 600, "seed start")
+            if session.job(snap.id).state != "seeding":
+                raise RuntimeError(session.job(snap.id).error)
+            return time.perf_counter() - start
+    params = lt.session_params({"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False})
+    params.disk_io_constructor = "posix_disk_io_constructor"  # the only backend that reads a device
+    plain = lt.session(params)
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(manifest.torrent_path)
+    atp.save_path = os.path.dirname(os.path.abspath(image))
+    atp.renamed_files = {0: os.path.abspath(image)}
+    if manifest.source.get("fingerprint", {}).get("kind") == "device":
+        atp.flags |= lt.torrent_flags.seed_mode
+    start = time.perf_counter()
+    handle = plain.add_torrent(atp)
+    while True:
+        plain.wait_for_alert(10)
+        plain.pop_alerts()
+        st = handle.status()
+        if st.state == lt.torrent_status.seeding:
+            return time.perf_counter() - start
+        if st.state == lt.torrent_status.downloading:
+            raise RuntimeError(f"libtorrent found only {st.num_pieces} pieces of {image}")
+        if time.perf_counter() - start > 600:
+            raise RuntimeError("seed did not start within 600 s")
 
 
 def transfer(manifest, source, target, workdir):

@@ -108,7 +108,7 @@ def test_interrupted_fetch_resumes_without_fetching_done_pieces_again(how, tmp_p
     first.wait_for(half_done, 60, "first fetch reaching 50 %")
     live = first.last_progress()
     assert live["state"] == "downloading" and live["peers"] >= 1 and live["eta"] is not None, live
-    resume_file = next(state.glob("*.resume"), None)
+    resume_file = next(state.rglob("*.resume"), None)
     assert resume_file is not None, "no resume data written while fetching"
     if how == "SIGKILL":
         wait_file_changes(str(resume_file), resume_file.stat().st_mtime_ns, 10, "resume data after 50 %")

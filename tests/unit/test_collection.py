@@ -54,9 +54,9 @@ def installed_collection(tmp_path_factory):
 def test_collection_builds_and_engine_imports_under_its_namespace(installed_collection):
     # AnsiballZ imports module_utils as ansible_collections.<ns>.<name>.plugins.module_utils.*:
     # the engine's relative imports must work there exactly as they do from bin/p2pfleet.
-    code = ("import ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.swarm as s, "
+    code = ("import ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.session as s, "
             "ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo as m; "
-            "print(m.choose_piece_size(256 << 30), s.lan_settings('127.0.0.1:0')['enable_dht'])")
+            "print(m.choose_piece_size(256 << 30), s.lan_settings(s.SessionSettings('127.0.0.1:0'))['enable_dht'])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(installed_collection),
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(installed_collection)})
     assert proc.returncode == 0, proc.stderr
@@ -65,6 +65,8 @@ def test_collection_builds_and_engine_imports_under_its_namespace(installed_coll
 
 def test_collection_tarball_carries_no_local_state(installed_collection):
     root = installed_collection / "ansible_collections" / "p2pfleet" / "imaging"
-    assert (root / "plugins" / "module_utils" / "engine" / "swarm.py").exists()
+    assert (root / "plugins" / "module_utils" / "engine" / "session.py").exists()
+    assert (root / "plugins" / "module_utils" / "engine" / "agent" / "server.py").exists()
+    assert (root / "plugins" / "module_utils" / "_agent_client.py").exists()
     assert (root / "meta" / "runtime.yml").exists()
     assert not (root / ".venv").exists(), "the virtualenv must not be packed into the collection"

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from conftest import MIB
-from engine import verify
+from engine import metainfo, verify
 from engine.errors import ImageError, VerifyError
 from engine.metainfo import create_manifest
 
@@ -97,7 +97,7 @@ def test_missing_target_is_an_image_error(manifest, tmp_path):
 
 def test_unknown_digest_algorithm_is_refused():
     with pytest.raises(VerifyError, match="unknown digest algorithm"):
-        verify.new_digest("md5")
+        metainfo.new_digest("md5")
 
 
 def test_verifies_a_loop_device_and_finds_its_bad_piece(manifest, loop_factory):

@@ -10,13 +10,15 @@ import signal
 import sys
 import time
 
-from . import metainfo, verify
-from .errors import P2PFleetError, SwarmError, VerifyError
+from . import jobs, metainfo, verify
+from .errors import P2PFleetError, StateError, SwarmError, VerifyError
+from .files import ensure_private_dir
 from .image import claim_target
-from .swarm import Swarm, parse_endpoint
+from .jobs import JobStore
+from .net import parse_endpoint
+from .session import Session, SessionSettings
 
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet/state" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/p2pfleet")
-MAX_REPAIR_ROUNDS = 3
 
 
 class Interrupted(Exception):
@@ -65,7 +67,7 @@ class Reporter:
             return
         eta = f" ETA {int(progress.eta) // 60}:{int(progress.eta) % 60:02d}" if progress.eta else ""
         self._show(
-            f"{progress.kind} {progress.name}: {self._bar(progress.bytes_done, progress.bytes_total)} "
+            f"{progress.action} {progress.name}: {self._bar(progress.bytes_done, progress.bytes_total)} "
             f"{progress.state} ↓ {_mib(progress.download_rate)}/s ↑ {_mib(progress.upload_rate)}/s "
             f"peers {progress.peers}{eta}",
             False,
@@ -133,63 +135,65 @@ def cmd_manifest(args) -> int:
 
 
 def _endpoints(values):
-    return [parse_endpoint(v, default_host="127.0.0.1") for v in values or []]
+    return [parse_endpoint(v, default_host="127.0.0.1", error=SwarmError) for v in values or []]
+
+
+def _settings(args) -> SessionSettings:
+    return SessionSettings(listen=args.listen, upload_limit=args.upload_limit,
+                           download_limit=getattr(args, "download_limit", 0))
+
+
+def _follow(session, job_id, rep, until):
+    """Show a job's progress until ``until(snapshot)``; returns that snapshot.
+
+    A job that fails raises its one-line error; SIGINT/SIGTERM (``Interrupted``) stop the
+    job (its resume data saved) before they propagate.
+    """
+    try:
+        while True:
+            snap = session.job(job_id)
+            if snap.state == jobs.FAILED:
+                raise SwarmError(snap.error)
+            if until(snap):
+                return snap
+            if snap.state == jobs.VERIFYING:
+                rep.bytes("verifying", snap.verify_done, snap.bytes_total)
+            else:
+                rep.job(snap)
+            session.wait_change(0.5)
+    except Interrupted:
+        rep.end()
+        session.stop(job_id)
+        raise
 
 
 def cmd_seed(args) -> int:
     rep = Reporter(as_json=args.json, interval=args.progress_interval)
     manifest = metainfo.Manifest.load(args.manifest)
-    with Swarm(args.listen, upload_limit=args.upload_limit) as swarm:
+    with Session(_settings(args)) as session:
         started = time.monotonic()
-        job = swarm.seed(manifest, args.image, trackers=args.tracker or [], peers=_endpoints(args.peer),
-                         super_seeding=args.super_seed)
-        while job.snapshot().state != "seeding":
-            swarm.pump(0.05)
-            if job.error:
-                raise SwarmError(f"seeding {manifest.name} failed: {job.error}")
-        rep.message(f"seeding {manifest.name} ({manifest.info_hash}) on port {swarm.listen_port}; "
+        snap, _ = session.put_seed(manifest, args.image, trackers=args.tracker or [], peers=_endpoints(args.peer),
+                                   super_seeding=args.super_seed)
+        _follow(session, snap.id, rep, lambda s: s.state == jobs.SEEDING)
+        rep.message(f"seeding {manifest.name} ({manifest.info_hash}) on port {session.listen_port}; "
                     f"ready after {time.monotonic() - started:.3f} s")
-        return _seed_until_stopped(swarm, job, rep)
+        return _seed_until_stopped(session, snap.id, rep)
 
 
-def _seed_until_stopped(swarm, job, rep) -> int:
+def _seed_until_stopped(session, job_id, rep) -> int:
     """Serve peers until SIGINT/SIGTERM. Stopping is how seeding ends: exit 0."""
     try:
-        while True:
-            swarm.pump(0.5)
-            if job.error:
-                raise SwarmError(f"seeding {job.manifest.name} failed: {job.error}")
-            rep.job(job.snapshot())
+        _follow(session, job_id, rep, lambda s: s.state != jobs.SEEDING)
     except Interrupted as exc:
-        rep.message(f"stopped by {exc}; uploaded {_mib(job.snapshot().uploaded)}")
+        rep.message(f"stopped by {exc}; uploaded {_mib(session.job(job_id).uploaded)}")
         return 0
-
-
-def _wait_complete(swarm, job, rep, stall_timeout):
-    last_done, last_change = -1, time.monotonic()
-    while True:
-        swarm.pump(0.5)
-        snap = job.snapshot()
-        if job.error:
-            raise SwarmError(f"fetching {job.manifest.name} failed: {job.error}")
-        rep.job(snap)
-        if snap.complete:
-            rep.job(snap, force=True)
-            return snap
-        if snap.bytes_done != last_done:
-            last_done, last_change = snap.bytes_done, time.monotonic()
-        elif stall_timeout and time.monotonic() - last_change > stall_timeout:
-            why = f" (tracker: {job.tracker_error})" if job.tracker_error else ""
-            raise SwarmError(
-                f"no progress for {stall_timeout:g} s with {snap.peers} peers{why}; "
-                "resume data is saved, run the same command again to continue"
-            )
+    raise SwarmError(f"seeding stopped unexpectedly: {session.job(job_id).state}")
 
 
 def _session_for(target, args):
     """The fetch's session; if it cannot start, a target file this run created is removed."""
     try:
-        return Swarm(args.listen, upload_limit=args.upload_limit, download_limit=args.download_limit)
+        return Session(_settings(args), JobStore(args.state_dir))
     except P2PFleetError:
         target.discard()
         raise
@@ -200,43 +204,43 @@ def cmd_fetch(args) -> int:
         raise SwarmError("fetch needs --tracker URL or at least one --peer HOST:PORT")
     rep = Reporter(as_json=args.json, interval=args.progress_interval)
     manifest = metainfo.Manifest.load(args.manifest)
+    peers = _endpoints(args.peer)
+    ensure_private_dir(args.state_dir, error=StateError)
     started = time.monotonic()
-    # The target first: a dangerous target must be refused whatever else is wrong.
-    with claim_target(args.target, manifest.image_size, require_device=args.device) as target, \
-            _session_for(target, args) as swarm:
-        job = swarm.fetch(manifest, target, args.state_dir, trackers=args.tracker or [], peers=_endpoints(args.peer))
-        downloaded = 0
-        for _ in range(MAX_REPAIR_ROUNDS):
-            snap = _wait_complete(swarm, job, rep, args.stall_timeout)
-            downloaded += snap.downloaded
-            rep.end()
-            job.sync()
-            target.sync()
-            try:
-                digest = verify.verify_target(manifest, target.path,
-                                              progress=lambda d, t: rep.bytes("verifying", d, t))
-                break
-            except VerifyError as exc:
-                rep.message(f"{exc}; checking pieces")
-                bad = verify.bad_pieces(manifest, target.path)
-                if not bad:
-                    raise
-                rep.message(f"{len(bad)} pieces are wrong on {target.path}; fetching them again")
-                swarm.refetch_pieces(job, bad)
-        else:
-            raise VerifyError(f"{target.path}: still wrong after {MAX_REPAIR_ROUNDS} repair rounds")
-        job.save_resume()
-        result = {
-            "target": target.path, "info_hash": manifest.info_hash, "image_size": manifest.image_size,
-            "resumed_bytes": job.resumed_bytes, "downloaded_bytes": downloaded, "uploaded_bytes": snap.uploaded,
-            "seconds": round(time.monotonic() - started, 3),
-            "digest": f"{digest.algorithm}:{digest.value}", "verified": True,
-        }
-        _result(args, result)
+    # The target next: a dangerous target must be refused whatever else is wrong.
+    target = claim_target(args.target, manifest.image_size, require_device=args.device)
+    with _session_for(target, args) as session:
+        snap, _ = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
+                                    seed_after=args.keep_seeding, stall_timeout=args.stall_timeout)
+        job_id = snap.id
+        if snap.warning:
+            rep.message(f"warning: {snap.warning}")
+        done = {jobs.VERIFIED, jobs.SEEDING, jobs.STALLED, jobs.STOPPED}
+        repairs = 0
+        while True:
+            snap = _follow(session, job_id, rep, lambda s: s.state in done or s.repair_round > repairs)
+            if snap.state not in done:
+                repairs = snap.repair_round
+                rep.message(f"{snap.bad_pieces} pieces are wrong on {snap.path}; fetching them again")
+                continue
+            break
+        if snap.state == jobs.STALLED:
+            session.stop(job_id)
+            why = f" (tracker: {snap.tracker_error})" if snap.tracker_error else ""
+            raise SwarmError(f"no progress for {args.stall_timeout:g} s with {snap.peers} peers{why}; "
+                             "resume data is saved, run the same command again to continue")
+        rep.job(snap, force=True)
+        rep.end()
+        _result(args, {
+            "target": snap.path, "info_hash": manifest.info_hash, "image_size": manifest.image_size,
+            "resumed_bytes": snap.resumed_bytes, "downloaded_bytes": snap.downloaded,
+            "uploaded_bytes": snap.uploaded, "seconds": round(time.monotonic() - started, 3),
+            "digest": snap.digest, "verified": True,
+        })
         sys.stdout.flush()
         if args.keep_seeding:
             rep.message(f"complete and verified; seeding {manifest.name} until stopped")
-            return _seed_until_stopped(swarm, job, rep)
+            return _seed_until_stopped(session, job_id, rep)
     return 0
 
 
@@ -308,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     # subcommands registered by other modules
+    from .agent.cli import register as register_agent; register_agent(sub)  # noqa: E702
     from .tracker.cli import register as register_tracker; register_tracker(sub)  # noqa: E702
     return parser
 

@@ -26,3 +26,11 @@ class SwarmError(P2PFleetError):
 
 class VerifyError(P2PFleetError):
     """The bytes on the target do not match the manifest."""
+
+
+class StateError(P2PFleetError):
+    """The state directory (job records, resume data) cannot be read or written."""
+
+
+class JobConflict(P2PFleetError):
+    """A job cannot be put because it clashes with a job this host already has."""

@@ -19,9 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from . import bencode
-from .errors import ImageError, ManifestError
-from .image import probe
-from .verify import DEFAULT_ALGORITHM, new_digest, read_blocks
+from .errors import ImageError, ManifestError, VerifyError
+from .files import read_capped, write_atomic
+from .image import probe, read_blocks
+
+try:
+    import blake3 as _blake3
+except ImportError:  # distributions without the blake3 binding fall back to SHA-256
+    _blake3 = None
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 MIN_PIECE = 16 * KIB
@@ -37,8 +42,12 @@ MAX_IMAGE = (1 << 44) - 16 * KIB - 1
 MANIFEST_FORMAT = 1
 CREATOR = "p2pfleet 0.1.0"
 MANIFEST_SUFFIX = ".manifest.json"
+MAX_MANIFEST_BYTES = 4 * MIB
+MAX_TORRENT_BYTES = 16 * MIB
 SAMPLE_BLOCK = 64 * KIB
 SAMPLE_COUNT = 64
+DEFAULT_ALGORITHM = "blake3" if _blake3 is not None else "sha256"
+DIGEST_ALGORITHMS = ("blake3", "sha256", "sha512")
 
 
 def _human(n: int) -> str:
@@ -185,13 +194,11 @@ class Manifest:
     @classmethod
     def load(cls, path: str) -> "Manifest":
         """Read a manifest and check that its torrent is intact and agrees with it."""
+        raw = read_capped(path, MAX_MANIFEST_BYTES, "manifest", error=ManifestError)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ManifestError(f"{path}: no such manifest") from None
-        except (OSError, ValueError) as exc:
-            raise ManifestError(f"{path}: not a readable manifest: {exc}") from None
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise ManifestError(f"{path}: not a readable manifest: {str(exc)[:200]}") from None
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: not a manifest (expected a JSON object)")
         try:
@@ -211,10 +218,29 @@ class Manifest:
                 created=str(data.get("created", "")),
                 path=os.path.abspath(path),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"{path}: manifest is missing or has a bad field: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ManifestError(f"{path}: manifest is missing or has a bad field: {str(exc)[:200]}") from None
+        manifest._check_numbers()
         manifest._check_torrent()
         return manifest
+
+    def _check_numbers(self) -> None:
+        where = self.path
+        if self.digest_algorithm not in DIGEST_ALGORITHMS:
+            raise ManifestError(f"{where}: digest algorithm {self.digest_algorithm!r} is not one of "
+                                f"{', '.join(DIGEST_ALGORITHMS)}")
+        try:
+            new_digest(self.digest_algorithm)  # a missing blake3 module is found now, not after a download
+        except VerifyError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+        if not 0 < self.image_size <= MAX_IMAGE:
+            raise ManifestError(f"{where}: image_size {self.image_size} is out of range")
+        if self.piece_size < MIN_PIECE or self.piece_size > MAX_PIECE or self.piece_size & (self.piece_size - 1):
+            raise ManifestError(f"{where}: piece_size {self.piece_size} is not a power of two in 16 KiB..64 MiB")
+        if self.piece_count != -(-self.image_size // self.piece_size) or self.piece_count > MAX_PIECES:
+            raise ManifestError(f"{where}: piece_count {self.piece_count} does not fit image_size and piece_size")
+        if not 1 <= len(self.files) <= MAX_FILES:
+            raise ManifestError(f"{where}: {len(self.files)} files is out of range 1..{MAX_FILES}")
 
     def _check_torrent(self) -> None:
         raw = self.torrent_bytes()
@@ -291,26 +317,47 @@ def fingerprint(path: str) -> dict:
     return fp
 
 
-def hash_image(path: str, size: int, piece_size: int, algorithm: str = DEFAULT_ALGORITHM, progress=None):
-    """One pass over the image: ``(piece SHA-1 list, whole-image digest hex)``.
+def new_digest(algorithm: str):
+    """A fresh hash object for a manifest's whole-image digest algorithm."""
+    if algorithm == "blake3":
+        if _blake3 is None:
+            raise VerifyError("this manifest uses blake3 but the blake3 Python module is not installed")
+        return _blake3.blake3(max_threads=_blake3.blake3.AUTO)
+    if algorithm in ("sha256", "sha512"):
+        return hashlib.new(algorithm)
+    raise VerifyError(f"unknown digest algorithm {algorithm!r}")
 
-    Pieces are SHA-1'd on a thread pool while the whole-image digest runs in order;
-    hashlib and blake3 release the GIL, so both cores work while a reader thread keeps the
-    disk busy.
+
+def _sha1(data) -> bytes:
+    return hashlib.sha1(data).digest()
+
+
+def hash_pieces(path: str, size: int, piece_size: int, whole=None, progress=None) -> list:
+    """The SHA-1 of every piece of the first ``size`` bytes of ``path``, in one pass.
+
+    The engine's only piece hasher. Pieces are hashed on a thread pool while ``whole``
+    (a whole-image digest object, optional) runs in order; hashlib and blake3 release the
+    GIL, so both cores work while a reader thread keeps the disk busy.
     """
-    whole = new_digest(algorithm)
-    hashes = []
-    pending = []
+    hashes, pending = [], []
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for offset, data in read_blocks(path, size, block=piece_size, depth=2 * workers):
-            pending.append(pool.submit(lambda d: hashlib.sha1(d).digest(), data))
-            whole.update(data)
+            pending.append(pool.submit(_sha1, data))
+            if whole is not None:
+                whole.update(data)
             while len(pending) > 2 * workers:
                 hashes.append(pending.pop(0).result())
             if progress:
                 progress(offset + len(data), size)
         hashes.extend(f.result() for f in pending)
+    return hashes
+
+
+def hash_image(path: str, size: int, piece_size: int, algorithm: str = DEFAULT_ALGORITHM, progress=None):
+    """One pass over the image: ``(piece SHA-1 list, whole-image digest hex)``."""
+    whole = new_digest(algorithm)
+    hashes = hash_pieces(path, size, piece_size, whole=whole, progress=progress)
     return hashes, whole.hexdigest()
 
 
@@ -365,16 +412,7 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         path=os.path.abspath(manifest_path),
     )
-    _write_atomic(manifest.torrent_path, bencode.encode(torrent))
-    _write_atomic(manifest_path, manifest.to_json().encode("utf-8"))
+    write_atomic(manifest.torrent_path, bencode.encode(torrent), error=ManifestError)
+    write_atomic(manifest_path, manifest.to_json().encode("utf-8"), error=ManifestError)
     manifest._torrent_bytes = None
     return manifest, True
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,0 +1,29 @@
+"""``p2pfleet agent --config FILE``: run the agent until SIGINT/SIGTERM (SIGHUP reloads)."""
+import asyncio
+import logging
+
+from .config import LOG_LEVELS, load
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "agent", help="run the swarm agent (the daemon on every host)",
+        description="Run the swarm agent: one libtorrent session and its jobs, driven over a "
+                    "root-only Unix socket. SIGTERM saves every job's resume data; SIGHUP reloads "
+                    "the config.")
+    parser.add_argument("--config", required=True, metavar="FILE", help="agent config (YAML)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="overrides log_level from the config")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args) -> int:
+    # Imported here so other subcommands (and modules under AnsiballZ) never need aiohttp.
+    from .server import serve
+
+    config = load(args.config)
+    level = (args.log_level or config.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("p2pfleet").setLevel(level)
+    asyncio.run(serve(config))
+    return 0

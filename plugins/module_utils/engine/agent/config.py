@@ -1,0 +1,103 @@
+"""Load and validate the agent's config file (YAML; JSON is valid YAML too).
+
+Every error names the offending key, and unknown keys are refused: a typo in a rendered
+config must not silently fall back to a default.
+"""
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from ..errors import P2PFleetError
+from ..files import read_capped
+from ..net import parse_endpoint, parse_networks
+
+DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
+DEFAULT_STATE_DIR = "/var/lib/p2pfleet"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Keys a SIGHUP cannot change: they are bound when the agent starts.
+RESTART_KEYS = ("listen", "socket", "state_dir")
+
+
+class ConfigError(P2PFleetError):
+    """The agent config file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listen: str = "0.0.0.0:6881"
+    socket: str = DEFAULT_SOCKET
+    state_dir: str = DEFAULT_STATE_DIR
+    trackers: tuple = ()
+    host_name: str = ""
+    allowed_networks: tuple = ()
+    upload_limit: int = 0
+    download_limit: int = 0
+    seed_after_fetch: bool = True
+    stall_timeout: float = 300.0
+    log_level: str = "info"
+    source: str = field(default="", compare=False)
+
+    def announce_urls(self, trackers=None) -> list:
+        """Announce URLs, with ``host=`` so the tracker's fleet page names this host."""
+        urls = list(trackers if trackers else self.trackers)
+        if not self.host_name:
+            return urls
+        return [f"{url}{'&' if '?' in url else '?'}host={self.host_name}" for url in urls]
+
+
+def _int(data, key, low, high):
+    value = data.get(key, getattr(AgentConfig, key))
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}: must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def parse(data, source: str = "") -> AgentConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys to values")
+    known = set(AgentConfig.__dataclass_fields__) - {"source"}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    listen = data.get("listen", AgentConfig.listen)
+    parse_endpoint(listen, error=ConfigError)
+    for key in ("socket", "state_dir"):
+        value = data.get(key, getattr(AgentConfig, key))
+        if not isinstance(value, str) or not os.path.isabs(value):
+            raise ConfigError(f"{key}: must be an absolute path, got {value!r}")
+    trackers = data.get("trackers", [])
+    if isinstance(trackers, str) or not isinstance(trackers, list) or not all(
+            isinstance(t, str) and t.startswith(("http://", "https://")) for t in trackers):
+        raise ConfigError(f"trackers: must be a list of http(s):// announce URLs, got {trackers!r}")
+    host_name = data.get("host_name", "")
+    if not isinstance(host_name, str) or not all(c.isalnum() or c in "-_." for c in host_name) or len(host_name) > 253:
+        raise ConfigError(f"host_name: must be a host name (letters, digits, - _ .), got {host_name!r}")
+    networks = parse_networks(data.get("allowed_networks", []), "allowed_networks", error=ConfigError)
+    seed_after = data.get("seed_after_fetch", True)
+    if not isinstance(seed_after, bool):
+        raise ConfigError(f"seed_after_fetch: must be true or false, got {seed_after!r}")
+    stall = data.get("stall_timeout", AgentConfig.stall_timeout)
+    if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not 0 <= stall <= 86400:
+        raise ConfigError(f"stall_timeout: must be seconds in 0..86400 (0 = never), got {stall!r}")
+    level = data.get("log_level", "info")
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return AgentConfig(
+        listen=str(listen), socket=data.get("socket", DEFAULT_SOCKET),
+        state_dir=data.get("state_dir", DEFAULT_STATE_DIR), trackers=tuple(trackers), host_name=host_name,
+        allowed_networks=tuple(networks), upload_limit=_int(data, "upload_limit", 0, 1 << 40),
+        download_limit=_int(data, "download_limit", 0, 1 << 40), seed_after_fetch=seed_after,
+        stall_timeout=float(stall), log_level=level, source=source,
+    )
+
+
+def load(path: str) -> AgentConfig:
+    raw = read_capped(path, 1 << 20, "agent config", error=ConfigError)
+    try:
+        data = yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse(data, path)

@@ -1,0 +1,269 @@
+"""The agent's API: JSON over HTTP on a root-only Unix socket.
+
+Modules never move image bytes: they put a job here and read its state back. Only root
+may talk to the agent — the socket is created mode 0600 and every connection's peer
+credentials are checked as well, so a socket made reachable by mistake still refuses.
+
+    GET    /v1/agent            version, listen address, allowed networks, job count
+    GET    /v1/jobs             every job with its progress
+    PUT    /v1/jobs             put a job (idempotent): {"action": "fetch"|"seed", ...}
+    GET    /v1/jobs/{id}        one job
+    POST   /v1/jobs/{id}/stop   stop it (resume data saved, target released)
+    DELETE /v1/jobs/{id}        stop it and forget it (record and resume data removed)
+"""
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+
+from aiohttp import web
+
+from ..errors import JobConflict, P2PFleetError
+from ..jobs import JobStore
+from ..metainfo import Manifest
+from ..net import parse_endpoint
+from ..session import Session, SessionSettings
+from . import config as agent_config
+
+log = logging.getLogger("p2pfleet.agent")
+
+VERSION = "0.1.0"
+API = "v1"
+MAX_BODY = 64 << 10
+_PUT_KEYS = {"action", "manifest", "target", "image", "trackers", "peers", "seed_after", "stall_timeout",
+             "require_device", "super_seeding"}
+
+
+class BadRequest(P2PFleetError):
+    """A request to the agent that names an unknown key or a value of the wrong type."""
+
+
+class Agent:
+    """The agent's state: its config, its session, and the HTTP handlers over both."""
+
+    def __init__(self, config: agent_config.AgentConfig):
+        self.config = config
+        self.store = JobStore(config.state_dir)
+        self.session = Session(SessionSettings(config.listen, config.upload_limit, config.download_limit,
+                                               list(config.allowed_networks)), self.store)
+
+    async def _blocking(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # -- handlers --------------------------------------------------------------------
+    async def info(self, _request):
+        cfg = self.config
+        return _json({
+            "version": VERSION, "api": API, "pid": os.getpid(), "listen": cfg.listen,
+            "listen_port": self.session.listen_port, "state_dir": cfg.state_dir, "socket": cfg.socket,
+            "trackers": list(cfg.trackers), "host_name": cfg.host_name,
+            "allowed_networks": [str(n) for n in cfg.allowed_networks] or ["any"],
+            "upload_limit": cfg.upload_limit, "download_limit": cfg.download_limit,
+            "seed_after_fetch": cfg.seed_after_fetch, "stall_timeout": cfg.stall_timeout,
+            "jobs": len(self.session.jobs()), "blocked_peers": self.session.blocked_peers,
+        })
+
+    async def list_jobs(self, _request):
+        return _json({"jobs": [s.as_dict() for s in sorted(self.session.jobs(), key=lambda s: s.name)]})
+
+    async def get_job(self, request):
+        snap = self.session.job(request.match_info["id"])
+        if snap is None:
+            return _error(404, f"no job {request.match_info['id']} on this host")
+        return _json({"job": snap.as_dict()})
+
+    async def put_job(self, request):
+        body = await _body(request)
+        unknown = sorted(set(body) - _PUT_KEYS)
+        if unknown:
+            raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_PUT_KEYS))})")
+        action = body.get("action")
+        manifest = Manifest.load(_path(body, "manifest"))
+        trackers = self.config.announce_urls(_list(body, "trackers", str))
+        peers = [parse_endpoint(p, default_host="127.0.0.1", error=BadRequest) for p in _list(body, "peers", str)]
+        if action == "fetch":
+            if "image" in body or "super_seeding" in body:
+                raise BadRequest("image, super_seeding: only for action seed")
+            seed_after = _bool(body, "seed_after", self.config.seed_after_fetch)
+            stall = body.get("stall_timeout", self.config.stall_timeout)
+            if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not 0 <= stall <= 86400:
+                raise BadRequest(f"stall_timeout: must be seconds in 0..86400, got {stall!r}")
+            snap, changed = await self._blocking(
+                lambda: self.session.put_fetch(manifest, _path(body, "target"), trackers, peers, seed_after,
+                                               float(stall), _bool(body, "require_device", False)))
+        elif action == "seed":
+            if "target" in body or "seed_after" in body or "stall_timeout" in body or "require_device" in body:
+                raise BadRequest("target, seed_after, stall_timeout, require_device: only for action fetch")
+            snap, changed = await self._blocking(
+                lambda: self.session.put_seed(manifest, _path(body, "image"), trackers, peers,
+                                              _bool(body, "super_seeding", False)))
+        else:
+            raise BadRequest(f"action: must be fetch or seed, got {action!r}")
+        return _json({"changed": changed, "job": snap.as_dict()})
+
+    async def stop_job(self, request):
+        job_id = request.match_info["id"]
+        before = self.session.job(job_id)
+        if before is None:
+            return _error(404, f"no job {job_id} on this host")
+        snap = await self._blocking(self.session.stop, job_id)
+        return _json({"changed": not before.final, "job": snap.as_dict()})
+
+    async def delete_job(self, request):
+        job_id = request.match_info["id"]
+        if self.session.job(job_id) is None:
+            return _json({"changed": False})
+        await self._blocking(self.session.forget, job_id)
+        return _json({"changed": True})
+
+    # -- life cycle ------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: read the config again; apply what can change while running."""
+        try:
+            new = agent_config.load(self.config.source)
+        except P2PFleetError as exc:
+            log.error("config not reloaded: %s", exc)
+            return
+        for key in agent_config.RESTART_KEYS:
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("config: %s changed; it takes effect when the agent restarts", key)
+        try:
+            self.session.reconfigure(new.upload_limit, new.download_limit, new.allowed_networks)
+        except P2PFleetError as exc:
+            log.error("config not applied: %s", exc)
+            return
+        _set_log_level(new.log_level)
+        self.config = dataclasses.replace(new, **{k: getattr(self.config, k) for k in agent_config.RESTART_KEYS})
+        log.info("config reloaded from %s", new.source)
+
+
+@web.middleware
+async def _only_root(request, handler):
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    uid = None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid not in (0, os.geteuid()):
+        return _error(403, "only root may talk to the p2pfleet agent")
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except JobConflict as exc:
+        return _error(409, str(exc))
+    except P2PFleetError as exc:
+        return _error(400, str(exc))
+
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application(middlewares=[_only_root], client_max_size=MAX_BODY)
+    app.router.add_get(f"/{API}/agent", agent.info)
+    app.router.add_get(f"/{API}/jobs", agent.list_jobs)
+    app.router.add_put(f"/{API}/jobs", agent.put_job)
+    app.router.add_get(f"/{API}/jobs/{{id}}", agent.get_job)
+    app.router.add_post(f"/{API}/jobs/{{id}}/stop", agent.stop_job)
+    app.router.add_delete(f"/{API}/jobs/{{id}}", agent.delete_job)
+    return app
+
+
+def _prepare_socket(path: str) -> None:
+    """Make the socket's directory; refuse if another agent answers on the socket."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # left by an agent that died
+        else:
+            raise agent_config.ConfigError(f"{path}: another agent is already running on this socket")
+        finally:
+            probe.close()
+
+
+async def serve(config: agent_config.AgentConfig, ready=None) -> None:
+    """Run the agent until SIGINT/SIGTERM; every job's resume data is saved on the way out."""
+    _prepare_socket(config.socket)
+    agent = Agent(config)
+    runner = None
+    try:
+        resumed = agent.session.resume_recorded()
+        for snap in resumed:
+            log.info("job %s (%s %s): %s", snap.id[:12], snap.action, snap.name, snap.state)
+        runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False)
+        await runner.setup()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window for anyone else
+        try:
+            await web.UnixSite(runner, config.socket).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(config.socket, 0o600)
+        log.info("agent %s listening for peers on port %d, API on %s, state in %s", VERSION,
+                 agent.session.listen_port, config.socket, config.state_dir)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, agent.reload)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready()
+        await stop.wait()
+        log.info("stopping: saving resume data and releasing targets")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await asyncio.get_running_loop().run_in_executor(None, agent.session.close)
+        try:
+            os.unlink(config.socket)
+        except OSError:
+            pass
+
+
+def _set_log_level(level: str) -> None:
+    logging.getLogger("p2pfleet").setLevel(level.upper())
+
+
+def _json(data, status=200):
+    return web.Response(text=json.dumps(data, sort_keys=True), status=status, content_type="application/json")
+
+
+def _error(status, message):
+    return _json({"error": message}, status)
+
+
+async def _body(request) -> dict:
+    try:
+        data = json.loads(await request.read())
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise BadRequest("the request body must be a JSON object") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest(f"the request body is larger than {MAX_BODY} bytes") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def _path(body, key) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise BadRequest(f"{key}: must be an absolute path on this host, got {value!r}")
+    return value
+
+
+def _list(body, key, kind) -> list:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+        raise BadRequest(f"{key}: must be a list of {kind.__name__}, got {value!r}")
+    return value
+
+
+def _bool(body, key, default) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key}: must be true or false, got {value!r}")
+    return value

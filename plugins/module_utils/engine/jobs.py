@@ -1,0 +1,344 @@
+"""Jobs: what one host does with one image — seed it, or fetch it into a target.
+
+A job is a state machine. Only the session's loop thread moves it (see ``session``);
+everyone else reads the ``JobSnapshot`` the loop publishes::
+
+    fetch:  claimed → downloading ⇄ stalled → flushing → verifying → verified → seeding
+                          ↑                                  │
+                          └──────── repairing (round n) ←────┘  (wrong pieces found)
+    seed:   checking → seeding
+    any:    → failed (one line says why) | stopped (asked to)
+
+``verified``, ``failed`` and ``stopped`` hold nothing: no torrent, no claim on a target.
+Every change of state is written to the job's *record* in the state directory, beside a
+copy of its manifest and torrent and its resume data, so an agent that restarts (or a
+host that reboots) finds its jobs again and carries on where they were.
+"""
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+
+from .errors import P2PFleetError, StateError, VerifyError
+from .files import ensure_private_dir, read_capped, write_atomic
+from .metainfo import Manifest
+
+log = logging.getLogger("p2pfleet.jobs")
+
+CLAIMED, CHECKING, DOWNLOADING, STALLED = "claimed", "checking", "downloading", "stalled"
+FLUSHING, VERIFYING, REPAIRING = "flushing", "verifying", "repairing"
+VERIFIED, SEEDING, FAILED, STOPPED = "verified", "seeding", "failed", "stopped"
+
+STATES = (CLAIMED, CHECKING, DOWNLOADING, STALLED, FLUSHING, VERIFYING, REPAIRING, VERIFIED, SEEDING,
+          FAILED, STOPPED)
+FINAL = frozenset({VERIFIED, FAILED, STOPPED})
+# States in which a job holds a torrent and a target, and resumes after a restart.
+RUNNING = frozenset(STATES) - FINAL
+MAX_REPAIR_ROUNDS = 3
+RECORD_FORMAT = 1
+MAX_RECORD_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSnapshot:
+    """One job as the loop last saw it. Immutable: safe to hand to any thread, JSON-ready."""
+
+    id: str
+    action: str  # "seed" or "fetch"
+    name: str
+    info_hash: str
+    path: str  # the image a seed reads, or the target a fetch writes
+    state: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+    download_rate: int = 0
+    upload_rate: int = 0
+    peers: int = 0
+    seeds: int = 0
+    uploaded: int = 0
+    downloaded: int = 0
+    resumed_bytes: int = 0
+    verify_done: int = 0
+    repair_round: int = 0
+    bad_pieces: int = 0
+    seed_after: bool = False
+    digest: str = ""
+    eta: float = None
+    error: str = ""
+    warning: str = ""
+    tracker_error: str = ""
+    state_since: float = 0.0
+    stalled_for: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.bytes_done / self.bytes_total if self.bytes_total else 1.0
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    def as_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["percent"] = round(100.0 * self.fraction, 2)
+        return data
+
+
+class JobStore:
+    """A state directory: ``jobs/<info_hash>.{json,manifest.json,torrent,resume}`` per job.
+
+    The manifest and torrent are copied in, so a job resumes even when the file it was
+    started from was in a temporary directory that is gone after a reboot.
+    """
+
+    def __init__(self, state_dir: str):
+        self.root = ensure_private_dir(state_dir, error=StateError)
+        self.jobs_dir = ensure_private_dir(os.path.join(self.root, "jobs"), error=StateError)
+
+    def path(self, info_hash: str, suffix: str) -> str:
+        return os.path.join(self.jobs_dir, info_hash + suffix)
+
+    def resume_path(self, info_hash: str) -> str:
+        return self.path(info_hash, ".resume")
+
+    def keep_manifest(self, manifest: Manifest) -> Manifest:
+        """The job's own copy of ``manifest`` (written once, then reused)."""
+        ih = manifest.info_hash
+        copy_path = self.path(ih, ".manifest.json")
+        if os.path.abspath(manifest.path or "") == copy_path:
+            return manifest
+        torrent = manifest.torrent_bytes()
+        write_atomic(self.path(ih, ".torrent"), torrent, mode=0o600, error=StateError)
+        copy = dataclasses.replace(manifest, torrent=ih + ".torrent", path=copy_path)
+        write_atomic(copy_path, copy.to_json().encode("utf-8"), mode=0o600, error=StateError)
+        return Manifest.load(copy_path)
+
+    def write_record(self, record: dict) -> None:
+        data = dict(record, format=RECORD_FORMAT, updated=time.time())
+        write_atomic(self.path(record["info_hash"], ".json"), json.dumps(data, sort_keys=True).encode(),
+                     mode=0o600, error=StateError)
+
+    def read_record(self, info_hash: str):
+        path = self.path(info_hash, ".json")
+        if not os.path.exists(path):
+            return None
+        try:
+            data = json.loads(read_capped(path, MAX_RECORD_BYTES, "job record", error=StateError))
+        except (ValueError, RecursionError, StateError) as exc:
+            log.warning("%s: unreadable job record ignored: %s", path, exc)
+            return None
+        if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or data.get("info_hash") != info_hash:
+            log.warning("%s: not a job record of this version; ignored", path)
+            return None
+        return data
+
+    def records(self) -> list:
+        found = []
+        for name in sorted(os.listdir(self.jobs_dir)):
+            stem, dot, suffix = name.partition(".")
+            if suffix == "json" and len(stem) == 40:
+                record = self.read_record(stem)
+                if record is not None:
+                    found.append(record)
+        return found
+
+    def forget(self, info_hash: str) -> None:
+        for suffix in (".json", ".manifest.json", ".torrent", ".resume"):
+            try:
+                os.unlink(self.path(info_hash, suffix))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StateError(f"{self.path(info_hash, suffix)}: cannot remove: {exc.strerror}") from None
+
+
+class RateMeter:
+    """Payload rates over the last few seconds, from byte counters.
+
+    libtorrent's own rates move only on its one-second tick and read 0 for most of a
+    short LAN transfer; counters sampled at every update show what really happens.
+    """
+
+    WINDOW = 3.0
+
+    def __init__(self):
+        self._samples = []
+
+    def update(self, now, down, up) -> tuple:
+        self._samples.append((now, down, up))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.WINDOW:
+            self._samples.pop(0)
+        t0, down0, up0 = self._samples[0]
+        if now - t0 < 0.2:
+            return 0, 0
+        return int((down - down0) / (now - t0)), int((up - up0) / (now - t0))
+
+    def reset(self):
+        self._samples = []
+
+
+class Cancelled(Exception):
+    """A verify pass was cut short because its job is being stopped."""
+
+
+class Job:
+    """State shared by seed and fetch jobs. Moved only by the session's loop thread."""
+
+    action = ""
+
+    def __init__(self, manifest: Manifest, path: str, trackers=(), peers=(), seed_after=False):
+        self.manifest = manifest
+        self.id = manifest.info_hash
+        self.path = path
+        self.trackers = list(trackers)
+        self.peers = [tuple(p) for p in peers]
+        self.seed_after = seed_after
+        self.state = CLAIMED
+        self.state_since = time.time()
+        self.error = ""
+        self.warning = ""
+        self.tracker_error = ""
+        self.digest = ""
+        self.handle = None
+        self.status = None
+        self.paths = []  # what libtorrent opens for each file of the torrent
+        self.resume_path = None
+        self.claims = []
+        self.identity = None
+        self.resumed_bytes = 0
+        self.repair_round = 0
+        self.bad_pieces = 0
+        self.verify_done = 0
+        self.last_done = 0  # bytes done when the torrent was last taken out
+        self.downloaded_before = 0  # payload of earlier torrents of this job (repair rounds)
+        self.uploaded_before = 0
+        self.rates = RateMeter()
+        self.rate_now = (0, 0)
+        self.last_progress = (0, time.monotonic())
+        self.resume_dirty = False
+        self.saves_in_flight = 0
+        self.last_resume_save = 0.0
+        self.last_peer_retry = 0.0
+        self.awaiting = None  # ("save" | "remove", deadline, then)
+        self.stopping = None  # final state the job is being stopped into
+        self.worker = None
+        self.worker_result = None
+        self.cancel = threading.Event()
+
+    # -- what the loop asks of a job -------------------------------------------------
+    def set_state(self, state, error="") -> None:
+        if state != self.state:
+            log.info("%s %s (%s): %s -> %s%s", self.action, self.manifest.name, self.path, self.state, state,
+                     f": {error}" if error else "")
+            self.state = state
+            self.state_since = time.time()
+        if error:
+            self.error = error
+
+    def record(self) -> dict:
+        return {
+            "info_hash": self.id, "action": self.action, "name": self.manifest.name, "path": self.path,
+            "state": self.state, "error": self.error, "warning": self.warning, "trackers": self.trackers,
+            "peers": [list(p) for p in self.peers], "seed_after": self.seed_after, "identity": self.identity,
+            "digest": self.digest, "resumed_bytes": self.resumed_bytes, "repair_round": self.repair_round,
+        }
+
+    def release_claims(self) -> None:
+        for claim in self.claims:
+            claim.release()
+        self.claims = []
+
+    def sync_claims(self) -> None:
+        """Make everything written through the claims visible and durable on the target."""
+        for claim in self.claims:
+            if hasattr(claim, "sync"):
+                claim.sync()
+
+    def snapshot(self, now: float) -> JobSnapshot:
+        st = self.status
+        done, total, peers, seeds = self.last_done, 0, 0, 0
+        down = self.downloaded_before
+        up = self.uploaded_before
+        if st is not None:
+            done, total = st.total_wanted_done, st.total_wanted
+            peers, seeds = st.num_peers, st.num_seeds
+            down += st.total_payload_download
+            up += st.total_payload_upload
+        if self.state == VERIFIED:
+            done = self.manifest.image_size
+        total = total or self.manifest.image_size
+        rate, up_rate = self.rate_now if self.state in RUNNING else (0, 0)
+        stalled_for = 0.0
+        if self.state == STALLED:
+            stalled_for = round(time.monotonic() - self.last_progress[1], 1)
+        return JobSnapshot(
+            id=self.id, action=self.action, name=self.manifest.name, info_hash=self.id, path=self.path,
+            state=self.state, bytes_done=done, bytes_total=total, download_rate=rate, upload_rate=up_rate,
+            peers=peers, seeds=seeds, uploaded=up, downloaded=down, resumed_bytes=self.resumed_bytes,
+            verify_done=self.verify_done, repair_round=self.repair_round, bad_pieces=self.bad_pieces,
+            seed_after=self.seed_after, digest=self.digest,
+            eta=round((total - done) / rate, 1) if rate > 0 and done < total else None,
+            error=self.error, warning=self.warning, tracker_error=self.tracker_error,
+            state_since=self.state_since, stalled_for=stalled_for,
+        )
+
+
+class SeedJob(Job):
+    action = "seed"
+
+    def __init__(self, manifest, path, trackers=(), peers=(), super_seeding=False):
+        super().__init__(manifest, path, trackers, peers, seed_after=True)
+        self.super_seeding = super_seeding
+        self.state = CHECKING
+
+    def record(self) -> dict:
+        return dict(super().record(), super_seeding=self.super_seeding)
+
+
+class FetchJob(Job):
+    action = "fetch"
+
+    def __init__(self, manifest, path, trackers=(), peers=(), seed_after=False, stall_timeout=300.0,
+                 require_device=False):
+        super().__init__(manifest, path, trackers, peers, seed_after)
+        self.stall_timeout = stall_timeout
+        self.require_device = require_device
+
+    def record(self) -> dict:
+        return dict(super().record(), stall_timeout=self.stall_timeout, require_device=self.require_device)
+
+    def start_verify(self, verify_module) -> None:
+        """Check the target in a worker thread: the loop must keep serving the swarm."""
+        self.verify_done = 0
+        self.worker_result = None
+        self.cancel.clear()
+
+        def progress(done, _total):
+            if self.cancel.is_set():
+                raise Cancelled()
+            self.verify_done = done
+
+        def work():
+            try:
+                self.sync_claims()
+                result = verify_module.verify_target(self.manifest, self.path, progress=progress)
+                self.worker_result = ("verified", f"{result.algorithm}:{result.value}")
+            except VerifyError as exc:
+                try:
+                    bad = verify_module.bad_pieces(self.manifest, self.path, progress=progress)
+                    self.worker_result = ("wrong", bad, str(exc))
+                except Cancelled:
+                    self.worker_result = ("cancelled",)
+                except P2PFleetError as inner:
+                    self.worker_result = ("error", str(inner))
+            except Cancelled:
+                self.worker_result = ("cancelled",)
+            except P2PFleetError as exc:
+                self.worker_result = ("error", str(exc))
+            except OSError as exc:
+                self.worker_result = ("error", f"{self.path}: {exc.strerror}")
+
+        self.worker = threading.Thread(target=work, name=f"p2pfleet-verify-{self.id[:8]}", daemon=True)
+        self.worker.start()

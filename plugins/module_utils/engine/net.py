@@ -1,0 +1,36 @@
+"""Network addresses as administrators write them: ``HOST:PORT`` endpoints and networks."""
+import ipaddress
+
+from .errors import P2PFleetError
+
+
+def parse_endpoint(text, default_host: str = "0.0.0.0", error=P2PFleetError) -> tuple:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` → ``(host, port)``."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep:
+        host, port = default_host, str(text)
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        raise error(f"invalid endpoint {text!r}: expected HOST:PORT") from None
+    if not 0 <= number <= 65535:
+        raise error(f"invalid endpoint {text!r}: port out of range")
+    return host, number
+
+
+def format_endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_networks(entries, what: str, error=P2PFleetError) -> list:
+    """A list of CIDR networks (a bare address is a /32 or /128)."""
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise error(f"{what}: must be a list of networks, got {entries!r}")
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(str(entry), strict=False))
+        except ValueError:
+            raise error(f"{what}: {entry!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+    return networks

@@ -1,0 +1,258 @@
+"""The agent as a daemon: several jobs in one session, records that survive a kill, the
+idempotent API the modules use, allowed peer networks, and a root-only socket.
+
+Real ``p2pfleet agent`` processes, real libtorrent, real loop-device partitions, talked to
+through the very client the Ansible modules use."""
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import libtorrent as lt
+import pytest
+
+from _agent_client import AgentError
+from agent_helpers import AgentProc
+from conftest import MIB, ROOT, needs_loop, run_cli
+from swarm_helpers import Proc, file_digest, free_port, ready_seeder
+
+
+@pytest.fixture
+def manifest_of(tmp_path):
+    def make(image, *extra):
+        out = tmp_path / "manifests"
+        out.mkdir(exist_ok=True)
+        run_cli("manifest", image, "--out", out, *extra, check=True)
+        return str(out / (os.path.basename(image) + ".manifest.json"))
+    return make
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def agents():
+    started = []
+    yield started
+    for agent in started:
+        agent.stop(signal.SIGKILL) if agent.popen and agent.popen.poll() is None else None
+
+
+def new_agent(agents, tmp_path, name="agent", **config):
+    root = tmp_path / name
+    root.mkdir()
+    agent = AgentProc(root, free_port(), **config)
+    agents.append(agent)
+    return agent.start()
+
+
+def start_seeder(procs, tmp_path, manifest, image, *extra):
+    port = free_port()
+    proc = Proc("seed", manifest, image, "--listen", f"127.0.0.1:{port}", "--progress-interval", "0.5",
+                *extra, log_path=tmp_path / f"seed{port}")
+    procs.append(proc)
+    proc.wait_for(ready_seeder, 30, "seeder ready")
+    return f"127.0.0.1:{port}"
+
+
+@needs_loop
+def test_one_agent_runs_a_seed_and_two_fetches_and_stopping_one_keeps_the_others(
+        tmp_path, image_factory, loop_factory, manifest_of, procs, agents):
+    size = 32 * MIB
+    image_a, image_b, image_c = (image_factory(size, seed=s, name=f"{n}.img") for s, n in ((1, "a"), (2, "b"), (3, "c")))
+    ma, mb, mc = (manifest_of(i, "--piece-size", "1M") for i in (image_a, image_b, image_c))
+    # Slow origins, so both fetches are mid-transfer together.
+    src_b = start_seeder(procs, tmp_path, mb, image_b, "--upload-limit", str(4 * MIB))
+    src_c = start_seeder(procs, tmp_path, mc, image_c, "--upload-limit", str(4 * MIB))
+    agent = new_agent(agents, tmp_path, seed_after_fetch=False)
+    part_b, part_c = loop_factory(size), loop_factory(size)
+
+    seed = agent.client.put_seed(ma, image_a)
+    fetch_b = agent.client.put_fetch(mb, part_b, peers=[src_b])
+    fetch_c = agent.client.put_fetch(mc, part_c, peers=[src_c])
+    assert seed["changed"] and fetch_b["changed"] and fetch_c["changed"]
+    assert len(agent.client.jobs()) == 3
+    ib, ic = fetch_b["job"]["id"], fetch_c["job"]["id"]
+
+    agent.wait_job(ib, lambda j: j["percent"] >= 25, 60, "fetch B at 25 %")
+    mid_c = agent.client.job(ic)
+    assert mid_c["state"] == "downloading" and mid_c["percent"] < 100, mid_c
+    resume_b = agent.resume_file(ib)
+    before = os.stat(resume_b).st_mtime_ns if os.path.exists(resume_b) else 0
+    stopped = agent.client.stop(ib)
+    assert stopped["changed"] and stopped["job"]["state"] == "stopped", stopped
+    assert os.stat(resume_b).st_mtime_ns > before, "stopping B did not save B's resume data"
+    saved_bytes = lt.read_resume_data(open(resume_b, "rb").read()).have_pieces.count(True) * MIB
+    assert saved_bytes >= stopped["job"]["bytes_done"] - 4 * MIB, (saved_bytes, stopped["job"])
+
+    # The others carry on: C completes and is verified; A still serves a new terminal.
+    done_c = agent.wait_job(ic, lambda j: j["state"] == "verified", 90, "fetch C verified")
+    assert done_c["digest"].split(":")[1] and file_digest(part_c, size) == file_digest(image_c, size)
+    assert agent.client.job(seed["job"]["id"])["state"] == "seeding"
+    agent_port = agent.client.info()["listen_port"]
+    run_cli("fetch", ma, tmp_path / "from-agent.img", "--peer", f"127.0.0.1:{agent_port}",
+            "--listen", f"127.0.0.1:{free_port()}", "--state-dir", tmp_path / "cli-state", check=True)
+    assert file_digest(tmp_path / "from-agent.img", size) == file_digest(image_a, size)
+
+    # B, put again, resumes from its saved pieces and finishes byte-identical.
+    again = agent.client.put_fetch(mb, part_b, peers=[src_b])
+    assert again["changed"] is True and again["job"]["resumed_bytes"] >= saved_bytes, again
+    agent.wait_job(ib, lambda j: j["state"] == "verified", 90, "fetch B verified after resuming")
+    assert file_digest(part_b, size) == file_digest(image_b, size)
+
+
+@needs_loop
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_agent_killed_mid_fetch_resumes_the_job_from_its_record(
+        how, tmp_path, image_factory, loop_factory, manifest_of, procs, agents):
+    size = 48 * MIB
+    image = image_factory(size, seed=7)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    origin = start_seeder(procs, tmp_path, manifest, image, "--upload-limit", str(6 * MIB))
+    agent = new_agent(agents, tmp_path, seed_after_fetch=True)
+    target = loop_factory(size)
+    job_id = agent.client.put_fetch(manifest, target, peers=[origin])["job"]["id"]
+    agent.wait_job(job_id, lambda j: j["percent"] >= 50, 60, "fetch at 50 %")
+    resume = agent.resume_file(job_id)
+    if how == "SIGKILL":
+        # Resume data is saved every 2 s while pieces arrive; wait for one past 50 %.
+        mark = os.stat(resume).st_mtime_ns
+        agent.wait_job(job_id, lambda j: os.stat(resume).st_mtime_ns > mark, 10, "a resume save after 50 %")
+    at_kill = agent.client.job(job_id)["bytes_done"]
+    code = agent.stop(getattr(signal, how))
+    assert code == (-signal.SIGKILL if how == "SIGKILL" else 0), f"agent stopped by {how} exited {code}"
+    assert at_kill < size, "the fetch finished before the agent could be stopped"
+
+    agent.start()  # nothing is put again: the record alone brings the job back
+    job = agent.wait_job(job_id, lambda j: j["state"] == "seeding", 90, "resumed fetch verified and seeding")
+    assert file_digest(target, size) == file_digest(image, size)
+    if how == "SIGTERM":
+        assert job["resumed_bytes"] >= at_kill - 4 * MIB, (job, at_kill)
+    else:
+        assert job["resumed_bytes"] >= size * 0.4, job
+    # Only what was not saved comes again (pieces in flight at most).
+    assert job["downloaded"] <= size - job["resumed_bytes"] + 8 * MIB, job
+    assert "resumed fetch job" in agent.log()
+
+
+@needs_loop
+def test_putting_a_job_is_idempotent_and_clashing_jobs_are_refused(
+        tmp_path, image_factory, loop_factory, manifest_of, procs, agents):
+    size = 16 * MIB
+    image, other = image_factory(size, seed=4, name="one.img"), image_factory(size, seed=5, name="two.img")
+    manifest, other_manifest = manifest_of(image), manifest_of(other)
+    origin = start_seeder(procs, tmp_path, manifest, image)
+    agent = new_agent(agents, tmp_path)
+    target, spare = loop_factory(size), loop_factory(size)
+
+    first = agent.client.put_fetch(manifest, target, peers=[origin])
+    second = agent.client.put_fetch(manifest, target, peers=[origin])
+    assert first["changed"] is True and second["changed"] is False
+    assert second["job"]["id"] == first["job"]["id"] and len(agent.client.jobs()) == 1
+    agent.wait_job(first["job"]["id"], lambda j: j["state"] == "seeding", 60, "fetch verified")
+    assert agent.client.put_fetch(manifest, target, peers=[origin])["changed"] is False
+
+    spare_digest = file_digest(spare, size)
+    refusals = [
+        (lambda: agent.client.put_fetch(other_manifest, target), 409, "one host's jobs never share a target"),
+        (lambda: agent.client.put_fetch(manifest, spare), 409, "already has a fetch job"),
+        (lambda: agent.client.put_seed(other_manifest, target), 409, "never share a target"),
+        (lambda: agent.client.put_fetch(other_manifest, other_manifest), 400, "manifest's own file"),
+        (lambda: agent.client.put_fetch(other_manifest, spare, colour="red"), 400, "colour: unknown key"),
+        (lambda: agent.client.put_fetch(str(tmp_path / "none.json"), spare), 400, "no such manifest"),
+        (lambda: agent.client.put_fetch(other_manifest, "relative.img"), 400, "must be an absolute path"),
+    ]
+    for call, status, words in refusals:
+        with pytest.raises(AgentError) as err:
+            call()
+        assert err.value.status == status and words in str(err.value), (status, str(err.value))
+    assert file_digest(spare, size) == spare_digest, "a refused job wrote to the spare partition"
+    assert len(agent.client.jobs()) == 1
+
+    removed = agent.client.remove(first["job"]["id"])
+    assert removed["changed"] is True and agent.client.jobs() == []
+    assert not os.path.exists(agent.resume_file(first["job"]["id"]))
+    assert agent.client.remove(first["job"]["id"])["changed"] is False
+
+
+def test_a_peer_outside_the_allowed_networks_gets_no_byte(tmp_path, image_factory, manifest_of, procs, agents):
+    size = 8 * MIB
+    image = image_factory(size, seed=9)
+    manifest = manifest_of(image)
+    agent = new_agent(agents, tmp_path, allowed_networks=["127.0.0.1/32"])
+    agent.client.put_seed(manifest, image)
+    agent_ep = ("127.0.0.1", agent.client.info()["listen_port"])
+
+    # An outsider on 127.0.0.2 (outside the list) dials the agent from that address.
+    port = free_port()
+    outsider = lt.session({"listen_interfaces": f"127.0.0.2:{port}", "outgoing_interfaces": "127.0.0.2",
+                           "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
+                           "enable_natpmp": False, "enable_outgoing_utp": False,
+                           "alert_mask": lt.alert_category.error})
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(manifest.replace(".manifest.json", ".torrent"))
+    atp.save_path = str(tmp_path / "outsider")
+    handle = outsider.add_torrent(atp)
+    # An insider fetches from the same agent meanwhile: the agent is serving, just not to it.
+    run_cli("fetch", manifest, tmp_path / "insider.img", "--peer", f"{agent_ep[0]}:{agent_ep[1]}",
+            "--listen", f"127.0.0.1:{free_port()}", "--state-dir", tmp_path / "insider", check=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        handle.connect_peer(agent_ep)
+        outsider.wait_for_alert(200)
+        if agent.client.info()["blocked_peers"] > 0:
+            break
+    assert agent.client.info()["blocked_peers"] > 0, "the agent never saw the outsider"
+    assert handle.status().total_payload_download == 0, "a peer outside allowed_networks got image bytes"
+    assert "refused peer 127.0.0.2: outside the allowed networks" in agent.log()
+    assert file_digest(tmp_path / "insider.img", size) == file_digest(image, size)
+
+
+def test_the_socket_is_root_only(tmp_path, agents):
+    # A socket directory anybody may traverse, as /run/p2pfleet is on a host.
+    public = tempfile.mkdtemp(prefix="p2pfleet-test-")
+    os.chmod(public, 0o755)
+    # The client is standard library only: the system Python runs it, as on any host.
+    shutil.copy(os.path.join(ROOT, "plugins", "module_utils", "_agent_client.py"), public)
+    try:
+        agent = new_agent(agents, tmp_path, socket=os.path.join(public, "run", "agent.sock"))
+        assert stat.S_IMODE(os.stat(agent.socket).st_mode) == 0o600
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from _agent_client import AgentClient, AgentError\n"
+                "try:\n    AgentClient(sys.argv[2]).jobs()\nexcept AgentError as e:\n    print(e); sys.exit(3)\n")
+
+        def as_nobody():
+            return subprocess.run(["/usr/bin/python3", "-c", code, public, agent.socket], capture_output=True,
+                                  text=True, timeout=30, cwd=public,
+                                  preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
+
+        refused = as_nobody()
+        assert refused.returncode == 3, refused.stderr
+        assert "permission denied; only root may talk to the agent" in refused.stdout
+        # Even with the file mode opened up, the agent checks who is on the other end.
+        os.chmod(agent.socket, 0o666)
+        refused = as_nobody()
+        assert refused.returncode == 3, refused.stderr
+        assert "only root may talk to the p2pfleet agent" in refused.stdout, refused.stdout
+        assert agent.client.jobs() == []
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+
+
+def test_a_second_agent_on_the_same_socket_is_refused_and_a_bad_config_names_its_key(tmp_path, agents):
+    agent = new_agent(agents, tmp_path)
+    twin = run_cli("agent", "--config", agent.config_path, timeout=30)
+    assert twin.returncode == 1 and "another agent is already running on this socket" in twin.stderr, twin.stderr
+    bad = tmp_path / "bad.yml"
+    bad.write_text("listen: 127.0.0.1:0\nallowed_networks: [10.0.0.0/8, not-a-net]\n")
+    proc = run_cli("agent", "--config", bad, timeout=30)
+    assert proc.returncode == 1 and "allowed_networks: 'not-a-net' is not an IP network" in proc.stderr
+    assert "Traceback" not in proc.stderr
