@@ -36,6 +36,7 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/engine_throughput.py
+	$(PY) benchmarks/agent.py --size 512M
 	$(PY) benchmarks/tracker_load.py --peers 1000 --count 30000
 
 clean:

@@ -5,6 +5,7 @@ Progress is a bar on a terminal, plain lines otherwise, JSON lines with ``--json
 """
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -268,6 +269,8 @@ def cmd_verify(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pfleet", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="progress and results as JSON lines")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log the engine's decisions (job states, resume data, refused peers) to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("manifest", help="hash an image into a torrent and manifest")
@@ -319,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("agent", "tracker"):  # the daemons set up their own logging
+        # Everything a user must know reaches them as progress or the error line; the log
+        # is for when they ask why.
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL,
+                            format="p2pfleet: %(levelname)s: %(name)s: %(message)s")
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
     try:

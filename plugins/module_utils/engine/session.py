@@ -571,6 +571,7 @@ class Session:
         job.rates.reset()
         job.last_progress = (-1, time.monotonic())
         self._connect_peers(job)
+        self._lt.post_torrent_updates()  # the new job's first status now, not a tick later
 
     def _connect_peers(self, job) -> None:
         for host, port in job.peers:

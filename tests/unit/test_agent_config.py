@@ -1,0 +1,54 @@
+"""The agent's config: every error names its key; unknown keys are refused."""
+import pytest
+
+from engine.agent import config
+from engine.agent.config import ConfigError
+
+
+def test_defaults_and_a_full_config():
+    assert config.parse({}).listen == "0.0.0.0:6881"
+    cfg = config.parse({
+        "listen": "10.0.0.5:6881", "socket": "/run/p2pfleet/agent.sock", "state_dir": "/var/lib/p2pfleet",
+        "trackers": ["http://10.0.0.1:6969/announce"], "host_name": "pc-101",
+        "allowed_networks": ["10.0.0.0/8", "192.168.7.3"], "upload_limit": 0, "download_limit": 125_000_000,
+        "seed_after_fetch": False, "stall_timeout": 600, "log_level": "debug"})
+    assert [str(n) for n in cfg.allowed_networks] == ["10.0.0.0/8", "192.168.7.3/32"]
+    assert cfg.announce_urls() == ["http://10.0.0.1:6969/announce?host=pc-101"]
+    assert cfg.announce_urls(["http://t/announce?x=1"]) == ["http://t/announce?x=1&host=pc-101"]
+    assert cfg.seed_after_fetch is False and cfg.stall_timeout == 600.0
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"listn": "0.0.0.0:1"}, "listn: unknown key"),
+    ({"listen": "host:port"}, "invalid endpoint 'host:port'"),
+    ({"listen": "0.0.0.0:70000"}, "port out of range"),
+    ({"socket": "agent.sock"}, "socket: must be an absolute path"),
+    ({"state_dir": 7}, "state_dir: must be an absolute path"),
+    ({"trackers": "http://t/announce"}, "trackers: must be a list of http(s):// announce URLs"),
+    ({"trackers": ["udp://t:80"]}, "trackers: must be a list"),
+    ({"host_name": "pc 101<script>"}, "host_name: must be a host name"),
+    ({"allowed_networks": "10.0.0.0/8"}, "allowed_networks: must be a list of networks"),
+    ({"allowed_networks": ["10.0.0.0/33"]}, "allowed_networks: '10.0.0.0/33' is not an IP network"),
+    ({"upload_limit": -1}, "upload_limit: must be an integer in 0.."),
+    ({"download_limit": True}, "download_limit: must be an integer"),
+    ({"seed_after_fetch": "yes"}, "seed_after_fetch: must be true or false"),
+    ({"stall_timeout": -5}, "stall_timeout: must be seconds in 0..86400"),
+    ({"log_level": "loud"}, "log_level: must be one of debug, info, warning, error"),
+])
+def test_each_bad_value_is_refused_naming_its_key(data, message):
+    with pytest.raises(ConfigError) as err:
+        config.parse(data, "agent.yml")
+    assert message in str(err.value)
+
+
+def test_files_that_are_not_configs(tmp_path):
+    with pytest.raises(ConfigError, match="no such agent config"):
+        config.load(str(tmp_path / "missing.yml"))
+    (tmp_path / "list.yml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        config.load(str(tmp_path / "list.yml"))
+    (tmp_path / "broken.yml").write_text("listen: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(str(tmp_path / "broken.yml"))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        config.load("/dev/zero")
