@@ -233,3 +233,32 @@ def test_keep_seeding_serves_the_next_terminal_after_the_origin_left(tmp_path, i
     assert file_digest(tmp_path / "late.img", size) == file_digest(image, size)
     relay.popen.send_signal(signal.SIGTERM)
     assert relay.wait_exit(20, "relay stopping") == 0, "a verified fetch stopped while seeding is a success"
+
+
+def test_unusable_resume_data_is_reported_not_dropped_silently(tmp_path, image_factory, manifest_of, procs):
+    size = 8 * MIB
+    image = image_factory(size, seed=21)
+    manifest = manifest_of(image)
+    seed_port = start_seeder(procs, tmp_path, manifest, image)
+    state = tmp_path / "s"
+    args = ["--json", "fetch", manifest, tmp_path / "target.img", "--peer", f"127.0.0.1:{seed_port}",
+            "--state-dir", state]
+    run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
+    resume = next(state.rglob("*.resume"))
+    resume.write_bytes(b"this is not resume data")
+    again = run_cli(*args, "--listen", f"127.0.0.1:{free_port()}", check=True)
+    assert f"resume data in {resume} is unusable" in again.stderr and "starting from zero" in again.stderr
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert result["resumed_bytes"] == 0 and result["verified"] is True
+
+
+def test_an_unusable_state_dir_is_one_error_line_and_no_target_file(tmp_path, image_factory, manifest_of):
+    manifest = manifest_of(image_factory(4 * MIB, seed=22))
+    for state in ("/proc/nope", str(tmp_path / "a-file")):
+        (tmp_path / "a-file").write_text("not a directory")
+        proc = run_cli("fetch", manifest, tmp_path / "target.img", "--peer", "127.0.0.1:1", "--state-dir", state,
+                       "--listen", f"127.0.0.1:{free_port()}", timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.startswith(f"p2pfleet: error: {state}") and "state directory is not usable" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert not (tmp_path / "target.img").exists(), "a target file was left behind"
