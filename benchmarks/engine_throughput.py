@@ -22,26 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
 
 import libtorrent as lt  # noqa: E402
+from bench_files import losetup, make_image  # noqa: E402
 
 from engine import image, metainfo, verify  # noqa: E402
 from engine.session import Session, SessionSettings  # noqa: E402
 
 P2PFLEET = [sys.executable, os.path.join(ROOT, "bin", "p2pfleet"), "--json"]
 MIB = 1 << 20
-
-
-def make_image(path, size):
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 64 * MIB)
-            f.write(os.urandom(n))
-            left -= n
-
-
-def losetup(path):
-    return subprocess.run(["losetup", "--find", "--show", path], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def drop_caches():

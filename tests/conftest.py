@@ -74,6 +74,24 @@ def loop_factory(tmp_path):
         subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
+@pytest.fixture
+def manifest_of(tmp_path):
+    def make(image, *extra):
+        out = tmp_path / "manifests"
+        out.mkdir(exist_ok=True)
+        run_cli("manifest", image, "--out", out, *extra, check=True)
+        return str(out / (os.path.basename(image) + ".manifest.json"))
+    return make
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
 def run_cli(*args, timeout=120, check=False):
     """Run bin/p2pfleet; returns CompletedProcess with text output."""
     proc = subprocess.run(P2PFLEET + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)

@@ -71,6 +71,15 @@ class Proc:
         self._out.close()
 
 
+def start_seeder(procs, tmp_path, manifest, image, *extra):
+    port = free_port()
+    proc = Proc("seed", manifest, image, "--listen", f"127.0.0.1:{port}", "--progress-interval", "0.5",
+                *extra, log_path=tmp_path / f"seed{port}")
+    procs.append(proc)
+    proc.wait_for(ready_seeder, 30, "seeder ready")
+    return port
+
+
 def ready_seeder(proc):
     return any("ready after" in e.get("text", "") for e in proc.events())
 

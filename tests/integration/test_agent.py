@@ -8,7 +8,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -18,25 +17,7 @@ import pytest
 from _agent_client import AgentError
 from agent_helpers import AgentProc
 from conftest import MIB, ROOT, needs_loop, run_cli
-from swarm_helpers import Proc, file_digest, free_port, ready_seeder
-
-
-@pytest.fixture
-def manifest_of(tmp_path):
-    def make(image, *extra):
-        out = tmp_path / "manifests"
-        out.mkdir(exist_ok=True)
-        run_cli("manifest", image, "--out", out, *extra, check=True)
-        return str(out / (os.path.basename(image) + ".manifest.json"))
-    return make
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for proc in started:
-        proc.stop()
+from swarm_helpers import file_digest, free_port, start_seeder
 
 
 @pytest.fixture
@@ -47,21 +28,16 @@ def agents():
         agent.stop(signal.SIGKILL) if agent.popen and agent.popen.poll() is None else None
 
 
+def seeder_endpoint(procs, tmp_path, manifest, image, *extra):
+    return f"127.0.0.1:{start_seeder(procs, tmp_path, manifest, image, *extra)}"
+
+
 def new_agent(agents, tmp_path, name="agent", **config):
     root = tmp_path / name
     root.mkdir()
     agent = AgentProc(root, free_port(), **config)
     agents.append(agent)
     return agent.start()
-
-
-def start_seeder(procs, tmp_path, manifest, image, *extra):
-    port = free_port()
-    proc = Proc("seed", manifest, image, "--listen", f"127.0.0.1:{port}", "--progress-interval", "0.5",
-                *extra, log_path=tmp_path / f"seed{port}")
-    procs.append(proc)
-    proc.wait_for(ready_seeder, 30, "seeder ready")
-    return f"127.0.0.1:{port}"
 
 
 @needs_loop
@@ -71,8 +47,8 @@ def test_one_agent_runs_a_seed_and_two_fetches_and_stopping_one_keeps_the_others
     image_a, image_b, image_c = (image_factory(size, seed=s, name=f"{n}.img") for s, n in ((1, "a"), (2, "b"), (3, "c")))
     ma, mb, mc = (manifest_of(i, "--piece-size", "1M") for i in (image_a, image_b, image_c))
     # Slow origins, so both fetches are mid-transfer together.
-    src_b = start_seeder(procs, tmp_path, mb, image_b, "--upload-limit", str(4 * MIB))
-    src_c = start_seeder(procs, tmp_path, mc, image_c, "--upload-limit", str(4 * MIB))
+    src_b = seeder_endpoint(procs, tmp_path, mb, image_b, "--upload-limit", str(4 * MIB))
+    src_c = seeder_endpoint(procs, tmp_path, mc, image_c, "--upload-limit", str(4 * MIB))
     agent = new_agent(agents, tmp_path, seed_after_fetch=False)
     part_b, part_c = loop_factory(size), loop_factory(size)
 
@@ -117,7 +93,7 @@ def test_agent_killed_mid_fetch_resumes_the_job_from_its_record(
     size = 48 * MIB
     image = image_factory(size, seed=7)
     manifest = manifest_of(image, "--piece-size", "1M")
-    origin = start_seeder(procs, tmp_path, manifest, image, "--upload-limit", str(6 * MIB))
+    origin = seeder_endpoint(procs, tmp_path, manifest, image, "--upload-limit", str(6 * MIB))
     agent = new_agent(agents, tmp_path, seed_after_fetch=True)
     target = loop_factory(size)
     job_id = agent.client.put_fetch(manifest, target, peers=[origin])["job"]["id"]
@@ -150,7 +126,7 @@ def test_putting_a_job_is_idempotent_and_clashing_jobs_are_refused(
     size = 16 * MIB
     image, other = image_factory(size, seed=4, name="one.img"), image_factory(size, seed=5, name="two.img")
     manifest, other_manifest = manifest_of(image), manifest_of(other)
-    origin = start_seeder(procs, tmp_path, manifest, image)
+    origin = seeder_endpoint(procs, tmp_path, manifest, image)
     agent = new_agent(agents, tmp_path)
     target, spare = loop_factory(size), loop_factory(size)
 

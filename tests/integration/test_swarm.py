@@ -1,40 +1,12 @@
 """Real swarms on 127.0.0.1: libtorrent seeders and fetchers as p2pfleet processes,
 writing into real loop-device partitions."""
 import json
-import os
 import signal
 
 import pytest
 
 from conftest import MIB, needs_loop, run_cli
-from swarm_helpers import Proc, file_digest, free_port, ready_seeder, wait_file_changes
-
-
-@pytest.fixture
-def manifest_of(tmp_path):
-    def make(image, *extra):
-        out = tmp_path / "manifests"
-        out.mkdir(exist_ok=True)
-        run_cli("manifest", image, "--out", out, *extra, check=True)
-        return str(out / (os.path.basename(image) + ".manifest.json"))
-    return make
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-def start_seeder(procs, tmp_path, manifest, image, *extra):
-    port = free_port()
-    proc = Proc("seed", manifest, image, "--listen", f"127.0.0.1:{port}", "--progress-interval", "0.5",
-                *extra, log_path=tmp_path / f"seed{port}")
-    procs.append(proc)
-    proc.wait_for(ready_seeder, 30, "seeder ready")
-    return port
+from swarm_helpers import Proc, file_digest, free_port, start_seeder, wait_file_changes
 
 
 @needs_loop
