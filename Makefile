@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := util-linux e2fsprogs iproute2 kmod aria2 chromium
+APT_PACKAGES := util-linux fdisk e2fsprogs iproute2 kmod aria2 chromium
 
 .PHONY: deps venv demo test bench clean
 

@@ -14,6 +14,7 @@ Needs root (loop devices). ``--size`` sets the image size (default 256M).
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -65,8 +66,9 @@ def main():
         manifest = os.path.join(out, "lab-image.manifest.json")
 
         step("seeding from the server partition (no re-check)")
-        print(f"$ p2pfleet seed {manifest} {source} --listen 127.0.0.1:46881", flush=True)
-        seeder = subprocess.Popen(P2PFLEET + ["seed", manifest, source, "--listen", "127.0.0.1:46881"],
+        seed_port, fetch_port = free_port(), free_port()
+        print(f"$ p2pfleet seed {manifest} {source} --listen 127.0.0.1:{seed_port}", flush=True)
+        seeder = subprocess.Popen(P2PFLEET + ["seed", manifest, source, "--listen", f"127.0.0.1:{seed_port}"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         for line in seeder.stderr:
@@ -78,7 +80,8 @@ def main():
 
         step("fetching into the terminal's inactive slot")
         started = time.monotonic()
-        run("fetch", manifest, slot, "--device", "--peer", "127.0.0.1:46881", "--listen", "127.0.0.1:46882",
+        run("fetch", manifest, slot, "--device", "--peer", f"127.0.0.1:{seed_port}", "--listen",
+            f"127.0.0.1:{fetch_port}",
             "--state-dir", os.path.join(work, "state"), "--progress-interval", "1")
         seconds = time.monotonic() - started
 
@@ -93,6 +96,13 @@ def main():
         for dev in loops:
             subprocess.run(["losetup", "-d", dev], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A port nobody listens on now: a demo must not collide with another one running."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

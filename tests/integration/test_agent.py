@@ -142,7 +142,7 @@ def test_putting_a_job_is_idempotent_and_clashing_jobs_are_refused(
         (lambda: agent.client.put_fetch(other_manifest, target), 409, "one host's jobs never share a target"),
         (lambda: agent.client.put_fetch(manifest, spare), 409, "already has a fetch job"),
         (lambda: agent.client.put_seed(other_manifest, target), 409, "never share a target"),
-        (lambda: agent.client.put_fetch(other_manifest, other_manifest), 400, "manifest's own file"),
+        (lambda: agent.client.put_fetch(other_manifest, other_manifest), 400, "which this job reads"),
         (lambda: agent.client.put_fetch(other_manifest, spare, colour="red"), 400, "colour: unknown key"),
         (lambda: agent.client.put_fetch(str(tmp_path / "none.json"), spare), 400, "no such manifest"),
         (lambda: agent.client.put_fetch(other_manifest, "relative.img"), 400, "must be an absolute path"),

@@ -17,7 +17,7 @@ from .files import ensure_private_dir
 from .image import claim_target
 from .jobs import JobStore
 from .net import parse_endpoint
-from .session import Session, SessionSettings
+from .session import Session, SessionSettings, own_files
 
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet/state" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/p2pfleet")
 
@@ -209,7 +209,8 @@ def cmd_fetch(args) -> int:
     ensure_private_dir(args.state_dir, error=StateError)
     started = time.monotonic()
     # The target next: a dangerous target must be refused whatever else is wrong.
-    target = claim_target(args.target, manifest.image_size, require_device=args.device)
+    target = claim_target(args.target, manifest.image_size, require_device=args.device,
+                          protect=own_files(manifest))
     with _session_for(target, args) as session:
         snap, _ = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
                                     seed_after=args.keep_seeding, stall_timeout=args.stall_timeout)

@@ -235,6 +235,53 @@ def refuse_device_in_use(path: str, devno: int) -> None:
         raise TargetRefused(f"{path}: is in use as swap; swapoff it first")
 
 
+EXTENDED_TYPES = (0x05, 0x0F, 0x85)
+
+
+def refuse_partition_table(path: str, devno: int) -> None:
+    """Refuse a disk whose partition table the kernel uses, and an extended partition.
+
+    Writing either destroys partitions: the disk's first sectors hold the table, and an
+    extended partition's first sector is the EBR chaining its logical partitions.
+    """
+    parts = _partitions_of(devno)
+    if parts:
+        names = ", ".join(sorted(_name_of(d) for d in parts))
+        raise TargetRefused(f"{path}: is a whole disk with partitions ({names}); write one partition, "
+                            "not the disk")
+    if _is_extended_partition(devno):
+        raise TargetRefused(f"{path}: is an extended partition (it holds the table of the logical "
+                            "partitions); write a logical or primary partition instead")
+
+
+def _name_of(devno: int) -> str:
+    return os.path.basename(os.path.realpath(_sysfs(devno)))
+
+
+def _is_extended_partition(devno: int) -> bool:
+    base = _sysfs(devno)
+    if not os.path.exists(os.path.join(base, "partition")):
+        return False
+    try:
+        with open(os.path.join(base, "start"), encoding="ascii") as f:
+            start = int(f.read())
+        disk = os.path.basename(os.path.realpath(os.path.join(base, "..")))
+        fd = os.open(f"/dev/{disk}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            mbr = os.pread(fd, SECTOR, 0)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return False
+    if len(mbr) < SECTOR or mbr[510:512] != b"\x55\xaa":
+        return False
+    for entry in range(4):
+        raw = mbr[446 + 16 * entry: 462 + 16 * entry]
+        if raw[4] in EXTENDED_TYPES and struct.unpack_from("<I", raw, 8)[0] == start:
+            return True
+    return False
+
+
 def refuse_too_small(path: str, size: int, needed: int) -> None:
     if size < needed:
         raise TargetRefused(
@@ -306,14 +353,19 @@ class Target:
         self.release()
 
 
-def claim_target(path: str, needed: int, require_device: bool = False) -> Target:
+def claim_target(path: str, needed: int, require_device: bool = False, protect=()) -> Target:
     """Check ``path`` can safely receive an image of ``needed`` bytes and claim it.
 
     A path under ``/dev/`` (or any path when ``require_device``) must already be a block
     device: a typo there would otherwise become a regular file in RAM. A regular-file
-    target is created if missing and grown to the image size, never shrunk.
+    target is created if missing and grown to the image size (an image file may grow;
+    a partition cannot), never shrunk. ``protect`` names files the job itself reads — its
+    manifest and torrent — which are refused as targets before anything is opened.
     """
     path = os.path.abspath(path)
+    for own in protect:
+        if own and overlaps(path, own):
+            raise TargetRefused(f"{path}: is {own}, which this job reads; choose another target")
     # realpath, not the spelling: "//dev/sdb" or a symlink into /dev is still /dev.
     require_device = require_device or os.path.realpath(path).startswith("/dev/")
     try:
@@ -326,13 +378,15 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
     if st is not None and stat.S_ISBLK(st.st_mode):
         # In-use checks first: the running root is refused without even being opened.
         refuse_device_in_use(path, st.st_rdev)
+        refuse_partition_table(path, st.st_rdev)
         size = device_size(path)
         refuse_too_small(path, size, needed)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
             if exc.errno == errno.EBUSY:
-                raise TargetRefused(f"{path}: device is busy (mounted or claimed by another program)") from None
+                raise TargetRefused(f"{path}: device is busy (mounted, or seeded or written by another "
+                                    "program)") from None
             raise TargetRefused(f"{path}: cannot open device: {exc.strerror}") from None
         return Target(ImageInfo(path, "device", size, st.st_rdev, st.st_ino, st.st_mtime_ns), fd)
 
@@ -356,7 +410,7 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise TargetRefused(f"{path}: another job is writing this file") from None
+        raise TargetRefused(f"{path}: another job is seeding or writing this file") from None
     st = os.fstat(fd)
     if st.st_size < needed:
         os.ftruncate(fd, needed)
@@ -365,12 +419,27 @@ def claim_target(path: str, needed: int, require_device: bool = False) -> Target
 
 
 def open_source(path: str) -> tuple:
-    """Open an image for reading; returns ``(fd, ImageInfo)``. The caller closes fd."""
+    """Open an image to seed it; returns ``(fd, ImageInfo)``. The caller closes fd.
+
+    The descriptor keeps writers out for as long as it is open: a device is opened with
+    ``O_EXCL`` (the kernel then refuses to mount it, and our own target claims fail on
+    it), a file holds a shared lock that a target claim's exclusive lock cannot get.
+    """
     info = probe(path)
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_EXCL if info.is_device else 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise ImageError(f"{path}: device is busy (mounted, or written by another program); "
+                             "seed an unmounted partition") from None
         raise ImageError(f"{path}: cannot open for reading: {exc.strerror}") from None
+    if not info.is_device:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ImageError(f"{path}: another job is writing this file") from None
     return fd, info
 
 

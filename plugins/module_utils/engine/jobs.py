@@ -218,6 +218,7 @@ class Job:
         self.rate_now = (0, 0)
         self.last_progress = (0, time.monotonic())
         self.resume_dirty = False
+        self.pieces_since_save = 0
         self.saves_in_flight = 0
         self.last_resume_save = 0.0
         self.last_peer_retry = 0.0

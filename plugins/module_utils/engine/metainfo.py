@@ -173,11 +173,7 @@ class Manifest:
 
     def torrent_bytes(self) -> bytes:
         if self._torrent_bytes is None:
-            try:
-                with open(self.torrent_path, "rb") as f:
-                    self._torrent_bytes = f.read()
-            except OSError as exc:
-                raise ManifestError(f"{self.torrent_path}: cannot read torrent: {exc.strerror}") from None
+            self._torrent_bytes = read_capped(self.torrent_path, MAX_TORRENT_BYTES, "torrent", error=ManifestError)
         return self._torrent_bytes
 
     def piece_hashes(self) -> list:
@@ -201,31 +197,36 @@ class Manifest:
             raise ManifestError(f"{path}: not a readable manifest: {str(exc)[:200]}") from None
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: not a manifest (expected a JSON object)")
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"{path}: unsupported manifest format {str(data.get('format'))[:40]}")
         try:
-            if data.get("format") != MANIFEST_FORMAT:
-                raise ManifestError(f"{path}: unsupported manifest format {data.get('format')!r}")
+            digest = data["digest"]
             manifest = cls(
-                name=str(data["name"]),
-                info_hash=str(data["info_hash"]),
-                image_size=int(data["image_size"]),
-                piece_size=int(data["piece_size"]),
-                piece_count=int(data["piece_count"]),
-                files=[VirtualFile(str(f["path"]), int(f["offset"]), int(f["size"])) for f in data["files"]],
-                digest_algorithm=str(data["digest"]["algorithm"]),
-                digest=str(data["digest"]["value"]),
-                torrent=str(data["torrent"]),
+                name=_text(data, "name", path),
+                info_hash=_text(data, "info_hash", path),
+                image_size=_integer(data, "image_size", path),
+                piece_size=_integer(data, "piece_size", path),
+                piece_count=_integer(data, "piece_count", path),
+                files=[VirtualFile(_text(f, "path", path), _integer(f, "offset", path), _integer(f, "size", path))
+                       for f in _list(data, "files", path)],
+                digest_algorithm=_text(digest, "algorithm", path),
+                digest=_text(digest, "value", path),
+                torrent=_text(data, "torrent", path),
                 source=dict(data.get("source") or {}),
-                created=str(data.get("created", "")),
+                created=str(data.get("created", ""))[:64],
                 path=os.path.abspath(path),
             )
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise ManifestError(f"{path}: manifest is missing or has a bad field: {str(exc)[:200]}") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ManifestError(f"{path}: manifest is missing a field or has one of the wrong type: "
+                                f"{str(exc)[:80]}") from None
         manifest._check_numbers()
         manifest._check_torrent()
         return manifest
 
     def _check_numbers(self) -> None:
         where = self.path
+        if not self.torrent or "/" in self.torrent or self.torrent.startswith("."):
+            raise ManifestError(f"{where}: torrent must be a file name beside the manifest, got {self.torrent!r}")
         if self.digest_algorithm not in DIGEST_ALGORITHMS:
             raise ManifestError(f"{where}: digest algorithm {self.digest_algorithm!r} is not one of "
                                 f"{', '.join(DIGEST_ALGORITHMS)}")
@@ -273,6 +274,27 @@ class Manifest:
             if vf.offset != offset or vf.size != length:
                 raise ManifestError(f"{where}: manifest file {vf.path} does not match the torrent's layout")
             offset += length
+
+
+def _integer(data, key, path) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ManifestError(f"{path}: {key} must be an integer, got {str(value)[:40]}")
+    return value
+
+
+def _text(data, key, path) -> str:
+    value = data[key]
+    if not isinstance(value, str) or len(value) > 4096:
+        raise ManifestError(f"{path}: {key} must be a string of at most 4096 characters")
+    return value
+
+
+def _list(data, key, path) -> list:
+    value = data[key]
+    if not isinstance(value, list):
+        raise ManifestError(f"{path}: {key} must be a list")
+    return value
 
 
 def info_dict(name: str, files: list, piece_size: int, piece_hashes: list) -> dict:

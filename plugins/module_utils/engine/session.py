@@ -28,7 +28,7 @@ import libtorrent as lt
 
 from . import jobs as J
 from . import verify
-from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError, TargetRefused
+from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError
 from .files import read_capped, write_atomic
 from .image import SliceMap, Target, claim_target, open_source, overlaps
 from .metainfo import Manifest, fingerprint
@@ -36,7 +36,11 @@ from .net import format_endpoint, parse_endpoint
 
 log = logging.getLogger("p2pfleet.session")
 
-RESUME_SAVE_INTERVAL = 2.0
+# Resume data is saved at most this often while pieces arrive, and sooner once enough
+# pieces wait to be saved: a kill loses at most about a second of transfer.
+RESUME_SAVE_INTERVAL = 1.0
+RESUME_SAVE_PIECES = 16
+RESUME_SAVE_MIN_INTERVAL = 0.25
 UPDATE_INTERVAL = 0.5
 PEER_RETRY_INTERVAL = 5.0
 ALERT_TIMEOUT = 15.0
@@ -357,6 +361,7 @@ class Session:
             self._saved(job)
         elif isinstance(alert, lt.piece_finished_alert):
             job.resume_dirty = True
+            job.pieces_since_save += 1
         elif isinstance(alert, lt.hash_failed_alert) and job.action == "seed":
             self._fail(job, f"{job.path}: piece {alert.piece_index} does not match manifest {job.manifest.name}; "
                             "the image changed after its manifest was made")
@@ -390,6 +395,7 @@ class Session:
         job.handle.save_resume_data(lt.torrent_handle.flush_disk_cache if flush else 0)
         job.saves_in_flight += 1
         job.resume_dirty = False
+        job.pieces_since_save = 0
         job.last_resume_save = time.monotonic()
         if then:
             job.awaiting = ("save", time.monotonic() + ALERT_TIMEOUT, then)
@@ -459,8 +465,11 @@ class Session:
             return
         if job.handle is None or job.stopping is not None:
             return
-        if job.resume_dirty and job.resume_path and now - job.last_resume_save >= RESUME_SAVE_INTERVAL:
-            self._save(job)
+        if job.resume_dirty and job.resume_path:
+            since = now - job.last_resume_save
+            if since >= RESUME_SAVE_INTERVAL or (job.pieces_since_save >= RESUME_SAVE_PIECES
+                                                 and since >= RESUME_SAVE_MIN_INTERVAL):
+                self._save(job)
         st = job.status
         if job.peers and now - job.last_peer_retry >= PEER_RETRY_INTERVAL:
             if st is None or st.num_peers < len(job.peers):
@@ -599,10 +608,6 @@ class Session:
                 what = "image seeded" if job.action == "seed" else "target written"
                 raise JobConflict(f"{path}: overlaps {job.path}, the {what} by the {job.action} job of "
                                   f"{job.manifest.name}; one host's jobs never share a target")
-        if action == "fetch":
-            for own in (manifest.path, manifest.torrent_path):
-                if own and overlaps(path, own):
-                    raise TargetRefused(f"{path}: is the manifest's own file {own}; choose another target")
 
     def _put_seed(self, manifest, path, trackers, peers, super_seeding):
         job = self._existing(manifest, "seed", path)
@@ -657,9 +662,11 @@ class Session:
                     claimed.release()
                 return job.snapshot(time.monotonic()), False
             self._refuse_overlap(manifest, path, "fetch")
+            protect = own_files(manifest)
             manifest = self.store.keep_manifest(manifest)
             job = J.FetchJob(manifest, path, trackers, peers, seed_after, stall_timeout, require_device)
-            claim = claimed or claim_target(path, manifest.image_size, require_device=require_device)
+            claim = claimed or claim_target(path, manifest.image_size, require_device=require_device,
+                                            protect=protect + own_files(manifest))
         except BaseException:
             if claimed:
                 claimed.discard()
@@ -751,7 +758,8 @@ class Session:
             if job.state in J.RUNNING:
                 try:
                     if job.action == "fetch":
-                        claim = claim_target(job.path, manifest.image_size, require_device=job.require_device)
+                        claim = claim_target(job.path, manifest.image_size, require_device=job.require_device,
+                                             protect=own_files(manifest))
                         try:
                             self._start_fetch(job, claim)
                         except BaseException:
@@ -796,6 +804,11 @@ class Session:
         self._closing = True
         for job in self._jobs.values():
             self._unload(job)
+
+
+def own_files(manifest) -> tuple:
+    """The files a fetch of ``manifest`` reads, which must never become its target."""
+    return (manifest.path, manifest.torrent_path)
 
 
 def _fingerprint_or_none(path):
