@@ -384,11 +384,13 @@ def hash_image(path: str, size: int, piece_size: int, algorithm: str = DEFAULT_A
 
 
 def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size: int = None,
-                    split_size: int = None, force: bool = False, progress=None):
+                    split_size: int = None, force: bool = False, progress=None, dry_run: bool = False):
     """Write ``NAME.torrent`` and ``NAME.manifest.json`` for an image into ``out_dir``.
 
     Returns ``(manifest, changed)``. When a manifest for the same source with the same
     fingerprint and layout is already there, nothing is hashed and ``changed`` is False.
+    ``dry_run`` checks everything but hashes and writes nothing: ``(None, True)`` when a
+    manifest would be made.
     """
     info = probe(image_path)
     name = name or os.path.basename(image_path.rstrip("/"))
@@ -409,6 +411,8 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
             old = None
         if old and old.source == source and old.piece_size == piece and old.files == files:
             return old, False
+    if dry_run:
+        return None, True
 
     hashes, digest = hash_image(image_path, info.size, piece, progress=progress)
     after = fingerprint(image_path)

@@ -1,0 +1,260 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: p2pfleet.imaging contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: swarm_job
+short_description: Ensure a seed or fetch job of an image on the host's p2pfleet agent
+version_added: 0.1.0
+description:
+  - Puts a job on the local agent and returns at once with its progress. A fetch job downloads an image
+    straight into a target partition from the lab's swarm, verifies it, and (by default) keeps seeding it
+    to the other terminals. A seed job serves an image from a file or partition.
+  - Idempotent. The same job again (same manifest, same target) is found, not started again, and the module
+    reports no change; a job that was stopped or failed is started again, resuming from the pieces it had.
+  - Dangerous targets are refused by the agent with one line, and nothing is written; a mounted partition,
+    the running root file system, a partition smaller than the image, a whole disk, another job's target.
+  - Long transfers should not be waited for in one task (AWX and SSH time out); use
+    M(p2pfleet.imaging.swarm_job_info) in a bounded C(until) loop instead. O(wait) is for small images.
+author: p2pfleet.imaging contributors
+extends_documentation_fragment:
+  - p2pfleet.imaging.attributes
+  - p2pfleet.imaging.attributes.AGENT
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports whether the job would be put or removed; the agent is only asked for its current jobs.
+  diff_mode:
+    support: full
+    details:
+      - Shows the job's state before and after.
+  idempotent:
+    support: full
+options:
+  manifest:
+    description: Path of the image's manifest on the managed host (the torrent lies beside it).
+    type: path
+    required: true
+  action:
+    description: V(fetch) downloads the image into O(target); V(seed) serves it from O(image).
+    type: str
+    choices: [fetch, seed]
+    default: fetch
+  target:
+    description: For V(fetch), the partition (or image file) to write. Required for V(fetch).
+    type: path
+  image:
+    description: For V(seed), the file or partition holding the image. Required for V(seed).
+    type: path
+  state:
+    description:
+      - V(present) ensures the job exists (and runs, unless it is finished).
+      - V(stopped) stops it, saving its resume data and releasing its target; it stays listed.
+      - V(absent) stops it and forgets it (record and resume data removed; the target is left as it is).
+    type: str
+    choices: [present, stopped, absent]
+    default: present
+  trackers:
+    description: Announce URLs. Defaults to the trackers in the agent's config.
+    type: list
+    elements: str
+    default: []
+  peers:
+    description: Peers to connect to directly, as C(HOST:PORT), besides those the tracker names.
+    type: list
+    elements: str
+    default: []
+  seed_after:
+    description: After a fetch is verified, keep seeding it to the others. Defaults to the agent's config.
+    type: bool
+  stall_timeout:
+    description: Seconds without progress before the job shows C(stalled) (it keeps trying). Defaults to the agent's config.
+    type: float
+  require_device:
+    description: For V(fetch), refuse unless O(target) is a block device.
+    type: bool
+    default: true
+  super_seeding:
+    description: For V(seed), hand each peer distinct pieces.
+    type: bool
+    default: false
+  wait:
+    description: Wait until the fetch is verified (or the seed is serving) before returning.
+    type: bool
+    default: false
+  wait_timeout:
+    description: Seconds O(wait) waits at most; then the module fails, and the job goes on.
+    type: int
+    default: 600
+seealso:
+  - module: p2pfleet.imaging.swarm_job_info
+  - module: p2pfleet.imaging.image_manifest
+'''
+
+EXAMPLES = r'''
+- name: Fetch release 2 into slot B from the lab's swarm
+  p2pfleet.imaging.swarm_job:
+    manifest: /var/lib/p2pfleet/manifests/release-2.img.manifest.json
+    target: "{{ slots.inactive.device }}"
+  become: true
+
+- name: Seed release 2 from the server
+  p2pfleet.imaging.swarm_job:
+    action: seed
+    manifest: /srv/images/release-2.img.manifest.json
+    image: /srv/images/release-2.img
+  become: true
+
+- name: Stop seeding once the lab is done
+  p2pfleet.imaging.swarm_job:
+    action: seed
+    manifest: /srv/images/release-2.img.manifest.json
+    image: /srv/images/release-2.img
+    state: absent
+  become: true
+'''
+
+RETURN = r'''
+job:
+  description: The job as the agent reports it (absent after O(state=absent)).
+  returned: when the job exists
+  type: dict
+  contains:
+    id:
+      description: The job's id, the image's info-hash.
+      type: str
+    state:
+      description: >-
+        One of claimed, checking, downloading, stalled, flushing, verifying, repairing, verified, seeding,
+        failed, stopped.
+      type: str
+    percent:
+      description: Percent of the image on the target.
+      type: float
+    bytes_done:
+      description: Bytes of the image on the target.
+      type: int
+    bytes_total:
+      description: Bytes of the image.
+      type: int
+    download_rate:
+      description: Bytes per second received over the last seconds.
+      type: int
+    upload_rate:
+      description: Bytes per second sent over the last seconds.
+      type: int
+    resumed_bytes:
+      description: Bytes found already there when the job started.
+      type: int
+    digest:
+      description: Whole-image digest, once verified.
+      type: str
+    error:
+      description: Why the job failed.
+      type: str
+  sample: {"id": "3f78...", "state": "downloading", "percent": 41.5, "bytes_done": 111400000}
+'''
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS, read_manifest_header
+
+RUNNING = ("claimed", "checking", "downloading", "stalled", "flushing", "verifying", "repairing", "seeding")
+
+
+def _same(job, p):
+    path = p["target"] if p["action"] == "fetch" else p["image"]
+    return job["action"] == p["action"] and job["path"] == path
+
+
+def _put(client, p):
+    options = dict(trackers=p["trackers"], peers=p["peers"])
+    if p["action"] == "fetch":
+        options["require_device"] = p["require_device"]
+        for key in ("seed_after", "stall_timeout"):
+            if p[key] is not None:
+                options[key] = p[key]
+        return client.put_fetch(p["manifest"], p["target"], **options)
+    return client.put_seed(p["manifest"], p["image"], super_seeding=p["super_seeding"], **options)
+
+
+def _wait(module, client, job_id, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.job(job_id)
+        if job is None or job["state"] in ("verified", "seeding", "failed", "stopped"):
+            return job
+        if time.monotonic() > deadline:
+            module.fail_json(msg=f"job {job_id[:12]} is still {job['state']} at {job['percent']} % after "
+                                 f"{timeout} s; it goes on in the agent", job=job)
+        time.sleep(1)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            manifest=dict(type="path", required=True),
+            action=dict(type="str", choices=["fetch", "seed"], default="fetch"),
+            target=dict(type="path"),
+            image=dict(type="path"),
+            state=dict(type="str", choices=["present", "stopped", "absent"], default="present"),
+            trackers=dict(type="list", elements="str", default=[]),
+            peers=dict(type="list", elements="str", default=[]),
+            seed_after=dict(type="bool"),
+            stall_timeout=dict(type="float"),
+            require_device=dict(type="bool", default=True),
+            super_seeding=dict(type="bool", default=False),
+            wait=dict(type="bool", default=False),
+            wait_timeout=dict(type="int", default=600),
+            **AGENT_ARGS,
+        ),
+        required_if=[("action", "fetch", ["target"]), ("action", "seed", ["image"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    client = AgentClient(p["socket"])
+    try:
+        header = read_manifest_header(p["manifest"])
+        before = client.job(header["info_hash"])
+        if before is not None and not _same(before, p):
+            module.fail_json(msg=f"image {header['name']} already has a {before['action']} job on this host, on "
+                                 f"{before['path']}; remove it first", job=before)
+        changed, after = False, before
+        if p["state"] == "present":
+            changed = before is None or before["state"] in ("stopped", "failed")
+            if changed and not module.check_mode:
+                after = _put(client, p)["job"]
+            if p["wait"] and not module.check_mode:
+                after = _wait(module, client, header["info_hash"], p["wait_timeout"])
+        elif p["state"] == "stopped":
+            changed = before is not None and before["state"] in RUNNING
+            if changed and not module.check_mode:
+                after = client.stop(header["info_hash"])["job"]
+        else:
+            changed = before is not None
+            if changed and not module.check_mode:
+                client.remove(header["info_hash"])
+                after = None
+    except (AgentError, ValueError) as exc:
+        module.fail_json(msg=str(exc))
+    result = dict(changed=changed, diff=dict(before=_brief(before), after=_brief(after)))
+    if after is not None:
+        result["job"] = after
+        if after["state"] == "failed" and p["state"] == "present":
+            module.fail_json(msg=f"job {after['name']} failed: {after['error']}", **result)
+    module.exit_json(**result)
+
+
+def _brief(job):
+    return {"state": job["state"], "path": job["path"]} if job else {}
+
+
+if __name__ == "__main__":
+    main()
