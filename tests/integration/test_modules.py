@@ -4,6 +4,7 @@ Each module: check → apply → idempotent → idempotent check (the community.
 and every refusal fails with its one line and writes nothing."""
 import os
 import subprocess
+import uuid
 
 import pytest
 
@@ -111,3 +112,59 @@ def test_swarm_job_refusals_name_the_problem_and_write_nothing(collections, tmp_
     assert agent.client.jobs() == []
     missing = run_module(collections, "swarm_job", {"manifest": manifest, "socket": agent.socket})
     assert missing["failed"] and "target" in missing["msg"], missing
+
+
+@pytest.fixture
+def gpt_disk(tmp_path):
+    """A loop disk with a GPT of two slots named uniquely (other labs on this machine use
+    the usual names), partition nodes made by partx as there is no udev here."""
+    tag = uuid.uuid4().hex[:8]
+    labels = {"A": f"sys_a_{tag}", "B": f"sys_b_{tag}"}
+    backing = tmp_path / "disk.bin"
+    with open(backing, "wb") as f:
+        f.truncate(48 * MIB)
+    layout = f"label: gpt\nsize=16M, name={labels['A']}\nsize=24M, name={labels['B']}\n"
+    subprocess.run(["sfdisk", "-q", str(backing)], input=layout, text=True, check=True, capture_output=True)
+    disk = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    try:
+        subprocess.run(["partx", "-a", disk], check=True, capture_output=True)
+        yield disk, labels
+    finally:
+        subprocess.run(["partx", "-d", disk], capture_output=True)
+        subprocess.run(["losetup", "-d", disk], capture_output=True)
+
+
+@needs_loop
+def test_slot_info_finds_slots_by_label_and_refuses_what_does_not_match(collections, tmp_path, gpt_disk):
+    disk, labels = gpt_disk
+    slots = [{"name": "A", "partlabel": labels["A"]}, {"name": "B", "partlabel": labels["B"]}]
+    grubenv = tmp_path / "grubenv"
+    subprocess.run(["grub-editenv", str(grubenv), "create"], check=True)
+    subprocess.run(["grub-editenv", str(grubenv), "set", "saved_entry=A", "next_entry=B"], check=True)
+
+    info = run_module(collections, "slot_info", {"slots": slots, "boot": {"grubenv": str(grubenv)}})
+    assert not info["failed"], info
+    assert [(s["name"], s["device"], s["size"]) for s in info["slots"]] == [
+        ("A", disk + "p1", 16 * MIB), ("B", disk + "p2", 24 * MIB)], info
+    assert info["booted"] is None and info["inactive"] is None  # neither holds this machine's root
+    assert info["boot_env"]["saved_entry"] == "A" and info["next_boot"] == "B"
+
+    def refused(args, words):
+        result = run_module(collections, "slot_info", args)
+        assert result["failed"] and words in result["msg"], (args, result)
+
+    refused({"slots": [slots[0], {"name": "B", "partlabel": "no-such-label-" + labels["A"]}]},
+            "slot B: no partition has partlabel 'no-such-label-")
+    refused({"slots": [slots[0], {"name": "B", "device": disk + "p1"}]}, "slot B: " + disk + "p1 is also slot A")
+    refused({"slots": [slots[0], {"name": "B", "device": str(grubenv)}]}, "is not a block device")
+    refused({"slots": slots, "target": "B", "image_size": 32 * MIB}, "the image needs")
+    refused({"slots": slots, "target": "C"}, "no slot is named 'C'")
+
+    root = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "/"], capture_output=True, text=True).stdout.strip()
+    if root.startswith("/dev/") and os.path.exists(root):
+        running = [{"name": "A", "device": root}, slots[1]]
+        info = run_module(collections, "slot_info", {"slots": running})
+        assert info["booted"]["name"] == "A" and info["inactive"]["name"] == "B", info
+        refused({"slots": running, "target": "A"}, "holds the running root file system")
+        assert not run_module(collections, "slot_info", {"slots": running, "target": "B"})["failed"]

@@ -1,0 +1,159 @@
+"""A/B *slots*: the partitions a terminal boots from, found from the inventory's definitions.
+
+A slot is defined by its partition label (``partlabel``), its partition UUID (``partuuid``)
+or a device path (``device``). Labels are what a lab's inventory should use: they survive
+disks being renumbered. They are looked up the way udev names them
+(``/dev/disk/by-partlabel``) and, where there is no udev (containers, initramfs), by reading
+the GPT of every disk directly — the labels live there.
+
+Which slot is *booted* is a fact of the running system, not of any configuration: the slot
+whose partition holds the running root file system. The other one is *inactive*, the only
+one a new image may be written into.
+"""
+import os
+import stat
+import struct
+import uuid
+from dataclasses import dataclass
+
+from .errors import ImageError, TargetRefused
+from .image import SECTOR, device_size, running_root_devices
+
+GPT_SIGNATURE = b"EFI PART"
+
+
+class SlotError(ImageError):
+    """Slot definitions that do not match the disk."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    device: str  # the block device node found for the definition
+    size: int
+    devno: int
+    booted: bool
+    definition: dict
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "device": self.device, "size": self.size, "booted": self.booted,
+                **{k: v for k, v in self.definition.items() if k not in ("name",)}}
+
+
+def resolve_slots(definitions, dev_root: str = "/dev") -> list:
+    """Find every slot's device. Raises SlotError naming the definition that is wrong."""
+    if not isinstance(definitions, (list, tuple)) or len(definitions) < 2:
+        raise SlotError("slots: define at least two slots (A and B)")
+    roots = running_root_devices()
+    slots, seen_names, seen_devices = [], set(), {}
+    for index, definition in enumerate(definitions):
+        if not isinstance(definition, dict) or not definition.get("name"):
+            raise SlotError(f"slots[{index}]: every slot needs a name")
+        name = str(definition["name"])
+        if name in seen_names:
+            raise SlotError(f"slots[{index}]: two slots are named {name}")
+        seen_names.add(name)
+        keys = [k for k in ("partlabel", "partuuid", "device") if definition.get(k)]
+        if len(keys) != 1:
+            raise SlotError(f"slot {name}: give exactly one of partlabel, partuuid, device")
+        device = _find(keys[0], str(definition[keys[0]]), name, dev_root)
+        devno = os.stat(device).st_rdev
+        if devno in seen_devices:
+            raise SlotError(f"slot {name}: {device} is also slot {seen_devices[devno]}; each slot needs its own "
+                            "partition")
+        seen_devices[devno] = name
+        slots.append(Slot(name, device, device_size(device), devno, devno in roots, dict(definition)))
+    return slots
+
+
+def booted_and_inactive(slots) -> tuple:
+    """``(booted slot or None, inactive slot or None)`` for an A/B pair."""
+    booted = [s for s in slots if s.booted]
+    others = [s for s in slots if not s.booted]
+    inactive = others[0] if len(booted) == 1 and len(others) == 1 else None
+    return (booted[0] if len(booted) == 1 else None), inactive
+
+
+def refuse_booted(slot) -> None:
+    if slot.booted:
+        raise TargetRefused(f"slot {slot.name} ({slot.device}) holds the running root file system; "
+                            "write the inactive slot")
+
+
+def _find(key, value, name, dev_root) -> str:
+    if key == "device":
+        path = value
+        if not os.path.exists(path):
+            raise SlotError(f"slot {name}: device {path} does not exist")
+    else:
+        link = os.path.join(dev_root, "disk", "by-" + key, value)
+        path = link if os.path.exists(link) else _scan_gpt(key, value, dev_root)
+        if path is None:
+            raise SlotError(f"slot {name}: no partition has {key} {value!r} on this host")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise SlotError(f"slot {name}: {path}: {exc.strerror}") from None
+    if not stat.S_ISBLK(mode):
+        raise SlotError(f"slot {name}: {path} is not a block device")
+    return os.path.realpath(path)
+
+
+def _scan_gpt(key, value, dev_root):
+    """Find a partition by GPT name or unique GUID by reading every disk's table."""
+    wanted = value.lower() if key == "partuuid" else value
+    for disk in sorted(os.listdir("/sys/block")):
+        node = os.path.join(dev_root, disk)
+        if not os.path.exists(node):
+            continue
+        try:
+            with open(os.path.join("/sys/block", disk, "queue", "logical_block_size"), encoding="ascii") as f:
+                block = int(f.read())
+            entries = _gpt_entries(node, block)
+        except (OSError, ValueError):
+            continue
+        for start, part_name, part_uuid in entries:
+            if (part_name if key == "partlabel" else part_uuid) == wanted:
+                found = _partition_node(disk, start * block // SECTOR, dev_root)
+                if found:
+                    return found
+    return None
+
+
+def _gpt_entries(node, block):
+    fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        header = os.pread(fd, SECTOR, block)
+        if header[:8] != GPT_SIGNATURE:
+            return []
+        entries_lba, count, size = struct.unpack_from("<QII", header, 72)
+        if not 0 < count <= 1024 or not 128 <= size <= 4096:
+            return []
+        table = os.pread(fd, count * size, entries_lba * block)
+    finally:
+        os.close(fd)
+    found = []
+    for i in range(count):
+        raw = table[i * size:(i + 1) * size]
+        if len(raw) < 128 or raw[:16] == bytes(16):
+            continue
+        part_uuid = str(uuid.UUID(bytes_le=raw[16:32]))
+        start = struct.unpack_from("<Q", raw, 32)[0]
+        part_name = raw[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        found.append((start, part_name, part_uuid))
+    return found
+
+
+def _partition_node(disk, start, dev_root):
+    base = os.path.join("/sys/block", disk)
+    for name in sorted(os.listdir(base)):
+        try:
+            with open(os.path.join(base, name, "start"), encoding="ascii") as f:
+                if int(f.read()) != start:
+                    continue
+        except (OSError, ValueError):
+            continue
+        node = os.path.join(dev_root, name)
+        if os.path.exists(node):
+            return node
+    return None

@@ -1,0 +1,175 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: p2pfleet.imaging contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: slot_info
+short_description: The host's A/B slots, which one is booted, which one may be written
+version_added: 0.1.0
+description:
+  - Finds each slot's partition from the inventory's slot definitions (partition label, partition UUID or
+    device path), with its size, tells which slot holds the running root file system (booted) and which
+    one is inactive, and reads what the boot environment will boot next.
+  - Refuses definitions that do not match the disk, naming the slot; a label that resolves to nothing, two
+    slots on one partition, a slot that is not a block device; and, with O(target), a target slot that is
+    the running root or smaller than O(image_size).
+  - Partition labels are found through C(/dev/disk/by-partlabel) or, where there is no udev, by reading the
+    GPT of every disk.
+author: p2pfleet.imaging contributors
+extends_documentation_fragment:
+  - p2pfleet.imaging.attributes
+  - p2pfleet.imaging.attributes.INFO_MODULE
+options:
+  slots:
+    description: The slot definitions, usually the inventory's C(p2pfleet_slots).
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: The slot's name, for example V(A).
+        type: str
+        required: true
+      partlabel:
+        description: GPT partition label (name).
+        type: str
+      partuuid:
+        description: GPT partition unique GUID.
+        type: str
+      device:
+        description: Device path.
+        type: path
+      boot_entry:
+        description: The boot loader's entry for this slot (for the GRUB backend, the menu entry id).
+        type: str
+  boot:
+    description: Where the boot environment is, usually the inventory's C(p2pfleet_boot).
+    type: dict
+    suboptions:
+      backend:
+        description: The boot mechanism. Only V(grub) is read by this module.
+        type: str
+        choices: [grub]
+        default: grub
+      grubenv:
+        description: Path of the GRUB environment block on the host.
+        type: path
+        default: /boot/grub/grubenv
+  target:
+    description: The slot about to be written. The module fails if it is the booted slot.
+    type: str
+  image_size:
+    description: With O(target), bytes of the image to be written; the module fails if the slot is smaller.
+    type: int
+seealso:
+  - module: p2pfleet.imaging.swarm_job
+'''
+
+EXAMPLES = r'''
+- name: Find the slots, fail early if the inactive one cannot take release 2
+  p2pfleet.imaging.slot_info:
+    slots: "{{ p2pfleet_slots }}"
+    boot: "{{ p2pfleet_boot }}"
+  register: slots
+  become: true
+
+- name: Fetch into the inactive slot
+  p2pfleet.imaging.swarm_job:
+    manifest: /var/lib/p2pfleet/manifests/release-2.img.manifest.json
+    target: "{{ slots.inactive.device }}"
+  become: true
+'''
+
+RETURN = r'''
+slots:
+  description: Every slot with the device found for it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The slot's name.
+      type: str
+    device:
+      description: The partition's device node.
+      type: str
+    size:
+      description: Bytes of the partition.
+      type: int
+    booted:
+      description: Whether this slot holds the running root file system.
+      type: bool
+booted:
+  description: The booted slot (null when no slot holds the running root, for example on a rescue system).
+  returned: always
+  type: dict
+inactive:
+  description: The slot a new image may be written into (null unless exactly one slot is booted of two).
+  returned: always
+  type: dict
+boot_env:
+  description: The boot environment's variables (for GRUB, C(saved_entry) and C(next_entry) among them).
+  returned: when O(boot) is given
+  type: dict
+next_boot:
+  description: The slot the boot loader will start next, by the collection's boot rule (next_entry, else saved_entry, else the first slot).
+  returned: when O(boot) is given
+  type: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot, slots as engine_slots
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.image import refuse_too_small
+
+
+def _next_boot(found, env):
+    entries = {str(s.definition.get("boot_entry") or s.name): s.name for s in found}
+    for key in ("next_entry", "saved_entry"):
+        if env.get(key) in entries:
+            return entries[env[key]]
+    return found[0].name
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            slots=dict(type="list", elements="dict", required=True, options=dict(
+                name=dict(type="str", required=True), partlabel=dict(type="str"), partuuid=dict(type="str"),
+                device=dict(type="path"), boot_entry=dict(type="str"))),
+            boot=dict(type="dict", options=dict(
+                backend=dict(type="str", choices=["grub"], default="grub"),
+                grubenv=dict(type="path", default="/boot/grub/grubenv"))),
+            target=dict(type="str"),
+            image_size=dict(type="int"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    definitions = [{k: v for k, v in d.items() if v is not None} for d in p["slots"]]
+    try:
+        found = engine_slots.resolve_slots(definitions)
+        booted, inactive = engine_slots.booted_and_inactive(found)
+        result = dict(changed=False, slots=[s.as_dict() for s in found],
+                      booted=booted.as_dict() if booted else None, inactive=inactive.as_dict() if inactive else None)
+        if p["target"] is not None:
+            target = [s for s in found if s.name == p["target"]]
+            if not target:
+                module.fail_json(msg=f"target: no slot is named {p['target']!r}", **result)
+            engine_slots.refuse_booted(target[0])
+            if p["image_size"] is not None:
+                refuse_too_small(target[0].device, target[0].size, p["image_size"])
+        if p["boot"]:
+            env = boot.read_grub_env(p["boot"]["grubenv"])
+            result.update(boot_env=env, next_boot=_next_boot(found, env))
+    except P2PFleetError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
