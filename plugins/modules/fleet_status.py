@@ -11,7 +11,7 @@ short_description: The LAN tracker's view of one image's swarm, for the controll
 version_added: 0.1.0
 description:
   - Reads the tracker's status of one image's swarm (every terminal's progress, rates and state, and fleet
-    totals) over HTTP. Usually run on the controller with C(delegate_to: localhost) and C(run_once: true),
+    totals) over HTTP. Usually run on the controller (C(delegate_to) V(localhost), C(run_once) V(true)),
     in a bounded C(until) loop that prints the whole lab's progress while it distributes.
 author: p2pfleet.imaging contributors
 extends_documentation_fragment:

@@ -29,7 +29,7 @@ attributes:
     support: full
 options:
   image:
-    description: The image: a regular file or a block device (partition) on the managed host.
+    description: The image, a regular file or a block device (partition) on the managed host.
     type: path
     required: true
   dest:

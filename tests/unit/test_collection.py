@@ -1,11 +1,13 @@
 """The collection as Ansible sees it: it builds, and the engine imports from inside it."""
 import ast
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import ROOT
 
@@ -70,3 +72,22 @@ def test_collection_tarball_carries_no_local_state(installed_collection):
     assert (root / "plugins" / "module_utils" / "_agent_client.py").exists()
     assert (root / "meta" / "runtime.yml").exists()
     assert not (root / ".venv").exists(), "the virtualenv must not be packed into the collection"
+
+
+MODULES = sorted(name[:-3] for name in os.listdir(os.path.join(ROOT, "plugins", "modules"))
+                 if name.endswith(".py") and not name.startswith("_"))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_documents_itself_for_ansible_doc(installed_collection, module):
+    doc = shutil.which("ansible-doc", path=os.path.dirname(sys.executable))
+    proc = subprocess.run([doc, "--json", f"p2pfleet.imaging.{module}"], capture_output=True, text=True,
+                          env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(installed_collection)})
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)[f"p2pfleet.imaging.{module}"]
+    assert data["doc"]["short_description"] and data["doc"]["options"] is not None
+    assert set(data["doc"]["attributes"]) >= {"check_mode", "diff_mode", "idempotent"}
+    assert data["return"], f"{module} documents no return values"
+    examples = yaml.safe_load(data["examples"])
+    assert examples and all(f"p2pfleet.imaging.{module}" in task or any(
+        k.startswith("p2pfleet.imaging.") for k in task) for task in examples)
