@@ -41,7 +41,7 @@ def write_config(directory, port, peers, groups):
     for g in range(groups):
         hosts = ", ".join(f"pc-{i:04d}" for i in range(g * per_group, min(peers, (g + 1) * per_group)))
         lines.append(f"  room{g:02d}: {{hosts: [{hosts}]}}")
-    lines.append("policy: {seeders: [origin], seeder_slots: 4, other_group_peers: 4}")
+    lines.append("policy: {seeders: [origin], origin_fanout: 4, other_group_peers: 4}")
     path = os.path.join(directory, "tracker.yml")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -1,6 +1,6 @@
 """Load and validate the tracker's config file (YAML; JSON is valid YAML too).
 
-Every error names the offending key as a dotted path, e.g. ``policy.seeder_slots``, so the
+Every error names the offending key as a dotted path, e.g. ``policy.origin_fanout``, so the
 administrator (or the Ansible role that rendered the file) can fix it without guessing.
 """
 
@@ -29,7 +29,7 @@ class Topology:
     seeder_networks: tuple
     fetch_from: dict           # group -> frozenset of groups it may fetch from
     other_group_peers: int
-    seeder_slots: int
+    origin_fanout: int
 
     def group_of(self, ip, host):
         if host is not None and host in self.group_hosts:
@@ -75,7 +75,9 @@ _TOP_KEYS = {
     "forget_after", "default_numwant", "max_numwant", "manifest_dir", "manifest_rescan",
     "info_hashes", "admin_token", "hosts", "groups", "policy", "log_level",
 }
-_POLICY_KEYS = {"other_group_peers", "seeders", "seeder_slots", "fetch_from"}
+_POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from"}
+# Keys that were renamed: refused with the new name rather than "unknown key".
+_RENAMED = {"policy.seeder_slots": "policy.origin_fanout"}
 _GROUP_KEYS = {"networks", "hosts"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -174,12 +176,14 @@ def _topology(raw) -> Topology:
         seeder_networks=tuple(seeder_networks),
         fetch_from=fetch_from,
         other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
-        seeder_slots=_int(policy, "seeder_slots", 4, 1, 10000, "policy."),
+        origin_fanout=_int(policy, "origin_fanout", 4, 1, 10000, "policy."),
     )
 
 
 def _no_unknown(mapping, known, prefix):
     for key in mapping:
+        if f"{prefix}{key}" in _RENAMED:
+            raise ConfigError(f"{prefix}{key}: renamed; use {_RENAMED[prefix + key]} instead")
         if key not in known:
             raise ConfigError(f"{prefix}{key}: unknown key; expected one of {', '.join(sorted(known))}")
 

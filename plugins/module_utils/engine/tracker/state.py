@@ -65,7 +65,7 @@ class Swarm:
         self.by_addr = {}          # (ip, port) -> Peer
         self.groups = {}           # group -> {peer_id: Peer}, active non-origin peers
         self.origins = {}          # peer_id -> Peer, active origin seeders
-        self.holders = {}          # origin peer_id -> set of Peers holding one of its slots
+        self.origin_assignments = {}   # origin peer_id -> set of downloaders assigned to it
         self.gone = {}             # peer_id -> Peer that stopped or went silent
         self.completed = 0
         self.largest_left = 0
@@ -85,7 +85,7 @@ class Swarm:
             del self.by_addr[(peer.ip, peer.port)]
         if peer.origin:
             self.origins.pop(peer.key, None)
-            self.holders.pop(peer.key, None)
+            self.origin_assignments.pop(peer.key, None)
         else:
             members = self.groups.get(peer.group)
             if members is not None:
@@ -98,8 +98,8 @@ class Swarm:
         self.gone[peer.key] = peer
 
     def _release(self, peer):
-        for holding in self.holders.values():
-            holding.discard(peer)
+        for assigned in self.origin_assignments.values():
+            assigned.discard(peer)
 
     def announce(self, req, ip, config, rng, now):
         """Apply one parsed announce from ``ip`` and return the bencodable response."""
@@ -144,10 +144,10 @@ class Swarm:
 
         numwant = config.default_numwant if req.numwant is None else req.numwant
         groups = {group: members.values() for group, members in self.groups.items()}
-        decision = select_peers(peer, groups, list(self.origins.values()), self.holders,
-                                topology, numwant, rng)
-        if decision.granted is not None:
-            self.holders.setdefault(decision.granted.key, set()).add(peer)
+        decision = select_peers(peer, groups, list(self.origins.values()),
+                                self.origin_assignments, topology, numwant, rng)
+        if decision.assigned is not None:
+            self.origin_assignments.setdefault(decision.assigned.key, set()).add(peer)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s (group %s, left %d) gets %s", self.name, _label(peer),
                       peer.group, peer.left, decision.explain())
