@@ -3,16 +3,16 @@
 import asyncio
 import hmac
 import importlib.resources
-import json
 import logging
 import signal
 
 from aiohttp import web
 
 from ..bencode import encode
+from ..errors import ManifestError
 from .config import ConfigError
 from .announce import AnnounceError, parse_announce, parse_scrape
-from .state import Tracker, client_ip, manifest_fields
+from .state import Tracker, client_ip, manifest_fields, parse_manifest_json
 
 log = logging.getLogger("p2pfleet.tracker")
 
@@ -158,9 +158,8 @@ async def admin_register(request):
     if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
         return web.json_response({"error": "body too large"}, status=413)
     try:
-        document = json.loads(await request.read())
-        info_hash, name, size = manifest_fields(document)
-    except (ValueError, UnicodeDecodeError) as exc:
+        info_hash, name, size = manifest_fields(parse_manifest_json(await request.read()))
+    except ManifestError as exc:
         return web.json_response({"error": f"not a manifest or info_hash: {exc}"}, status=400)
     swarm = tracker.register(info_hash, name, size, source="admin")
     return web.json_response({"registered": info_hash.hex(), "name": swarm.name})
