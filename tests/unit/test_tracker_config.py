@@ -64,12 +64,22 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
      "policy.fetch_from.room1: 'roomX' is not a group"),
     (with_(info_hashes=["abc"]), "info_hashes[0]: 'abc' is not a 40-digit hex info-hash"),
     (with_(log_level="loud"), "log_level: must be one of"),
+    (with_(admin_networks="127.0.0.1"), "admin_networks: must be a list of CIDR networks"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_the_key(raw, message):
     with pytest.raises(ConfigError) as excinfo:
         parse(raw)
     assert message in str(excinfo.value)
+
+
+def test_admin_endpoint_defaults_to_loopback_only():
+    ip = ipaddress.ip_address
+    cfg = parse(BASE)
+    assert cfg.allows_admin(ip("127.0.0.1")) and cfg.allows_admin(ip("::1"))
+    assert not cfg.allows_admin(ip("10.1.2.3"))
+    cfg = parse(with_(admin_networks=["10.9.0.0/24"]))
+    assert cfg.allows_admin(ip("10.9.0.7")) and not cfg.allows_admin(ip("127.0.0.1"))
 
 
 def test_unreadable_and_invalid_yaml_files(tmp_path):

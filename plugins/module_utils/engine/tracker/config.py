@@ -60,21 +60,32 @@ class TrackerConfig:
     manifest_rescan: int = 30
     info_hashes: tuple = ()
     admin_token: str | None = None
+    admin_networks: tuple = ()
     hosts: dict = field(default_factory=dict)   # ip address -> host name
     log_level: str = "info"
 
     def allows(self, ip) -> bool:
-        return any(ip.version == net.version and ip in net for net in self.allowed_networks)
+        return _in_any(ip, self.allowed_networks)
+
+    def allows_admin(self, ip) -> bool:
+        return _in_any(ip, self.admin_networks)
 
     def host_name(self, ip, announced):
         return self.hosts.get(ip, announced)
 
 
+def _in_any(ip, networks):
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
 _TOP_KEYS = {
     "listen", "allowed_networks", "interval", "min_interval", "expiry_intervals",
     "forget_after", "default_numwant", "max_numwant", "manifest_dir", "manifest_rescan",
-    "info_hashes", "admin_token", "hosts", "groups", "policy", "log_level",
+    "info_hashes", "admin_token", "admin_networks", "hosts", "groups", "policy", "log_level",
 }
+# The admin endpoint changes what the tracker serves: by default only from the tracker
+# host itself, where the Ansible role runs its admin calls.
+DEFAULT_ADMIN_NETWORKS = ["127.0.0.0/8", "::1/128"]
 _POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from"}
 # Keys that were renamed: refused with the new name rather than "unknown key".
 _RENAMED = {"policy.seeder_slots": "policy.origin_fanout"}
@@ -127,6 +138,7 @@ def parse(raw, base_dir=".") -> TrackerConfig:
         manifest_rescan=_int(raw, "manifest_rescan", 30, 0, 86400),
         info_hashes=tuple(_info_hash(v, f"info_hashes[{i}]") for i, v in enumerate(_list(raw, "info_hashes"))),
         admin_token=token,
+        admin_networks=_networks(raw.get("admin_networks", DEFAULT_ADMIN_NETWORKS), "admin_networks"),
         hosts={_ip(ip, f"hosts.{ip}"): _name(name, f"hosts.{ip}") for ip, name in hosts.items()},
         log_level=log_level,
     )

@@ -143,18 +143,28 @@ async def page(request):
     return web.Response(body=request.app["page"], content_type="text/html", charset="utf-8")
 
 
-def _authorized(request, tracker):
+def _admin_refusal(request, tracker):
+    """None if the request may use the admin endpoint, else the response refusing it."""
+    try:
+        ip = client_ip(request.remote or "")
+    except ValueError:
+        ip = None
+    if ip is None or not tracker.config.allows_admin(ip):
+        return web.json_response({"error": f"{ip} is not in admin_networks"}, status=403)
     token = tracker.config.admin_token
-    if token is None:
-        return False
-    supplied = request.headers.get("Authorization", "")
-    return hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode())
+    # aiohttp hands header bytes that are not UTF-8 over as surrogates: surrogateescape
+    # gives back exactly the bytes the client sent, whatever they are.
+    supplied = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if token is None or not hmac.compare_digest(supplied, f"Bearer {token}".encode()):
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    return None
 
 
 async def admin_register(request):
     tracker = request.app[TRACKER_KEY]
-    if not _authorized(request, tracker):
-        return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    refusal = _admin_refusal(request, tracker)
+    if refusal is not None:
+        return refusal
     if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
         return web.json_response({"error": "body too large"}, status=413)
     try:
@@ -167,8 +177,9 @@ async def admin_register(request):
 
 async def admin_unregister(request):
     tracker = request.app[TRACKER_KEY]
-    if not _authorized(request, tracker):
-        return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    refusal = _admin_refusal(request, tracker)
+    if refusal is not None:
+        return refusal
     try:
         info_hash = bytes.fromhex(request.match_info["info_hash"])
     except ValueError:
