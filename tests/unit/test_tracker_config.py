@@ -65,6 +65,8 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
     (with_(info_hashes=["abc"]), "info_hashes[0]: 'abc' is not a 40-digit hex info-hash"),
     (with_(log_level="loud"), "log_level: must be one of"),
     (with_(admin_networks="127.0.0.1"), "admin_networks: must be a list of CIDR networks"),
+    (with_(idle_timeout=0), "idle_timeout: must be an integer in 1..3600, got 0"),
+    (with_(max_connections=8), "max_connections: must be an integer in 16..1000000, got 8"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_the_key(raw, message):
@@ -78,6 +80,7 @@ def test_admin_endpoint_defaults_to_loopback_only():
     cfg = parse(BASE)
     assert cfg.allows_admin(ip("127.0.0.1")) and cfg.allows_admin(ip("::1"))
     assert not cfg.allows_admin(ip("10.1.2.3"))
+    assert (cfg.idle_timeout, cfg.max_connections) == (15, None)
     cfg = parse(with_(admin_networks=["10.9.0.0/24"]))
     assert cfg.allows_admin(ip("10.9.0.7")) and not cfg.allows_admin(ip("127.0.0.1"))
 

@@ -1,10 +1,66 @@
-"""Pieces of the tracker's hardening that need no network: manifest field checks."""
+"""Pieces of the tracker's hardening that need no network: the aggregated log, the
+connection cap, manifest field checks."""
 import json
+import logging
 
 import pytest
 
 from engine.errors import ManifestError
+from engine.tracker.aggregate_log import MAX_KINDS, AggregatedLog, one_line
+from engine.tracker.connections import DescriptorLimitError, connection_cap
 from engine.tracker.state import manifest_fields, parse_manifest_json
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def aggregated(caplog):
+    caplog.set_level(logging.DEBUG, logger="test.aggregate")
+    clock = Clock()
+    return AggregatedLog(logging.getLogger("test.aggregate"), window=60, clock=clock), clock, caplog
+
+
+def test_repeats_are_logged_once_then_counted_once_per_window(aggregated):
+    errors, clock, caplog = aggregated
+    for i in range(10_000):
+        errors.report("bad request", logging.WARNING, f"bad request number {i}")
+    errors.flush()
+    assert caplog.messages == ["bad request number 0"]
+    clock.now += 60
+    for _ in range(5):
+        errors.report("bad request", logging.WARNING, "again")
+    errors.flush()
+    assert caplog.messages[1:] == ["bad request: 10004 more in the last 60 s"]
+    clock.now += 60
+    errors.flush()      # a quiet window: nothing to say, the kind is forgotten
+    errors.report("bad request", logging.WARNING, "after a quiet minute")
+    assert caplog.messages[2:] == ["after a quiet minute"]
+
+
+def test_kinds_are_bounded_and_lines_are_one_short_printable_line(aggregated):
+    errors, clock, caplog = aggregated
+    for i in range(MAX_KINDS + 100):
+        errors.report(f"kind {i}", logging.ERROR, "x")
+    # MAX_KINDS of their own, then one shared by all the others.
+    assert len(caplog.messages) == MAX_KINDS + 1
+    errors.report("forged", logging.ERROR, "forged\nERROR line")
+    assert len(caplog.messages) == MAX_KINDS + 1
+    assert one_line("a\nb\udc80") == "a\\nb\\udc80"
+    assert len(one_line("z" * 10_000)) < 400
+
+
+def test_connection_cap_stays_below_the_descriptor_limit():
+    assert connection_cap(None, 1024) == 960
+    assert connection_cap(500, 1024) == 500
+    assert connection_cap(5000, 1024) == 960
+    with pytest.raises(DescriptorLimitError, match=r"descriptor limit \(70\).*LimitNOFILE"):
+        connection_cap(None, 70)
 
 
 @pytest.mark.parametrize("document, message", [

@@ -63,6 +63,8 @@ class TrackerConfig:
     admin_networks: tuple = ()
     hosts: dict = field(default_factory=dict)   # ip address -> host name
     log_level: str = "info"
+    idle_timeout: int = 15
+    max_connections: int | None = None          # None: as many as the descriptor limit allows
 
     def allows(self, ip) -> bool:
         return _in_any(ip, self.allowed_networks)
@@ -82,6 +84,7 @@ _TOP_KEYS = {
     "listen", "allowed_networks", "interval", "min_interval", "expiry_intervals",
     "forget_after", "default_numwant", "max_numwant", "manifest_dir", "manifest_rescan",
     "info_hashes", "admin_token", "admin_networks", "hosts", "groups", "policy", "log_level",
+    "idle_timeout", "max_connections",
 }
 # The admin endpoint changes what the tracker serves: by default only from the tracker
 # host itself, where the Ansible role runs its admin calls.
@@ -124,6 +127,9 @@ def parse(raw, base_dir=".") -> TrackerConfig:
     if "allowed_networks" not in raw:
         raise ConfigError("allowed_networks: missing; list the CIDR networks peers may announce from")
     hosts = _mapping(raw, "hosts")
+    max_connections = raw.get("max_connections")
+    if max_connections is not None:
+        max_connections = _int(raw, "max_connections", None, 16, 1_000_000)
     return TrackerConfig(
         listen=_listen(raw.get("listen", "0.0.0.0:6969")),
         allowed_networks=_networks(raw["allowed_networks"], "allowed_networks"),
@@ -141,6 +147,8 @@ def parse(raw, base_dir=".") -> TrackerConfig:
         admin_networks=_networks(raw.get("admin_networks", DEFAULT_ADMIN_NETWORKS), "admin_networks"),
         hosts={_ip(ip, f"hosts.{ip}"): _name(name, f"hosts.{ip}") for ip, name in hosts.items()},
         log_level=log_level,
+        idle_timeout=_int(raw, "idle_timeout", 15, 1, 3600),
+        max_connections=max_connections,
     )
 
 
