@@ -86,3 +86,16 @@ def test_manifest_json_nested_too_deep_or_not_json_is_one_clear_error():
     with pytest.raises(ManifestError, match="not JSON"):
         parse_manifest_json(b"\xff\xfe{")
     assert parse_manifest_json(json.dumps({"info_hash": "11" * 20}).encode()) == {"info_hash": "11" * 20}
+
+
+def test_shipped_systemd_unit_sets_a_descriptor_limit_with_room_for_connections():
+    import configparser
+    import os
+    unit_path = os.path.join(os.path.dirname(__file__), "..", "..", "plugins", "module_utils", "engine",
+                             "tracker", "p2pfleet-tracker.service")
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(unit_path)
+    limit = int(unit["Service"]["LimitNOFILE"])
+    assert connection_cap(None, limit) >= 10_000
+    assert " tracker --config " in unit["Service"]["ExecStart"]
