@@ -9,6 +9,7 @@ import stat
 import time
 
 from ..errors import ManifestError
+from .aggregate_log import one_line
 from .policy import select_peers
 
 log = logging.getLogger("p2pfleet.tracker")
@@ -304,7 +305,7 @@ class Tracker:
             try:
                 info_hash, title, size = manifest_fields(read_manifest_file(path))
             except ManifestError as exc:
-                log.warning("skipping manifest %s: %s", path, exc)
+                log.warning("skipping manifest %s: %s", one_line(path), exc)
                 continue
             seen.add(info_hash)
             self.register(info_hash, title, size, source=f"manifest {name}")
