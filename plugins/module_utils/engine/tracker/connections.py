@@ -45,9 +45,13 @@ class DescriptorLimitError(P2PFleetError):
 def raise_descriptor_limit():
     """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft, hard) afterwards."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            # Linux refuses an infinite descriptor limit; the soft one stays and still holds.
+            pass
     return soft, hard
 
 

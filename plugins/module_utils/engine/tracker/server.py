@@ -4,6 +4,7 @@ import asyncio
 import hmac
 import importlib.resources
 import logging
+import resource
 import signal
 
 from aiohttp import web
@@ -359,8 +360,9 @@ async def serve(config):
                     config.max_connections, max_connections, descriptors)
     tracker = Tracker(config)
     runner, bound = await start(tracker, max_connections, errors)
-    log.info("at most %d connections (descriptor limit %d, hard %d); idle connections closed after %d s",
-             max_connections, descriptors, hard, config.idle_timeout)
+    log.info("at most %d connections (descriptor limit %d, hard %s); idle connections closed after %d s",
+             max_connections, descriptors, "unlimited" if hard == resource.RLIM_INFINITY else hard,
+             config.idle_timeout)
     for host, port in bound:
         log.info("tracker listening on http://%s/announce",
                  f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
