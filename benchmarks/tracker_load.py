@@ -8,12 +8,18 @@ re-announcing over CONNECTIONS keep-alive HTTP/1.1 connections until COUNT annou
 SECONDS have passed. Every reply is checked to be a bencoded peer list. Prints the rate
 and p50/p90/p99/max latency of the measured phase.
 
+With ``--idle N`` the measured phase runs while N more connections sit open without
+sending anything (a flood of idle connections), and ``--nofile L`` runs the tracker under
+``ulimit -n L``; the tracker's RSS and its connection counters are printed after the run.
+
     .venv/bin/python benchmarks/tracker_load.py [--peers 1000] [--count 30000] [--seconds 30]
+    .venv/bin/python benchmarks/tracker_load.py --idle 2000 --nofile 1024 --count 10000
 """
 import argparse
 import asyncio
 import os
 import random
+import resource
 import signal
 import socket
 import statistics
@@ -41,7 +47,7 @@ def write_config(directory, port, peers, groups):
     for g in range(groups):
         hosts = ", ".join(f"pc-{i:04d}" for i in range(g * per_group, min(peers, (g + 1) * per_group)))
         lines.append(f"  room{g:02d}: {{hosts: [{hosts}]}}")
-    lines.append("policy: {seeders: [origin], seeder_slots: 4, other_group_peers: 4}")
+    lines.append("policy: {seeders: [origin], origin_fanout: 4, other_group_peers: 4}")
     path = os.path.join(directory, "tracker.yml")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -97,6 +103,34 @@ async def phase(port, payloads, connections, seconds):
     return latencies, time.perf_counter() - started
 
 
+def open_idle(port, count):
+    """``count`` connections that never send a byte; the tracker may close them."""
+    sockets = []
+    for i in range(count):
+        try:
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        except OSError as exc:
+            for s in sockets:
+                s.close()
+            raise SystemExit(f"idle connection {i} of {count} not accepted: {exc}") from None
+    return sockets
+
+
+def tracker_report(port, pid):
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        body = b"".join(iter(lambda: s.recv(65536), b""))
+    wanted = ("connections", "connection_limit", "idle_connections_closed_total")
+    counters = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name.removeprefix("p2pfleet_tracker_") in wanted:
+            counters[name.removeprefix("p2pfleet_tracker_")] = int(float(value))
+    return rss, counters
+
+
 def percentile(sorted_values, fraction):
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
@@ -107,13 +141,21 @@ def main():
     parser.add_argument("--count", type=int, default=30000, help="announces in the measured phase")
     parser.add_argument("--seconds", type=float, default=30, help="stop the measured phase after this long")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--idle", type=int, default=0, help="idle connections held open while measuring")
+    parser.add_argument("--nofile", type=int, help="the tracker's descriptor limit (ulimit -n)")
     args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if args.idle + args.connections + 100 > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.idle + args.connections + 100), hard))
+    limit = None if args.nofile is None else \
+        (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile)))
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(tmp, port, args.peers, groups=10)
         tracker = subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "p2pfleet"), "tracker",
-                                    "--config", config], stderr=subprocess.PIPE)
+                                    "--config", config], stderr=subprocess.PIPE, preexec_fn=limit)
+        idle = []
         try:
             deadline = time.monotonic() + 15
             while True:
@@ -129,15 +171,20 @@ def main():
             lefts = [0] + [IMAGE_SIZE] * (args.peers - 1)
             started = [request(port, i, lefts[i], "started") for i in range(args.peers)]
             warm, warm_seconds = asyncio.run(phase(port, started, args.connections, 60))
+            idle = open_idle(port, args.idle)
             measured = []
             for _ in range(args.count):
                 i = rng.randrange(args.peers)
                 lefts[i] = max(0, lefts[i] - rng.randrange(1 << 30)) if i else 0
                 measured.append(request(port, i, lefts[i]))
             latencies, seconds = asyncio.run(phase(port, measured, args.connections, args.seconds))
+            rss, counters = tracker_report(port, tracker.pid)
         finally:
+            for s in idle:
+                s.close()
             tracker.send_signal(signal.SIGTERM)
             tracker.wait(10)
+        log = tracker.stderr.read().decode(errors="replace").splitlines()
 
     latencies.sort()
     ms = [x * 1000 for x in latencies]
@@ -147,6 +194,10 @@ def main():
     print(f"  measured: {len(latencies)} announces in {seconds:.2f} s = {len(latencies) / seconds:,.0f} announces/s")
     print(f"  latency ms: p50 {percentile(ms, .5):.2f}  p90 {percentile(ms, .9):.2f}  "
           f"p99 {percentile(ms, .99):.2f}  max {ms[-1]:.2f}  mean {statistics.fmean(ms):.2f}")
+    if args.idle or args.nofile:
+        print(f"  with {args.idle} idle connections, tracker descriptor limit {args.nofile or 'inherited'}: "
+              + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    print(f"  tracker RSS after the run: {rss:.0f} MB; tracker log: {len(log)} lines")
 
 
 if __name__ == "__main__":

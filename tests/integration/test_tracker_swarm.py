@@ -142,11 +142,11 @@ def test_page_renders_progress_bars_for_a_live_swarm_in_chromium(lab):
         shutil.copyfile(shot, os.path.join(REPO, "docs", "img", "tracker-page.png"))
 
 
-def test_policy_in_a_real_swarm_bounds_origin_slots_and_keeps_fixed_relations(lab):
+def test_policy_in_a_real_swarm_bounds_origin_fanout_and_keeps_fixed_relations(lab):
     lab.start_tracker(interval=1, min_interval=1, groups={
         "room1": {"networks": ["127.0.0.16/29"]}, "room2": {"networks": ["127.0.0.24/29"]},
         "room3": {"networks": ["127.0.0.32/29"]}},
-        policy={"seeders": ["origin"], "seeder_slots": 1, "other_group_peers": 4,
+        policy={"seeders": ["origin"], "origin_fanout": 1, "other_group_peers": 4,
                 "fetch_from": {"room2": ["room1"]}})
     origin = lab.peer("127.0.0.2", "origin", origin=True)
     wait_until(origin.is_seed, 20, "origin seeding")
@@ -167,7 +167,7 @@ def test_policy_in_a_real_swarm_bounds_origin_slots_and_keeps_fixed_relations(la
         assert "127.0.0.25" not in room3.dialed_ips(), "room3 dialed room2 despite the fixed relation"
         return all(p.is_seed() for p in terminals)
     wait_until(all_done, 90, "every terminal complete", interval=0.1)
-    assert most_dialed_by_origin == 1, f"origin knew {most_dialed_by_origin} downloaders at once with seeder_slots 1"
+    assert most_dialed_by_origin == 1, f"origin knew {most_dialed_by_origin} downloaders at once with origin_fanout 1"
     for p in terminals:
         assert sha256_of(p.path) == sha256_of(lab.image), p.host
 

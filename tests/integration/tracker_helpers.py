@@ -2,6 +2,7 @@
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -34,7 +35,9 @@ def wait_until(predicate, timeout, what, interval=0.05):
 class TrackerProcess:
     """``p2pfleet tracker`` on 127.0.0.1 with an ephemeral port and a config from a dict."""
 
-    def __init__(self, tmp_path, config, port=None, name="tracker"):
+    def __init__(self, tmp_path, config, port=None, name="tracker", nofile=None):
+        """``nofile`` = (soft, hard) RLIMIT_NOFILE for the tracker process, like ``ulimit -n``."""
+        self.nofile = nofile
         self.port = port or free_port()
         self.config = {"listen": [f"127.0.0.1:{self.port}"], "allowed_networks": ["127.0.0.0/8"],
                        "interval": 2, "min_interval": 1, **config}
@@ -50,8 +53,10 @@ class TrackerProcess:
 
     def start(self):
         self._log = open(self.log, "a")
+        limit = None if self.nofile is None else \
+            (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile))
         self.popen = subprocess.Popen(P2PFLEET + ["tracker", "--config", str(self.path), "--log-level", "debug"],
-                                      stdout=self._log, stderr=subprocess.STDOUT)
+                                      stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit)
         wait_until(self._serving, 15, f"tracker on port {self.port} serving status.json; log {self.log}")
 
     def _serving(self):
@@ -73,6 +78,17 @@ class TrackerProcess:
                 raise AssertionError("tracker ignored SIGTERM for 10 s") from None
             assert code == 0, f"tracker exited {code} on SIGTERM:\n{self.log.read_text()[-3000:]}"
         self._log.close()
+
+    def log_lines(self):
+        return self.log.read_text(errors="replace").splitlines()
+
+    def metric(self, name):
+        code, body = get(self.url + "/metrics")
+        assert code == 200, f"/metrics answered {code}"
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"/metrics has no {name}")
 
     def hup(self):
         self.popen.send_signal(signal.SIGHUP)

@@ -23,7 +23,7 @@ hosts: {10.1.0.5: pc-105}
 groups:
   room1: {networks: [10.1.0.0/16], hosts: [laptop-7]}
   room1-front: {networks: [10.1.0.0/24]}
-policy: {seeders: [server-1, 10.0.0.1], seeder_slots: 3, other_group_peers: 2,
+policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
          fetch_from: {room1-front: [room1]}}
 """)
     cfg = load(path)
@@ -57,18 +57,32 @@ policy: {seeders: [server-1, 10.0.0.1], seeder_slots: 3, other_group_peers: 2,
     (with_(groups={"room1": ["10.0.0.0/8"]}), "groups.room1: must be a mapping"),
     (with_(groups={"room1": {"subnets": []}}), "groups.room1.subnets: unknown key"),
     (with_(groups={"a": {"hosts": ["pc"]}, "b": {"hosts": ["pc"]}}), "groups.b.hosts: pc is already in group a"),
-    (with_(policy={"seeder_slots": 0}), "policy.seeder_slots: must be an integer in 1..10000, got 0"),
+    (with_(policy={"origin_fanout": 0}), "policy.origin_fanout: must be an integer in 1..10000, got 0"),
+    (with_(policy={"seeder_slots": 4}), "policy.seeder_slots: renamed; use policy.origin_fanout instead"),
     (with_(policy={"fetch_from": {"room9": ["room1"]}}), "policy.fetch_from.room9: room9 is not a group"),
     (with_(groups={"room1": {}}, policy={"fetch_from": {"room1": ["roomX"]}}),
      "policy.fetch_from.room1: 'roomX' is not a group"),
     (with_(info_hashes=["abc"]), "info_hashes[0]: 'abc' is not a 40-digit hex info-hash"),
     (with_(log_level="loud"), "log_level: must be one of"),
+    (with_(admin_networks="127.0.0.1"), "admin_networks: must be a list of CIDR networks"),
+    (with_(idle_timeout=0), "idle_timeout: must be an integer in 1..3600, got 0"),
+    (with_(max_connections=8), "max_connections: must be an integer in 16..1000000, got 8"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_the_key(raw, message):
     with pytest.raises(ConfigError) as excinfo:
         parse(raw)
     assert message in str(excinfo.value)
+
+
+def test_admin_endpoint_defaults_to_loopback_only():
+    ip = ipaddress.ip_address
+    cfg = parse(BASE)
+    assert cfg.allows_admin(ip("127.0.0.1")) and cfg.allows_admin(ip("::1"))
+    assert not cfg.allows_admin(ip("10.1.2.3"))
+    assert (cfg.idle_timeout, cfg.max_connections) == (15, None)
+    cfg = parse(with_(admin_networks=["10.9.0.0/24"]))
+    assert cfg.allows_admin(ip("10.9.0.7")) and not cfg.allows_admin(ip("127.0.0.1"))
 
 
 def test_unreadable_and_invalid_yaml_files(tmp_path):
@@ -85,4 +99,4 @@ def test_documented_example_config_loads():
     example = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples", "tracker.yml")
     cfg = load(example)
     assert cfg.topology.fetch_from == {"annex": frozenset({"room101"})}
-    assert cfg.topology.seeder_slots == 4
+    assert cfg.topology.origin_fanout == 4

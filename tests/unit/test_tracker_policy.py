@@ -57,33 +57,33 @@ def test_same_seed_same_answer_different_seed_spreads():
 
 
 def test_origin_seeder_is_handed_to_a_bounded_number_of_peers():
-    topo = topology(seeder_slots=2)
+    topo = topology(origin_fanout=2)
     groups = swarm(room1=6)
     origin = P("origin", None, left=0)
-    holders = {}
+    assignments = {}
     got_origin = []
     for peer in groups["room1"]:
-        decision = select_peers(peer, groups, [origin], holders, topo, 50, random.Random(0))
-        if decision.granted is not None:
-            holders.setdefault(decision.granted.key, set()).add(peer)
+        decision = select_peers(peer, groups, [origin], assignments, topo, 50, random.Random(0))
+        if decision.assigned is not None:
+            assignments.setdefault(decision.assigned.key, set()).add(peer)
         if origin in decision.peers:
             got_origin.append(peer)
     assert got_origin == groups["room1"][:2]
 
-    # A holder keeps getting the origin on its next announce; nobody else does.
-    holder, other = groups["room1"][0], groups["room1"][5]
-    assert origin in select_peers(holder, groups, [origin], holders, topo, 50, random.Random(0)).peers
-    again = select_peers(other, groups, [origin], holders, topo, 50, random.Random(0))
-    assert origin not in again.peers and again.granted is None
+    # An assigned downloader keeps getting the origin on its next announce; nobody else does.
+    assigned, other = groups["room1"][0], groups["room1"][5]
+    assert origin in select_peers(assigned, groups, [origin], assignments, topo, 50, random.Random(0)).peers
+    again = select_peers(other, groups, [origin], assignments, topo, 50, random.Random(0))
+    assert origin not in again.peers and again.assigned is None
 
-    # The origin itself is told only about its slot holders.
-    decision = select_peers(origin, groups, [origin], holders, topo, 50, random.Random(0))
+    # The origin itself is told only about its assigned downloaders.
+    decision = select_peers(origin, groups, [origin], assignments, topo, 50, random.Random(0))
     assert keys(decision.peers) == {"room1-0", "room1-1"}
 
-    # When a slot frees up the next downloader gets it.
-    holders["origin"].discard(holder)
-    decision = select_peers(other, groups, [origin], holders, topo, 50, random.Random(0))
-    assert decision.granted is origin and origin in decision.peers
+    # When an assigned downloader leaves, the next downloader takes its place.
+    assignments["origin"].discard(assigned)
+    decision = select_peers(other, groups, [origin], assignments, topo, 50, random.Random(0))
+    assert decision.assigned is origin and origin in decision.peers
 
 
 def test_complete_peer_gets_no_origin_and_no_other_complete_peers():
@@ -95,7 +95,7 @@ def test_complete_peer_gets_no_origin_and_no_other_complete_peers():
     me = groups["room1"][0]
     decision = select_peers(me, groups, [origin], {}, topo, 50, random.Random(0))
     assert keys(decision.peers) == {"room1-2", "room1-3"}
-    assert decision.granted is None
+    assert decision.assigned is None
 
 
 def test_fixed_relation_room2_fetches_only_from_room1_and_the_seeder():
@@ -122,7 +122,7 @@ def test_ungrouped_peers_form_their_own_group():
 
 
 def test_numwant_zero_and_small_numwant_are_honoured():
-    topo = topology(seeder_slots=5)
+    topo = topology(origin_fanout=5)
     groups = swarm(room1=10)
     origin = P("origin", None, left=0)
     me = groups["room1"][0]

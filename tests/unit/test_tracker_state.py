@@ -107,8 +107,8 @@ def test_client_restart_with_new_peer_id_replaces_the_old_entry():
     assert len(swarm.peers) == 1 and len(swarm.status(clock(), 5000.0)["peers"]) == 1
 
 
-def test_origin_slot_is_released_when_the_holder_completes():
-    tracker, clock = make(seeder_slots=1)
+def test_origin_assignment_is_released_when_the_downloader_completes():
+    tracker, clock = make(origin_fanout=1)
     announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
     origin_compact = ipaddress.ip_address("10.0.0.1").packed + (6881).to_bytes(2, "big")
     first = announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")

@@ -1,6 +1,6 @@
 """Load and validate the tracker's config file (YAML; JSON is valid YAML too).
 
-Every error names the offending key as a dotted path, e.g. ``policy.seeder_slots``, so the
+Every error names the offending key as a dotted path, e.g. ``policy.origin_fanout``, so the
 administrator (or the Ansible role that rendered the file) can fix it without guessing.
 """
 
@@ -29,7 +29,7 @@ class Topology:
     seeder_networks: tuple
     fetch_from: dict           # group -> frozenset of groups it may fetch from
     other_group_peers: int
-    seeder_slots: int
+    origin_fanout: int
 
     def group_of(self, ip, host):
         if host is not None and host in self.group_hosts:
@@ -60,22 +60,38 @@ class TrackerConfig:
     manifest_rescan: int = 30
     info_hashes: tuple = ()
     admin_token: str | None = None
+    admin_networks: tuple = ()
     hosts: dict = field(default_factory=dict)   # ip address -> host name
     log_level: str = "info"
+    idle_timeout: int = 15
+    max_connections: int | None = None          # None: as many as the descriptor limit allows
 
     def allows(self, ip) -> bool:
-        return any(ip.version == net.version and ip in net for net in self.allowed_networks)
+        return _in_any(ip, self.allowed_networks)
+
+    def allows_admin(self, ip) -> bool:
+        return _in_any(ip, self.admin_networks)
 
     def host_name(self, ip, announced):
         return self.hosts.get(ip, announced)
 
 
+def _in_any(ip, networks):
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
 _TOP_KEYS = {
     "listen", "allowed_networks", "interval", "min_interval", "expiry_intervals",
     "forget_after", "default_numwant", "max_numwant", "manifest_dir", "manifest_rescan",
-    "info_hashes", "admin_token", "hosts", "groups", "policy", "log_level",
+    "info_hashes", "admin_token", "admin_networks", "hosts", "groups", "policy", "log_level",
+    "idle_timeout", "max_connections",
 }
-_POLICY_KEYS = {"other_group_peers", "seeders", "seeder_slots", "fetch_from"}
+# The admin endpoint changes what the tracker serves: by default only from the tracker
+# host itself, where the Ansible role runs its admin calls.
+DEFAULT_ADMIN_NETWORKS = ["127.0.0.0/8", "::1/128"]
+_POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from"}
+# Keys that were renamed: refused with the new name rather than "unknown key".
+_RENAMED = {"policy.seeder_slots": "policy.origin_fanout"}
 _GROUP_KEYS = {"networks", "hosts"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -111,6 +127,9 @@ def parse(raw, base_dir=".") -> TrackerConfig:
     if "allowed_networks" not in raw:
         raise ConfigError("allowed_networks: missing; list the CIDR networks peers may announce from")
     hosts = _mapping(raw, "hosts")
+    max_connections = raw.get("max_connections")
+    if max_connections is not None:
+        max_connections = _int(raw, "max_connections", None, 16, 1_000_000)
     return TrackerConfig(
         listen=_listen(raw.get("listen", "0.0.0.0:6969")),
         allowed_networks=_networks(raw["allowed_networks"], "allowed_networks"),
@@ -125,8 +144,11 @@ def parse(raw, base_dir=".") -> TrackerConfig:
         manifest_rescan=_int(raw, "manifest_rescan", 30, 0, 86400),
         info_hashes=tuple(_info_hash(v, f"info_hashes[{i}]") for i, v in enumerate(_list(raw, "info_hashes"))),
         admin_token=token,
+        admin_networks=_networks(raw.get("admin_networks", DEFAULT_ADMIN_NETWORKS), "admin_networks"),
         hosts={_ip(ip, f"hosts.{ip}"): _name(name, f"hosts.{ip}") for ip, name in hosts.items()},
         log_level=log_level,
+        idle_timeout=_int(raw, "idle_timeout", 15, 1, 3600),
+        max_connections=max_connections,
     )
 
 
@@ -174,12 +196,14 @@ def _topology(raw) -> Topology:
         seeder_networks=tuple(seeder_networks),
         fetch_from=fetch_from,
         other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
-        seeder_slots=_int(policy, "seeder_slots", 4, 1, 10000, "policy."),
+        origin_fanout=_int(policy, "origin_fanout", 4, 1, 10000, "policy."),
     )
 
 
 def _no_unknown(mapping, known, prefix):
     for key in mapping:
+        if f"{prefix}{key}" in _RENAMED:
+            raise ConfigError(f"{prefix}{key}: renamed; use {_RENAMED[prefix + key]} instead")
         if key not in known:
             raise ConfigError(f"{prefix}{key}: unknown key; expected one of {', '.join(sorted(known))}")
 

@@ -3,12 +3,12 @@
 A pure function of its inputs (the random source is injected), so every rule can be tested
 without a network. The rules, in order:
 
-1. The origin seeder is told only about the peers that currently hold one of its slots, so
-   it does not dial the whole fleet and spread its upload thin.
-2. A downloading peer that holds a slot of an origin seeder gets that seeder again; one that
-   holds none gets a free slot if an origin seeder has fewer than ``seeder_slots`` holders.
-   Few holders at a time means the origin's upload goes to distinct pieces that the
-   holders then trade onwards, instead of the same first pieces to everybody.
+1. The origin seeder is told only about the downloaders currently assigned to it, so it
+   does not dial the whole fleet and spread its upload thin.
+2. A downloading peer assigned to an origin seeder gets that seeder again; one assigned to
+   none is assigned to an origin seeder that has fewer than ``origin_fanout`` assigned
+   downloaders. Few at a time means the origin's upload goes to distinct pieces that its
+   assigned downloaders then trade onwards, instead of the same first pieces to everybody.
 3. Then peers of the requester's own group (or, for a group with a fixed relation, of the
    groups it fetches from), then at most ``other_group_peers`` from other groups.
 4. A fixed relation ``X fetches only from Y`` is enforced in both directions: X is never
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Decision:
     peers: list
-    granted: object = None          # the origin seeder whose slot the requester now holds
+    assigned: object = None         # the origin seeder the requester was just assigned to
     counts: dict = field(default_factory=dict)
 
     def explain(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        granted = " (granted an origin slot)" if self.granted is not None else ""
-        return f"{len(self.peers)} peers: {parts}{granted}"
+        assigned = " (assigned to an origin)" if self.assigned is not None else ""
+        return f"{len(self.peers)} peers: {parts}{assigned}"
 
 
 def linked(topology, group_a, group_b) -> bool:
@@ -41,30 +41,31 @@ def _may_fetch(topology, group, source) -> bool:
     return sources is None or source in sources
 
 
-def select_peers(requester, groups, origins, holders, topology, numwant, rng) -> Decision:
+def select_peers(requester, groups, origins, origin_assignments, topology, numwant, rng) -> Decision:
     """Choose up to ``numwant`` peers for ``requester``.
 
     ``groups`` maps each group (``None`` for ungrouped peers) to its active non-origin peers,
-    the requester included; ``origins`` are the active origin seeders; ``holders`` maps an
-    origin seeder's key to the peers holding one of its slots. Peers have ``key``, ``group``
-    and ``left`` attributes.
+    the requester included; ``origins`` are the active origin seeders; ``origin_assignments``
+    maps an origin seeder's key to the set of downloaders assigned to it. Peers have ``key``,
+    ``group`` and ``left`` attributes.
     """
     if numwant <= 0:
         return Decision([], counts={"numwant": 0})
     if requester in origins:
-        mine = list(holders.get(requester.key, ()))[:numwant]
-        return Decision(mine, counts={"slot holders": len(mine)})
+        mine = list(origin_assignments.get(requester.key, ()))[:numwant]
+        return Decision(mine, counts={"assigned downloaders": len(mine)})
 
-    chosen, granted = [], None
+    chosen, assigned = [], None
     if requester.left > 0:
         for origin in origins:
-            if requester in holders.get(origin.key, ()):
+            if requester in origin_assignments.get(origin.key, ()):
                 chosen.append(origin)
         if not chosen and origins:
-            free = [o for o in origins if len(holders.get(o.key, ())) < topology.seeder_slots]
+            free = [o for o in origins
+                    if len(origin_assignments.get(o.key, ())) < topology.origin_fanout]
             if free:
-                granted = min(free, key=lambda o: len(holders.get(o.key, ())))
-                chosen.append(granted)
+                assigned = min(free, key=lambda o: len(origin_assignments.get(o.key, ())))
+                chosen.append(assigned)
         chosen = chosen[:numwant]
     counts = {"origin": len(chosen)}
 
@@ -85,4 +86,4 @@ def select_peers(requester, groups, origins, holders, topology, numwant, rng) ->
     take = min(room, topology.other_group_peers, len(others))
     chosen.extend(rng.sample(others, take))
     counts["other groups"] = take
-    return Decision(chosen, granted=granted, counts=counts)
+    return Decision(chosen, assigned=assigned, counts=counts)

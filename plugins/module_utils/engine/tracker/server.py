@@ -3,23 +3,33 @@
 import asyncio
 import hmac
 import importlib.resources
-import json
 import logging
+import resource
 import signal
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..bencode import encode
-from .config import ConfigError
+from ..errors import ManifestError
+from .aggregate_log import AggregatedLog, describe, one_line
 from .announce import AnnounceError, parse_announce, parse_scrape
-from .state import Tracker, client_ip, manifest_fields
+from .config import ConfigError
+from .connections import ConnectionGate, GatedSite, connection_cap, raise_descriptor_limit
+from .state import Tracker, client_ip, manifest_fields, parse_manifest_json
 
 log = logging.getLogger("p2pfleet.tracker")
 
 TRACKER_KEY = web.AppKey("tracker", Tracker)
+ERRORS_KEY = web.AppKey("errors", AggregatedLog)
+GATE_KEY = web.AppKey("gate", ConnectionGate)
 _BENCODE = "text/plain"
 # Admin bodies are a manifest or an info-hash; a megabyte is generous.
 MAX_ADMIN_BODY = 1 << 20
+# A body that trickles in holds a connection the gate cannot close (it is busy).
+ADMIN_BODY_SECONDS = 10
+# In-flight requests get this long to finish on SIGTERM.
+SHUTDOWN_SECONDS = 5
 
 
 def _page() -> bytes:
@@ -111,6 +121,17 @@ async def metrics(request):
         "# TYPE p2pfleet_tracker_swarms gauge",
         f"p2pfleet_tracker_swarms {len(tracker.swarms)}",
     ]
+    gate = request.app[GATE_KEY]
+    for name, kind, help_text, value in [
+        ("connections", "gauge", "Open HTTP connections (descriptors accepted and not yet closed).", len(gate)),
+        ("connection_limit", "gauge", "Most open connections allowed (below the descriptor limit).", gate.limit),
+        ("idle_connections_closed_total", "counter", "Idle connections closed to make room at the limit.",
+         gate.closed_idle),
+        ("connection_limit_busy_total", "counter", "Times new connections had to wait at the limit, all busy.",
+         gate.waited_busy),
+    ]:
+        lines += [f"# HELP p2pfleet_tracker_{name} {help_text}", f"# TYPE p2pfleet_tracker_{name} {kind}",
+                  f"p2pfleet_tracker_{name} {value}"]
     gauges = [
         ("peers", "gauge", "Active peers (origin seeders included).", "peers"),
         ("downloading_peers", "gauge", "Active peers with bytes left.", "downloading"),
@@ -143,24 +164,40 @@ async def page(request):
     return web.Response(body=request.app["page"], content_type="text/html", charset="utf-8")
 
 
-def _authorized(request, tracker):
+def _admin_refusal(request, tracker):
+    """None if the request may use the admin endpoint, else the response refusing it."""
+    try:
+        ip = client_ip(request.remote or "")
+    except ValueError:
+        ip = None
+    if ip is None or not tracker.config.allows_admin(ip):
+        return web.json_response({"error": f"{ip} is not in admin_networks"}, status=403)
     token = tracker.config.admin_token
-    if token is None:
-        return False
-    supplied = request.headers.get("Authorization", "")
-    return hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode())
+    # aiohttp hands header bytes that are not UTF-8 over as surrogates: surrogateescape
+    # gives back exactly the bytes the client sent, whatever they are.
+    supplied = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if token is None or not hmac.compare_digest(supplied, f"Bearer {token}".encode()):
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    return None
 
 
 async def admin_register(request):
     tracker = request.app[TRACKER_KEY]
-    if not _authorized(request, tracker):
-        return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    refusal = _admin_refusal(request, tracker)
+    if refusal is not None:
+        return refusal
     if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
         return web.json_response({"error": "body too large"}, status=413)
     try:
-        document = json.loads(await request.read())
-        info_hash, name, size = manifest_fields(document)
-    except (ValueError, UnicodeDecodeError) as exc:
+        async with asyncio.timeout(ADMIN_BODY_SECONDS):
+            body = await request.read()
+    except TimeoutError:
+        return web.json_response({"error": f"body not received within {ADMIN_BODY_SECONDS} s"}, status=408)
+    except web.RequestPayloadError as exc:
+        return web.json_response({"error": f"body incomplete: {exc}"}, status=400)
+    try:
+        info_hash, name, size = manifest_fields(parse_manifest_json(body))
+    except ManifestError as exc:
         return web.json_response({"error": f"not a manifest or info_hash: {exc}"}, status=400)
     swarm = tracker.register(info_hash, name, size, source="admin")
     return web.json_response({"registered": info_hash.hex(), "name": swarm.name})
@@ -168,8 +205,9 @@ async def admin_register(request):
 
 async def admin_unregister(request):
     tracker = request.app[TRACKER_KEY]
-    if not _authorized(request, tracker):
-        return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    refusal = _admin_refusal(request, tracker)
+    if refusal is not None:
+        return refusal
     try:
         info_hash = bytes.fromhex(request.match_info["info_hash"])
     except ValueError:
@@ -179,18 +217,88 @@ async def admin_unregister(request):
     return web.json_response({"unregistered": info_hash.hex()})
 
 
+@web.middleware
+async def _guard(request, handler):
+    """Tell the gate the connection is busy; turn a bug into one log line and a 500."""
+    gate, transport = request.app[GATE_KEY], request.transport
+    gate.request_started(transport)
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        request.app[ERRORS_KEY].report(
+            f"unexpected {type(exc).__name__}", logging.ERROR,
+            f"{request.method} {request.raw_path[:100]} from {request.remote} failed: {describe(exc)}")
+        return web.json_response({"error": "internal error; the tracker log names it"}, status=500)
+    finally:
+        gate.request_finished(transport)
+
+
+class _ServerLog:
+    """Stands in for aiohttp's server logger, which logs a traceback for every malformed
+    request (an attacker can send thousands a second): one aggregated line instead."""
+
+    def __init__(self, errors):
+        self._errors = errors
+
+    def _log(self, level, message, *args, exc_info=None, **_):
+        text = message % args if args else message
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(exc, HttpProcessingError):
+            self._errors.report("malformed HTTP requests answered 400", logging.WARNING,
+                                f"{text}: malformed HTTP answered 400: {type(exc).__name__}: {exc.message}")
+        elif exc is not None:
+            self._errors.report(f"unexpected {type(exc).__name__}", logging.ERROR,
+                                f"{text}: {describe(exc)}")
+        else:
+            log.log(level, "%s", one_line(text))
+
+    def debug(self, message, *args, **kwargs):
+        self._log(logging.DEBUG, message, *args, **kwargs)
+
+    def info(self, message, *args, **kwargs):
+        self._log(logging.INFO, message, *args, **kwargs)
+
+    def warning(self, message, *args, **kwargs):
+        self._log(logging.WARNING, message, *args, **kwargs)
+
+    def error(self, message, *args, **kwargs):
+        self._log(logging.ERROR, message, *args, **kwargs)
+
+    exception = error
+
+
+def _loop_exception_handler(errors):
+    """asyncio's own errors (e.g. accept() out of descriptors), aggregated, no traceback."""
+    def handle(loop, context):
+        exc = context.get("exception")
+        message = context.get("message") or "event loop error"
+        if exc is None:
+            errors.report("event loop error", logging.ERROR, message)
+        else:
+            errors.report(f"event loop {type(exc).__name__}", logging.ERROR, f"{message}: {describe(exc)}")
+    return handle
+
+
 async def _housekeeping(app):
-    tracker = app[TRACKER_KEY]
+    tracker, errors = app[TRACKER_KEY], app[ERRORS_KEY]
     rescan = tracker.config.manifest_rescan
     tick = max(1.0, min(5.0, tracker.config.interval / 2))
     since_rescan = 0.0
     while True:
         await asyncio.sleep(tick)
-        tracker.expire()
-        since_rescan += tick
-        if rescan and since_rescan >= rescan:
-            since_rescan = 0.0
-            tracker.rescan()
+        # A bug here must not end expiry and rescans for the rest of the tracker's life.
+        try:
+            tracker.expire()
+            since_rescan += tick
+            if rescan and since_rescan >= rescan:
+                since_rescan = 0.0
+                tracker.rescan()
+        except Exception as exc:
+            errors.report(f"housekeeping {type(exc).__name__}", logging.ERROR,
+                          f"housekeeping failed: {describe(exc)}")
+        errors.flush()
 
 
 async def _start_housekeeping(app):
@@ -203,9 +311,11 @@ async def _start_housekeeping(app):
         pass
 
 
-def make_app(tracker) -> web.Application:
-    app = web.Application(client_max_size=MAX_ADMIN_BODY)
+def make_app(tracker, gate, errors) -> web.Application:
+    app = web.Application(client_max_size=MAX_ADMIN_BODY, middlewares=[_guard])
     app[TRACKER_KEY] = tracker
+    app[GATE_KEY] = gate
+    app[ERRORS_KEY] = errors
     app["page"] = _page()
     app.router.add_get("/announce", announce)
     app.router.add_get("/scrape", scrape)
@@ -219,13 +329,19 @@ def make_app(tracker) -> web.Application:
     return app
 
 
-async def start(tracker, listen=None):
+async def start(tracker, max_connections, errors):
     """Start serving; return the runner and the bound (host, port) pairs."""
-    runner = web.AppRunner(make_app(tracker), access_log=None, handle_signals=False)
+    gate = ConnectionGate(max_connections, errors)
+    # keepalive_timeout runs from the moment a connection opens and again after each
+    # response: a connection that does not deliver a complete request within idle_timeout
+    # (silent, or sending its headers a byte at a time) is closed.
+    runner = web.AppRunner(make_app(tracker, gate, errors), access_log=None, handle_signals=False,
+                           keepalive_timeout=tracker.config.idle_timeout, logger=_ServerLog(errors),
+                           shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
-    for host, port in listen or tracker.config.listen:
+    for host, port in tracker.config.listen:
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await GatedSite(runner, host, port, gate, errors).start()
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -234,12 +350,22 @@ async def start(tracker, listen=None):
 
 async def serve(config):
     """Run until SIGINT/SIGTERM; SIGHUP rescans the manifest directory."""
+    loop = asyncio.get_running_loop()
+    errors = AggregatedLog(log)
+    loop.set_exception_handler(_loop_exception_handler(errors))
+    descriptors, hard = raise_descriptor_limit()
+    max_connections = connection_cap(config.max_connections, descriptors)
+    if config.max_connections is not None and max_connections < config.max_connections:
+        log.warning("max_connections %d lowered to %d: the descriptor limit is %d",
+                    config.max_connections, max_connections, descriptors)
     tracker = Tracker(config)
-    runner, bound = await start(tracker)
+    runner, bound = await start(tracker, max_connections, errors)
+    log.info("at most %d connections (descriptor limit %d, hard %s); idle connections closed after %d s",
+             max_connections, descriptors, "unlimited" if hard == resource.RLIM_INFINITY else hard,
+             config.idle_timeout)
     for host, port in bound:
         log.info("tracker listening on http://%s/announce",
                  f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, tracker.rescan)
     for sig in (signal.SIGINT, signal.SIGTERM):

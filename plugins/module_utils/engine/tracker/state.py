@@ -5,14 +5,23 @@ import json
 import logging
 import os
 import random
+import stat
 import time
 
+from ..errors import ManifestError
+from .aggregate_log import one_line
 from .policy import select_peers
 
 log = logging.getLogger("p2pfleet.tracker")
 
 # Rates from two announces closer than this are mostly noise from a client's event announce.
 MIN_RATE_WINDOW = 1.0
+# A manifest is a few hundred bytes of JSON; a megabyte is generous.
+MAX_MANIFEST_BYTES = 1 << 20
+# Names show up in the log, the page and the Prometheus labels.
+MAX_NAME_CHARS = 255
+# Sizes must fit the int64 of libtorrent and Prometheus.
+MAX_IMAGE_SIZE = 2**63 - 1
 
 
 class Peer:
@@ -65,7 +74,7 @@ class Swarm:
         self.by_addr = {}          # (ip, port) -> Peer
         self.groups = {}           # group -> {peer_id: Peer}, active non-origin peers
         self.origins = {}          # peer_id -> Peer, active origin seeders
-        self.holders = {}          # origin peer_id -> set of Peers holding one of its slots
+        self.origin_assignments = {}   # origin peer_id -> set of downloaders assigned to it
         self.gone = {}             # peer_id -> Peer that stopped or went silent
         self.completed = 0
         self.largest_left = 0
@@ -85,7 +94,7 @@ class Swarm:
             del self.by_addr[(peer.ip, peer.port)]
         if peer.origin:
             self.origins.pop(peer.key, None)
-            self.holders.pop(peer.key, None)
+            self.origin_assignments.pop(peer.key, None)
         else:
             members = self.groups.get(peer.group)
             if members is not None:
@@ -98,8 +107,8 @@ class Swarm:
         self.gone[peer.key] = peer
 
     def _release(self, peer):
-        for holding in self.holders.values():
-            holding.discard(peer)
+        for assigned in self.origin_assignments.values():
+            assigned.discard(peer)
 
     def announce(self, req, ip, config, rng, now):
         """Apply one parsed announce from ``ip`` and return the bencodable response."""
@@ -144,10 +153,10 @@ class Swarm:
 
         numwant = config.default_numwant if req.numwant is None else req.numwant
         groups = {group: members.values() for group, members in self.groups.items()}
-        decision = select_peers(peer, groups, list(self.origins.values()), self.holders,
-                                topology, numwant, rng)
-        if decision.granted is not None:
-            self.holders.setdefault(decision.granted.key, set()).add(peer)
+        decision = select_peers(peer, groups, list(self.origins.values()),
+                                self.origin_assignments, topology, numwant, rng)
+        if decision.assigned is not None:
+            self.origin_assignments.setdefault(decision.assigned.key, set()).add(peer)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s (group %s, left %d) gets %s", self.name, _label(peer),
                       peer.group, peer.left, decision.explain())
@@ -294,10 +303,9 @@ class Tracker:
         for name in names:
             path = os.path.join(directory, name)
             try:
-                with open(path, encoding="utf-8") as handle:
-                    info_hash, title, size = manifest_fields(json.load(handle))
-            except (OSError, ValueError) as exc:
-                log.warning("skipping manifest %s: %s", path, exc)
+                info_hash, title, size = manifest_fields(read_manifest_file(path))
+            except ManifestError as exc:
+                log.warning("skipping manifest %s: %s", one_line(path), exc)
                 continue
             seen.add(info_hash)
             self.register(info_hash, title, size, source=f"manifest {name}")
@@ -316,23 +324,61 @@ class Tracker:
         return [s.status(now, wall, with_peers) for s in self.swarms.values()]
 
 
+def read_manifest_file(path):
+    """The parsed JSON of the manifest file at ``path``: a regular file, size-capped."""
+    try:
+        # O_NONBLOCK: opening a FIFO someone left in the directory must not hang the tracker.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ManifestError(f"cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ManifestError("not a regular file")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{info.st_size} bytes, more than {MAX_MANIFEST_BYTES}")
+        try:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise ManifestError(f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"more than {MAX_MANIFEST_BYTES} bytes")
+    return parse_manifest_json(data)
+
+
+def parse_manifest_json(data):
+    """Parse a manifest's JSON bytes; ManifestError names what is wrong."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ManifestError("JSON nested too deeply") from None
+    except ValueError as exc:   # also bad UTF-8 and integers too long to convert
+        raise ManifestError(f"not JSON: {exc}") from None
+
+
 def manifest_fields(manifest):
-    """(info_hash bytes, name, image_size) from a manifest document; ValueError if unusable."""
+    """(info_hash bytes, name, image_size) from a manifest document; ManifestError if unusable.
+
+    The name ends up in log lines, the page and Prometheus labels, so it must be printable
+    text (no control characters, no lone surrogates from a JSON ``\\udc80`` escape).
+    """
     if not isinstance(manifest, dict):
-        raise ValueError("manifest must be a JSON object")
+        raise ManifestError("manifest must be a JSON object")
     value = manifest.get("info_hash")
     if not isinstance(value, str) or len(value) != 40:
-        raise ValueError("manifest has no 40-digit hex info_hash")
+        raise ManifestError("manifest has no 40-digit hex info_hash")
     try:
         info_hash = bytes.fromhex(value)
     except ValueError:
-        raise ValueError(f"info_hash {value!r} is not hex") from None
+        raise ManifestError(f"info_hash {value!r} is not hex") from None
     name = manifest.get("name")
     size = manifest.get("image_size")
-    if name is not None and not isinstance(name, str):
-        raise ValueError("manifest name must be a string")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise ValueError("manifest image_size must be a non-negative integer")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS
+                             or not name.isprintable()):
+        raise ManifestError(f"manifest name must be printable text of 1..{MAX_NAME_CHARS} characters")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not 0 <= size <= MAX_IMAGE_SIZE):
+        raise ManifestError(f"manifest image_size must be an integer in 0..{MAX_IMAGE_SIZE}")
     return info_hash, name, size
 
 
