@@ -1,7 +1,7 @@
 """``p2pfleet agent --config FILE``: run the agent until SIGINT/SIGTERM (SIGHUP reloads)."""
 import asyncio
-import logging
 
+from ..daemon import setup_logging
 from .config import LOG_LEVELS, load
 
 
@@ -22,8 +22,6 @@ def run(args) -> int:
     from .server import serve
 
     config = load(args.config)
-    level = (args.log_level or config.log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("p2pfleet").setLevel(level)
+    setup_logging(args.log_level or config.log_level)
     asyncio.run(serve(config))
     return 0

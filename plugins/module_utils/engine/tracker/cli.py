@@ -1,8 +1,8 @@
 """``p2pfleet tracker --config FILE``: run the LAN tracker until SIGINT/SIGTERM."""
 
 import asyncio
-import logging
 
+from ..daemon import setup_logging
 from .config import load
 
 
@@ -23,8 +23,6 @@ def run(args) -> int:
     from .server import serve
 
     config = load(args.config)
-    level = (args.log_level or config.log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("p2pfleet").setLevel(level)
+    setup_logging(args.log_level or config.log_level)
     asyncio.run(serve(config))
     return 0
