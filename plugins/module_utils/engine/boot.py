@@ -1,20 +1,71 @@
-"""The boot environment: what the terminal's boot loader will start next.
+"""The boot environment: which slot a terminal boots next, and how to change it safely.
 
-GRUB keeps its environment block in a 1024-byte file (``grub/grubenv``): a header line,
-``key=value`` lines, and ``#`` padding. The collection's GRUB configuration reads
-``next_entry`` (a one-shot boot, cleared when used) and otherwise ``saved_entry``.
+Every backend offers the same four calls on a slot's *boot entry*:
+
+* ``query()``      — the confirmed default, the one-shot entry pending for the next boot (if
+                     any), and the entry booted now when the firmware says so;
+* ``try_next(e)``  — boot ``e`` once, at the next boot only; any later boot (a crash, a
+                     power cut, a reboot) goes back to the confirmed default;
+* ``confirm(e)``   — make ``e`` the default (and drop any pending one-shot);
+* ``reject(e)``    — drop a pending one-shot of ``e``; refused for the confirmed default.
+
+So a switch is: ``try_next(new)``, reboot, check health, ``confirm(new)``. Nothing here
+can leave a terminal without a bootable default.
+
+Backends: GRUB (environment block, ``grub-editenv``), UEFI (``efibootmgr``: ``BootNext``
+and ``BootOrder``) and U-Boot (``fw_setenv``/``fw_printenv``).
 """
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+
 from .errors import P2PFleetError
-from .files import read_capped
+from .files import read_capped, write_atomic
 
 GRUBENV_SIZE = 1024
 GRUBENV_HEADER = "# GRUB Environment Block\n"
+DEFAULT_GRUBENV = "/boot/grub/grubenv"
+DEFAULT_GRUB_DEFAULT_CFG = "/boot/grub/p2pfleet-default.cfg"
 
 
 class BootError(P2PFleetError):
     """The boot environment cannot be read or written as asked."""
 
 
+@dataclass(frozen=True)
+class BootState:
+    backend: str
+    default: str = None  # the confirmed entry
+    pending: str = None  # the one-shot entry of the next boot
+    current: str = None  # the entry booted now, where the firmware says
+
+    def next_boot(self) -> str:
+        return self.pending or self.default
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _run(cmd, what, env=None) -> str:
+    if shutil.which(cmd[0]) is None:
+        raise BootError(f"{cmd[0]} is not installed; it is needed to {what}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise BootError(f"{' '.join(cmd[:2])}… failed to {what}: {detail[-1] if detail else proc.returncode}")
+    return proc.stdout
+
+
+def _entry(entry) -> str:
+    entry = str(entry)
+    if not entry or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", entry):
+        raise BootError(f"invalid boot entry {entry!r}: letters, digits and _ . : - only")
+    return entry
+
+
+# -- GRUB ------------------------------------------------------------------------------
 def parse_grub_env(text: str) -> dict:
     """The variables of a GRUB environment block (an empty or damaged block has none)."""
     if not text.startswith(GRUBENV_HEADER):
@@ -33,3 +84,238 @@ def read_grub_env(path: str) -> dict:
     """The variables in the GRUB environment block at ``path``."""
     raw = read_capped(path, 64 * GRUBENV_SIZE, "GRUB environment block", error=BootError)
     return parse_grub_env(raw.decode("utf-8", errors="replace"))
+
+
+class GrubBackend:
+    """GRUB with the collection's A/B configuration (see ``docs/boot.md``).
+
+    One-shot boots use ``next_entry``, which the configuration clears before it boots;
+    the default is ``saved_entry`` *and* a one-line ``p2pfleet-default.cfg`` that the
+    configuration reads before the environment block, so an empty or damaged block (a
+    power cut while ``grub-editenv`` rewrote it) still boots the confirmed slot.
+    """
+
+    name = "grub"
+
+    def __init__(self, grubenv: str = DEFAULT_GRUBENV, default_cfg: str = None):
+        self.grubenv = grubenv
+        self.default_cfg = default_cfg if default_cfg is not None else os.path.join(
+            os.path.dirname(grubenv), os.path.basename(DEFAULT_GRUB_DEFAULT_CFG))
+
+    def _env(self) -> dict:
+        return read_grub_env(self.grubenv) if os.path.exists(self.grubenv) else {}
+
+    def _editenv(self, *args) -> None:
+        if not os.path.exists(self.grubenv):
+            _run(["grub-editenv", self.grubenv, "create"], "create the GRUB environment block")
+        _run(["grub-editenv", self.grubenv, *args], "change the GRUB environment block")
+
+    def _file_default(self):
+        try:
+            text = read_capped(self.default_cfg, 4096, "GRUB default", error=BootError).decode()
+        except BootError:
+            return None
+        match = re.search(r'^set p2pfleet_default="?([A-Za-z0-9_.:-]+)"?$', text, re.M)
+        return match.group(1) if match else None
+
+    def query(self) -> BootState:
+        env = self._env()
+        return BootState(self.name, default=env.get("saved_entry") or self._file_default(),
+                         pending=env.get("next_entry") or None)
+
+    def try_next(self, entry) -> bool:
+        entry = _entry(entry)
+        if self.query().pending == entry:
+            return False
+        self._editenv("set", f"next_entry={entry}")
+        return True
+
+    def confirm(self, entry) -> bool:
+        entry = _entry(entry)
+        state = self.query()
+        changed = False
+        if self._file_default() != entry:
+            write_atomic(self.default_cfg, f'set p2pfleet_default="{entry}"\n'.encode(), error=BootError)
+            changed = True
+        if state.default != entry or self._env().get("saved_entry") != entry:
+            self._editenv("set", f"saved_entry={entry}")
+            changed = True
+        if state.pending:
+            self._editenv("unset", "next_entry")
+            changed = True
+        return changed
+
+    def reject(self, entry) -> bool:
+        entry = _entry(entry)
+        state = self.query()
+        if state.default == entry:
+            raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
+        if state.pending == entry:
+            self._editenv("unset", "next_entry")
+            return True
+        return False
+
+
+# -- UEFI --------------------------------------------------------------------------------
+class EfiBackend:
+    """UEFI boot entries through ``efibootmgr``: one entry per slot, named by its label
+    (``boot_entry`` is the label, e.g. ``p2pfleet A``, or the 4-digit hex number).
+
+    One-shot is ``BootNext``, which the firmware deletes before it boots the entry; the
+    default is the first entry of ``BootOrder``.
+    """
+
+    name = "efi"
+
+    def __init__(self, efibootmgr: str = "efibootmgr", env=None):
+        self.cmd = efibootmgr
+        self.env = env
+
+    def _state(self):
+        out = _run([self.cmd], "read the UEFI boot entries", self.env)
+        info = {"entries": {}}
+        for line in out.splitlines():
+            match = re.match(r"Boot([0-9A-Fa-f]{4})(\*?) (.*?)(\t.*)?$", line)
+            if match:
+                info["entries"][match.group(1).upper()] = match.group(3).strip()
+                continue
+            key, sep, value = line.partition(":")
+            if sep:
+                info[key.strip()] = value.strip()
+        return info
+
+    def _number(self, info, entry) -> str:
+        entry = str(entry)
+        if re.fullmatch(r"[0-9A-Fa-f]{4}", entry) and entry.upper() in info["entries"]:
+            return entry.upper()
+        found = [num for num, label in info["entries"].items() if label == entry]
+        if len(found) != 1:
+            raise BootError(f"UEFI boot entry {entry!r}: {'no' if not found else 'more than one'} entry has that "
+                            f"label (entries: {', '.join(sorted(info['entries'].values())) or 'none'})")
+        return found[0]
+
+    def _label(self, info, number):
+        return info["entries"].get(number, number) if number else None
+
+    def query(self) -> BootState:
+        info = self._state()
+        order = [n.upper() for n in info.get("BootOrder", "").split(",") if n]
+        return BootState(self.name, default=self._label(info, order[0] if order else None),
+                         pending=self._label(info, (info.get("BootNext") or "").upper() or None),
+                         current=self._label(info, (info.get("BootCurrent") or "").upper() or None))
+
+    def try_next(self, entry) -> bool:
+        info = self._state()
+        number = self._number(info, entry)
+        if (info.get("BootNext") or "").upper() == number:
+            return False
+        _run([self.cmd, "--bootnext", number], "set BootNext", self.env)
+        return True
+
+    def confirm(self, entry) -> bool:
+        info = self._state()
+        number = self._number(info, entry)
+        order = [n.upper() for n in info.get("BootOrder", "").split(",") if n]
+        changed = False
+        if not order or order[0] != number:
+            _run([self.cmd, "--bootorder", ",".join([number] + [n for n in order if n != number])],
+                 "set BootOrder", self.env)
+            changed = True
+        if info.get("BootNext"):
+            _run([self.cmd, "--delete-bootnext"], "delete BootNext", self.env)
+            changed = True
+        return changed
+
+    def reject(self, entry) -> bool:
+        info = self._state()
+        number = self._number(info, entry)
+        order = [n.upper() for n in info.get("BootOrder", "").split(",") if n]
+        if order and order[0] == number:
+            raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
+        if (info.get("BootNext") or "").upper() == number:
+            _run([self.cmd, "--delete-bootnext"], "delete BootNext", self.env)
+            return True
+        return False
+
+
+# -- U-Boot ------------------------------------------------------------------------------
+class UBootBackend:
+    """U-Boot's environment through ``fw_printenv``/``fw_setenv`` (``/etc/fw_env.config``).
+
+    The collection's boot script (``docs/boot.md``) boots ``p2pfleet_next`` once (clearing
+    it with ``saveenv`` first), else ``p2pfleet_default``.
+    """
+
+    name = "uboot"
+    NEXT, DEFAULT = "p2pfleet_next", "p2pfleet_default"
+
+    def __init__(self, config: str = None):
+        self.config = config
+
+    def _cmd(self, tool):
+        return [tool] + (["-c", self.config] if self.config else [])
+
+    def _env(self) -> dict:
+        out = _run(self._cmd("fw_printenv"), "read the U-Boot environment")
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def _set(self, key, value=None) -> None:
+        _run(self._cmd("fw_setenv") + [key] + ([value] if value is not None else []), "change the U-Boot environment")
+
+    def query(self) -> BootState:
+        env = self._env()
+        return BootState(self.name, default=env.get(self.DEFAULT) or None, pending=env.get(self.NEXT) or None)
+
+    def try_next(self, entry) -> bool:
+        entry = _entry(entry)
+        if self.query().pending == entry:
+            return False
+        self._set(self.NEXT, entry)
+        return True
+
+    def confirm(self, entry) -> bool:
+        entry = _entry(entry)
+        state = self.query()
+        changed = False
+        if state.default != entry:
+            self._set(self.DEFAULT, entry)
+            changed = True
+        if state.pending:
+            self._set(self.NEXT)
+            changed = True
+        return changed
+
+    def reject(self, entry) -> bool:
+        entry = _entry(entry)
+        state = self.query()
+        if state.default == entry:
+            raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
+        if state.pending == entry:
+            self._set(self.NEXT)
+            return True
+        return False
+
+
+def detect(grubenv: str = DEFAULT_GRUBENV) -> str:
+    """The backend a host uses: GRUB when its environment block is there, else UEFI when
+    the firmware exposes variables, else U-Boot when its tools are configured."""
+    if os.path.exists(grubenv):
+        return "grub"
+    if os.path.isdir("/sys/firmware/efi/efivars") and shutil.which("efibootmgr"):
+        return "efi"
+    if os.path.exists("/etc/fw_env.config") and shutil.which("fw_setenv"):
+        return "uboot"
+    raise BootError(f"cannot tell how this host boots: no {grubenv}, no UEFI variables, no U-Boot "
+                    "environment; set the backend explicitly")
+
+
+def backend(name: str, grubenv: str = DEFAULT_GRUBENV, uboot_config: str = None):
+    if name == "auto":
+        name = detect(grubenv)
+    if name == "grub":
+        return GrubBackend(grubenv)
+    if name == "efi":
+        return EfiBackend()
+    if name == "uboot":
+        return UBootBackend(uboot_config)
+    raise BootError(f"unknown boot backend {name!r}: use grub, efi, uboot or auto")
