@@ -218,8 +218,10 @@ def ssh_command(state, name, *command):
     return ["ssh", "-i", state["key"], *SSH_OPTIONS, f"root@{host['address']}", *command]
 
 
-def ssh(state, name, *command, timeout=60):
-    return subprocess.run(ssh_command(state, name, *command), capture_output=True, text=True, timeout=timeout)
+def ssh(state, name, *command, timeout=60, stdin=None):
+    """Run a command in a lab host over SSH; ``stdin`` is a file (or None for none)."""
+    return subprocess.run(ssh_command(state, name, *command), stdin=stdin if stdin else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
 def wait_booted(state, names, timeout):

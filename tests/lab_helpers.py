@@ -36,8 +36,9 @@ class LabHandle:
     def address(self, host):
         return self.hosts[host]["address"]
 
-    def ssh(self, host, command, timeout=60, check=True):
-        proc = labmod.ssh(self.state, host, command, timeout=timeout)
+    def ssh(self, host, command, timeout=60, check=True, stdin=None):
+        """Run ``command`` in ``host`` over SSH; returns its stdout (fails the test on an error)."""
+        proc = labmod.ssh(self.state, host, command, timeout=timeout, stdin=stdin)
         if check and proc.returncode != 0:
             raise AssertionError(f"ssh {host} {command!r} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
