@@ -1,6 +1,7 @@
 """``lab`` command line: up, status, ssh, reboot, flash, image, down (docs/lab.md)."""
 import argparse
 import os
+import signal
 import sys
 
 from . import lab
@@ -37,6 +38,8 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    # A terminated `lab up` must still tear down what it built: let SIGTERM unwind like ^C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return dispatch(args)
     except LabError as error:

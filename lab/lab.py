@@ -128,7 +128,10 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
         return state
     except BaseException:
         print(f"lab {name}: bring-up failed, tearing down", file=log, flush=True)
-        down(name)
+        try:
+            down(name)
+        except Exception as error:           # the bring-up's own error is the one to report
+            print(f"lab {name}: teardown after the failure: {error}", file=log, flush=True)
         raise
 
 
@@ -297,7 +300,7 @@ def down(name):
         stop_hosts(state)
         for netns in net.lab_namespaces(state["prefix"]):     # anything a dead nspawn left behind
             for pid in net.namespace_pids(netns):
-                os.kill(pid, signal.SIGKILL)
+                kill(pid, signal.SIGKILL)
     for mountpoint in reversed(mounts_under(directory)):
         if subprocess.run(["umount", mountpoint], capture_output=True).returncode != 0:
             subprocess.run(["umount", "--lazy", mountpoint], capture_output=True)
@@ -319,7 +322,15 @@ def stop_hosts(state):
         time.sleep(0.2)
     for name, pid in pids.items():
         if firmware_pid(state, name):
-            os.killpg(pid, signal.SIGKILL)      # its own session: the firmware and its nspawn
+            kill(-pid, signal.SIGKILL)          # its own session: the firmware and its nspawn
+
+
+def kill(pid, sig):
+    """Signal a process (a group if ``pid`` < 0) that may have exited in the meantime."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def mounts_under(directory):
