@@ -8,6 +8,7 @@ whole one, and nothing of another lab or another user is touched.
 """
 import concurrent.futures
 import fcntl
+import glob
 import json
 import os
 import re
@@ -100,6 +101,8 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
         raise LabError(f"--terminals must be between --rooms ({rooms}) and {rooms * net.MAX_TERMINALS_PER_ROOM}")
     rate_bits, uplink_bits, slot_bytes = net.parse_rate(rate), net.parse_rate(uplink), disk.parse_size(slot_size)
     preflight()
+    if os.path.exists(lab_dir(name)):
+        raise LabError(f"lab {name!r} is already up (lab down --lab {name} first)")
     net.prepare_host()
     started = time.monotonic()
     base = rootfs.base_rootfs(log)
@@ -122,7 +125,7 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
                  "hosts": {}}
         save(state)
     try:
-        build(state, terminals, log)
+        build(state, terminals)
         print(f"lab {name} up: {terminals} terminals in {rooms} room(s) in {time.monotonic() - started:.1f} s",
               file=log, flush=True)
         return state
@@ -135,7 +138,7 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
         raise
 
 
-def build(state, terminals, log):
+def build(state, terminals):
     prefix, number, directory = state["prefix"], state["number"], state["dir"]
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"p2pfleet-lab-{state['name']}", "-f", state["key"])
     shutil.copyfile(state["key"] + ".pub", os.path.join(directory, "authorized_keys"))
@@ -153,7 +156,8 @@ def build(state, terminals, log):
         host["netns"] = f"{prefix}-{name}"
         host["uuid"] = str(uuid.uuid5(token, name))
         host["address"] = net.add_host(prefix, number, name, host["room"], host["index"], state["rate"])
-        for sub in ("root", "boot", "state", "upper", "work"):
+        # mount points: the root, and either the server's overlay or a terminal's boot and state
+        for sub in ("root",) + (("boot", "state") if host["role"] == "terminal" else ("upper", "work")):
             os.makedirs(os.path.join(directory, "hosts", name, sub))
     state["hosts"] = hosts
     save(state)
@@ -287,7 +291,12 @@ def build_image(state, release, broken=False):
 
 
 def down(name):
-    """Take the lab down: every process, mount, loop device, namespace and file of it."""
+    """Take the lab down: every process, mount, loop device, namespace and file of it.
+
+    First a clean poweroff of every host; then whatever of the lab still runs is killed (a
+    host caught half-way through its boot, say), so that no mount stays busy; then mounts,
+    loop devices and namespaces go. What still remains after that is named in the error.
+    """
     directory = lab_dir(name)
     if not os.path.isdir(directory):
         raise LabError(f"lab {name!r} is not up")
@@ -296,37 +305,76 @@ def down(name):
             state = json.load(f)
     except (OSError, ValueError):
         state = None
+    prefix = state["prefix"] if state else None
     if state:
         stop_hosts(state)
-        for netns in net.lab_namespaces(state["prefix"]):     # anything a dead nspawn left behind
-            for pid in net.namespace_pids(netns):
-                kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while (pids := lab_processes(directory, prefix)) and time.monotonic() < deadline:
+        for pid in pids:
+            kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
     for mountpoint in reversed(mounts_under(directory)):
         if subprocess.run(["umount", mountpoint], capture_output=True).returncode != 0:
             subprocess.run(["umount", "--lazy", mountpoint], capture_output=True)
     for device in disk.loops_backed_by(directory):
         run("losetup", "-d", device, check=False)
+    # a loop device still in use when detached goes when its last user does: wait for that
+    while disk.loops_backed_by(directory) and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
     if state:
-        net.destroy(state["prefix"], state["admin"])
+        net.destroy(prefix, state["admin"])
+        for machine in glob.glob(f"/run/systemd/nspawn/propagate/{prefix}-*"):   # left by a killed nspawn
+            shutil.rmtree(machine, ignore_errors=True)
+    left = [f"process {pid}" for pid in lab_processes(directory, prefix)] + mounts_under(directory) + \
+        disk.loops_backed_by(directory) + (net.lab_namespaces(prefix) if prefix else [])
     shutil.rmtree(directory)
+    if left:
+        raise LabError(f"lab {name} is down but left behind: {', '.join(left)}")
 
 
 def stop_hosts(state):
-    """SIGTERM every firmware (a clean poweroff), then kill what did not stop in time."""
-    pids = {name: firmware_pid(state, name) for name in state["hosts"]}
-    pids = {name: pid for name, pid in pids.items() if pid}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGTERM)
+    """SIGTERM every firmware: a clean poweroff of its host; wait for them (bounded).
+
+    The signal is repeated each second: a host still starting (nspawn not yet listening)
+    misses the first one.
+    """
     deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline and any(firmware_pid(state, n) for n in pids):
-        time.sleep(0.2)
-    for name, pid in pids.items():
-        if firmware_pid(state, name):
-            kill(-pid, signal.SIGKILL)          # its own session: the firmware and its nspawn
+    while time.monotonic() < deadline:
+        pids = [pid for pid in (firmware_pid(state, name) for name in state["hosts"]) if pid]
+        if not pids:
+            return
+        for pid in pids:
+            kill(pid, signal.SIGTERM)
+        time.sleep(1.0)
+
+
+def lab_processes(directory, prefix):
+    """Pids of the lab: firmware and nspawn (the lab's directory is in their command line) and
+    everything inside its hosts (in one of its network namespaces)."""
+    namespaces = set()
+    for netns in net.lab_namespaces(prefix) if prefix else []:
+        try:
+            namespaces.add(os.stat(f"/run/netns/{netns}").st_ino)
+        except OSError:
+            pass
+    marker = directory.rstrip("/").encode() + b"/"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            in_lab_netns = os.stat(f"/proc/{entry}/ns/net").st_ino in namespaces
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                in_lab_dir = marker in f.read()
+        except OSError:
+            continue
+        if in_lab_netns or in_lab_dir:
+            pids.append(int(entry))
+    return pids
 
 
 def kill(pid, sig):
-    """Signal a process (a group if ``pid`` < 0) that may have exited in the meantime."""
+    """Signal a process that may have exited in the meantime."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:

@@ -118,7 +118,7 @@ def build(prefix, number, rooms, uplink_rate, admin):
     add_switch(core)
     router = f"{prefix}-router"
     add_netns(router)
-    run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", netns=router)
+    run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward", netns=router)   # the router's own sysctl
     connect(core, "router", router, "core")
     set_address(router, "core", address(number, 0, 1))
     for room in range(1, rooms + 1):

@@ -7,9 +7,13 @@ from conftest import ROOT, needs_lab
 from lab import lab as labmod
 
 
+INSTALLED = os.path.expanduser("~/.ansible/collections/ansible_collections/p2pfleet/imaging")
+
+
 @needs_lab
 def test_molecule_default_scenario_creates_and_destroys_a_lab(lab):
     name = f"mol{os.getpid()}"
+    installed_before = os.path.exists(INSTALLED)
     env = dict(os.environ, P2PFLEET_LAB=name, ANSIBLE_NOCOLOR="1", NO_COLOR="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     try:
@@ -22,3 +26,5 @@ def test_molecule_default_scenario_creates_and_destroys_a_lab(lab):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     for step in ("create", "converge", "idempotence", "verify", "destroy"):
         assert f"{step}: Executed: Successful" in proc.stdout + proc.stderr, step
+    # without `prerun: false` Molecule installs the collection for the user, shadowing later installs
+    assert os.path.exists(INSTALLED) == installed_before
