@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := util-linux e2fsprogs iproute2 kmod aria2 chromium \
   debootstrap systemd-container grub-common gdisk openssh-client mount
 # The hosts' Python (Debian 12: CPython 3.11, glibc 2.36) for the wheelhouse.
-WHEELHOUSE ?= /var/cache/p2pfleet-lab/wheelhouse
+WHEELHOUSE ?= $(or $(P2PFLEET_LAB_CACHE),/var/cache/p2pfleet-lab)/wheelhouse
 # pip takes the platform tags literally: every manylinux level up to glibc 2.36 is listed.
 ARCH := $(shell uname -m)
 HOST_WHEELS := --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \

@@ -393,7 +393,7 @@ def status(state):
     rows = []
     for name, host in state["hosts"].items():
         fw = firmware_status(state, name)
-        power = fw.get("state", "?") if firmware_pid(state, name) else "off"
+        power = fw.get("state", "?") if firmware_pid(state, name) else ("halted" if fw.get("state") == "halted" else "off")
         rows.append((name, host["role"], f"room{host['room']}" if host["room"] else "core", host["address"],
                      power, fw.get("slot") or "-", str(fw.get("boots", 0))))
     return rows
