@@ -68,6 +68,13 @@ class LabHandle:
                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
         return json.loads(proc.stdout)
 
+    def testinfra(self, host):
+        """A testinfra host over SSH with the lab's key (its ansible:// backend with a local
+        connection would silently test the controller instead)."""
+        import testinfra
+        return testinfra.get_host(f"ssh://root@{self.address(host)}", ssh_identity_file=self.state["key"],
+                                  ssh_extra_args=" ".join(labmod.SSH_OPTIONS))
+
     def firmware(self, host):
         return labmod.firmware_status(self.state, host)
 
