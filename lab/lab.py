@@ -125,8 +125,9 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
                  "hosts": {}}
         save(state)
     try:
-        build(state, terminals)
-        print(f"lab {name} up: {terminals} terminals in {rooms} room(s) in {time.monotonic() - started:.1f} s",
+        phases = build(state, terminals)
+        print(f"lab {name} up: {terminals} terminals in {rooms} room(s) in {time.monotonic() - started:.1f} s "
+              f"({', '.join(f'{phase} {seconds:.1f} s' for phase, seconds in phases.items())})",
               file=log, flush=True)
         return state
     except BaseException:
@@ -139,7 +140,9 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
 
 
 def build(state, terminals):
+    """Network, hosts, disks, boot; returns how long each phase took."""
     prefix, number, directory = state["prefix"], state["number"], state["dir"]
+    phases, started = {}, time.monotonic()
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"p2pfleet-lab-{state['name']}", "-f", state["key"])
     shutil.copyfile(state["key"] + ".pub", os.path.join(directory, "authorized_keys"))
     os.chmod(os.path.join(directory, "authorized_keys"), 0o600)
@@ -161,6 +164,7 @@ def build(state, terminals):
             os.makedirs(os.path.join(directory, "hosts", name, sub))
     state["hosts"] = hosts
     save(state)
+    phases["network"], started = time.monotonic() - started, time.monotonic()
 
     release_1 = os.path.join(state["images"], "release-1.img")
 
@@ -176,10 +180,13 @@ def build(state, terminals):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(prepare, [n for n, h in hosts.items() if h["role"] == "terminal"]))
     save(state)
+    phases["disks"], started = time.monotonic() - started, time.monotonic()
     for name in hosts:
         power_on(state, name)
     wait_booted(state, list(hosts), BOOT_TIMEOUT)
+    phases["boot"] = time.monotonic() - started
     inventory.write(state, state["inventory"], WHEELHOUSE)
+    return phases
 
 
 def power_on(state, name):

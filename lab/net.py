@@ -152,10 +152,6 @@ def lab_namespaces(prefix):
             if line.startswith(prefix + "-")]
 
 
-def namespace_pids(netns):
-    return [int(p) for p in run("ip", "netns", "pids", netns, check=False).split()]
-
-
 def destroy(prefix, admin):
     """Delete the lab's namespaces (and with them every bridge, veth and qdisc inside)."""
     for netns in lab_namespaces(prefix):

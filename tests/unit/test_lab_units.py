@@ -5,7 +5,6 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT  # noqa: F401  (puts the repository root on sys.path for `lab`)
 from lab import inventory, lab, net
 from lab.disk import parse_size
 from lab.firmware import choose_entry, read_env
