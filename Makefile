@@ -2,14 +2,25 @@
 #   make demo   make a partition image, seed it, download it into a raw partition (loop devices)
 #   make test   the whole test suite (real libtorrent, real loop devices; needs root)
 #   make bench  throughput and start-up measurements, printed as a table
+#   make wheelhouse  the hosts' runtime wheels (requirements.txt) for offline installs, cached once
+#   make lab-up / lab-down  a demo virtual lab (docs/lab.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := util-linux fdisk e2fsprogs iproute2 kmod aria2 chromium
+APT_PACKAGES := util-linux fdisk e2fsprogs iproute2 kmod aria2 chromium \
+  debootstrap systemd-container grub-common gdisk openssh-client mount \
+  efibootmgr libubootenv-tool u-boot-tools
+# The hosts' Python (Debian 12: CPython 3.11, glibc 2.36) for the wheelhouse.
+WHEELHOUSE ?= $(or $(P2PFLEET_LAB_CACHE),/var/cache/p2pfleet-lab)/wheelhouse
+# pip takes the platform tags literally: every manylinux level up to glibc 2.36 is listed.
+ARCH := $(shell uname -m)
+HOST_WHEELS := --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+  --platform linux_$(ARCH) $(foreach t,manylinux1 manylinux2010 manylinux2014 \
+  $(foreach v,5 12 17 24 27 28 31 34 35 36,manylinux_2_$(v)),--platform $(t)_$(ARCH))
 
-.PHONY: deps venv demo test bench clean
+.PHONY: deps venv demo test bench wheelhouse lab-up lab-down clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -31,13 +42,26 @@ venv: deps $(STAMP)
 demo: venv
 	$(PY) lab/demo.py
 
-test: venv
+test: venv wheelhouse
 	$(PY) -m pytest tests
 
 bench: venv
 	$(PY) benchmarks/engine_throughput.py
 	$(PY) benchmarks/agent.py --size 512M
 	$(PY) benchmarks/tracker_load.py --peers 1000 --count 30000
+
+wheelhouse: venv
+	@stamp="$(WHEELHOUSE)/.requirements-$$(sha256sum requirements.txt | cut -c1-16)"; \
+	if [ ! -e "$$stamp" ]; then \
+	  mkdir -p "$(WHEELHOUSE)" && \
+	  $(PY) -m pip download -q $(HOST_WHEELS) -r requirements.txt -d "$(WHEELHOUSE)" && touch "$$stamp"; \
+	fi; echo "wheelhouse: $(WHEELHOUSE)"
+
+lab-up: venv
+	$(PY) -m lab --lab demo up --terminals 8 --rooms 2 --rate 100mbit --uplink 400mbit
+
+lab-down: venv
+	$(PY) -m lab --lab demo down
 
 clean:
 	rm -rf $(VENV) .pytest_cache

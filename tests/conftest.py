@@ -98,3 +98,38 @@ def run_cli(*args, timeout=120, check=False):
     if check and proc.returncode != 0:
         raise AssertionError(f"p2pfleet {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+# ---- the virtual lab (docs/lab.md): one lab per test session, shared by every module ----
+
+sys.path.insert(0, ROOT)
+LAB_TOOLS = ("debootstrap", "systemd-nspawn", "grub-editenv", "sgdisk", "ssh")
+
+
+def _lab_usable():
+    if os.geteuid() != 0:
+        return "the virtual lab needs root"
+    missing = [t for t in LAB_TOOLS if not shutil.which(t)]
+    return f"the virtual lab needs {', '.join(missing)} (make deps)" if missing else None
+
+
+LAB_SKIP_REASON = _lab_usable()
+needs_lab = pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")
+# The session lab: 1 server + 4 terminals in 2 rooms; links and uplinks capped so the rate tests
+# measure something (the caps are far above what the other tests send).
+SESSION_LAB = {"terminals": 4, "rooms": 2, "rate": "100mbit", "uplink": "150mbit", "slot_size": "1G"}
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """A running lab (LabHandle), brought up once per session and taken down at its end."""
+    if LAB_SKIP_REASON:
+        pytest.skip(LAB_SKIP_REASON)
+    from lab import lab as labmod
+    from lab_helpers import LabHandle
+    name = f"pytest{os.getpid()}"
+    state = labmod.up(name, **SESSION_LAB)
+    try:
+        yield LabHandle(state)
+    finally:
+        labmod.down(name)

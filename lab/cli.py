@@ -1,0 +1,79 @@
+"""``lab`` command line: up, status, ssh, reboot, flash, image, down (docs/lab.md)."""
+import argparse
+import os
+import signal
+import sys
+
+from . import lab
+from .sh import LabError
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="lab", description="A whole classroom of bootable terminals on this machine.")
+    p.add_argument("--lab", default=os.environ.get("P2PFLEET_LAB", "default"),
+                   help="lab name, so several labs coexist (default: $P2PFLEET_LAB or 'default')")
+    sub = p.add_subparsers(dest="command", required=True)
+    u = sub.add_parser("up", help="build the lab and boot every host")
+    u.add_argument("--terminals", type=int, default=4, help="number of terminals (default 4)")
+    u.add_argument("--rooms", type=int, default=1, help="rooms the terminals are split into (default 1)")
+    u.add_argument("--rate", default=None, help="cap of every host link, both ways, e.g. 100mbit (default: none)")
+    u.add_argument("--uplink", default=None, help="cap of each room's uplink, both ways (default: none)")
+    u.add_argument("--slot-size", default="1G", help="size of slots A and B (default 1G)")
+    sub.add_parser("status", help="hosts, addresses, power state, booted slot")
+    s = sub.add_parser("ssh", help="SSH into a host (or run a command there)")
+    s.add_argument("host")
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    r = sub.add_parser("reboot", help="reboot a host cleanly (ctrl-alt-del), or power it on")
+    r.add_argument("host")
+    f = sub.add_parser("flash", help="write an image into a terminal's inactive slot from outside")
+    f.add_argument("host")
+    f.add_argument("slot", help="A or B")
+    f.add_argument("image", help="image name on the server (release-2.img) or a path")
+    i = sub.add_parser("image", help="build a release image into the lab's image directory")
+    i.add_argument("release", help="release marker written to /etc/lab-release")
+    i.add_argument("--broken", action="store_true", help="an image that cannot boot (init fails)")
+    sub.add_parser("down", help="take the lab down, leaving nothing behind")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    # A terminated `lab up` must still tear down what it built: let SIGTERM unwind like ^C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return dispatch(args)
+    except LabError as error:
+        print(f"lab: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def dispatch(args):
+    if args.command == "up":
+        state = lab.up(args.lab, args.terminals, args.rooms, args.rate, args.uplink, args.slot_size)
+        print(f"inventory: {state['inventory']}")
+        return 0
+    if args.command == "down":
+        lab.down(args.lab)
+        print(f"lab {args.lab} is down")
+        return 0
+    state = lab.load(args.lab)
+    if args.command == "status":
+        print(f"lab {state['name']}: prefix {state['prefix']}, network {state['network']}, "
+              f"inventory {state['inventory']}")
+        rows = [("HOST", "ROLE", "ROOM", "ADDRESS", "POWER", "SLOT", "BOOTS")] + lab.status(state)
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    elif args.command == "ssh":
+        command = lab.ssh_command(state, args.host, *args.cmd)
+        os.execvp(command[0], command)
+    elif args.command == "reboot":
+        lab.reboot(state, args.host)
+    elif args.command == "flash":
+        lab.flash(state, args.host, args.slot, args.image)
+        print(f"{args.image} written into slot {args.slot} of {args.host}")
+    elif args.command == "image":
+        print(lab.build_image(state, args.release, args.broken))
+    return 0

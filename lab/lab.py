@@ -1,0 +1,407 @@
+"""Bringing a lab up and down, and talking to its hosts.
+
+A lab lives in ``LABS/<name>/``: ``state.json`` (what was built), the SSH key, the inventory,
+and per host ``hosts/<host>/`` (disk file, mount points, firmware log and status). Teardown
+does not trust the state file alone: it finds the lab's processes, mounts, loop devices and
+namespaces by the lab's directory and prefix, so a half-built lab comes down as cleanly as a
+whole one, and nothing of another lab or another user is touched.
+"""
+import concurrent.futures
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from . import disk, inventory, net, rootfs
+from .sh import LabError, run
+
+LABS = os.environ.get("P2PFLEET_LAB_DIR", "/var/lib/p2pfleet-lab")
+WHEELHOUSE = os.path.join(rootfs.CACHE, "wheelhouse")
+TOOLS = ("debootstrap", "systemd-nspawn", "grub-editenv", "sgdisk", "mkfs.ext4", "losetup",
+         "ip", "tc", "ssh", "ssh-keygen", "mount")
+BOOT_TIMEOUT = 180.0
+STOP_TIMEOUT = 30.0
+SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3")
+
+
+def check_name(name):
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", name or ""):
+        raise LabError(f"bad lab name {name!r}: 1-16 lower-case letters and digits, starting with a letter")
+    return name
+
+
+def lab_dir(name):
+    return os.path.join(LABS, check_name(name))
+
+
+def load(name):
+    try:
+        with open(os.path.join(lab_dir(name), "state.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise LabError(f"lab {name!r} is not up (lab up --lab {name})") from None
+
+
+def save(state):
+    tmp = os.path.join(state["dir"], "state.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1)
+    os.rename(tmp, os.path.join(state["dir"], "state.json"))
+
+
+def preflight():
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, loop devices, mounts)")
+    missing = [tool for tool in TOOLS if not shutil.which(tool)]
+    if missing:
+        raise LabError(f"missing tools: {', '.join(missing)} (make deps installs them)")
+
+
+def terminal_names(count):
+    width = max(2, len(str(count)))
+    return [f"t{i:0{width}d}" for i in range(1, count + 1)]
+
+
+def rooms_of(names, rooms):
+    """Split terminals into ``rooms`` contiguous, nearly equal groups: {name: room}."""
+    return {name: 1 + i * rooms // len(names) for i, name in enumerate(names)}
+
+
+def allocate_number():
+    """The lowest lab number no lab (ours or another checkout's) uses on this machine."""
+    used = set()
+    for entry in os.listdir(LABS):
+        try:
+            with open(os.path.join(LABS, entry, "state.json")) as f:
+                used.add(json.load(f)["number"])
+        except (OSError, ValueError, KeyError):
+            continue
+    for line in run("ip", "netns", "list").splitlines() + run("ip", "-o", "link", "show").splitlines():
+        used.update(int(n) for n in re.findall(r"\bpfl(\d\d)-", line))
+    for number in range(net.MAX_LABS):
+        if number not in used:
+            return number
+    raise LabError(f"all {net.MAX_LABS} lab numbers are in use (lab down an old lab)")
+
+
+def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=sys.stderr):
+    """Build the lab and boot every host; returns its state. On any failure, nothing is left."""
+    check_name(name)
+    if not 1 <= rooms <= net.MAX_ROOMS:
+        raise LabError(f"--rooms must be between 1 and {net.MAX_ROOMS}")
+    if not rooms <= terminals <= rooms * net.MAX_TERMINALS_PER_ROOM:
+        raise LabError(f"--terminals must be between --rooms ({rooms}) and {rooms * net.MAX_TERMINALS_PER_ROOM}")
+    rate_bits, uplink_bits, slot_bytes = net.parse_rate(rate), net.parse_rate(uplink), disk.parse_size(slot_size)
+    preflight()
+    if os.path.exists(lab_dir(name)):
+        raise LabError(f"lab {name!r} is already up (lab down --lab {name} first)")
+    net.prepare_host()
+    started = time.monotonic()
+    base = rootfs.base_rootfs(log)
+    disk.check_slot_size(base, slot_bytes)
+    images = disk.ensure_images(base, disk.images_dir(rootfs.CACHE, os.path.basename(base), slot_bytes), slot_bytes)
+
+    os.makedirs(LABS, exist_ok=True)
+    with open(os.path.join(LABS, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        directory = lab_dir(name)
+        if os.path.exists(directory):
+            raise LabError(f"lab {name!r} is already up (lab down --lab {name} first)")
+        number = allocate_number()
+        os.makedirs(os.path.join(directory, "hosts"))
+        prefix = f"pfl{number:02d}"
+        state = {"name": name, "number": number, "prefix": prefix, "dir": directory, "admin": f"{prefix}-admin",
+                 "network": str(net.lab_network(number)), "rootfs": base, "images": images,
+                 "rate": rate_bits, "uplink": uplink_bits, "rooms": rooms, "slot_size": slot_bytes,
+                 "key": os.path.join(directory, "id_ed25519"), "inventory": os.path.join(directory, "inventory.yml"),
+                 "hosts": {}}
+        save(state)
+    try:
+        phases = build(state, terminals)
+        print(f"lab {name} up: {terminals} terminals in {rooms} room(s) in {time.monotonic() - started:.1f} s "
+              f"({', '.join(f'{phase} {seconds:.1f} s' for phase, seconds in phases.items())})",
+              file=log, flush=True)
+        return state
+    except BaseException:
+        print(f"lab {name}: bring-up failed, tearing down", file=log, flush=True)
+        try:
+            down(name)
+        except Exception as error:           # the bring-up's own error is the one to report
+            print(f"lab {name}: teardown after the failure: {error}", file=log, flush=True)
+        raise
+
+
+def build(state, terminals):
+    """Network, hosts, disks, boot; returns how long each phase took."""
+    prefix, number, directory = state["prefix"], state["number"], state["dir"]
+    phases, started = {}, time.monotonic()
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"p2pfleet-lab-{state['name']}", "-f", state["key"])
+    shutil.copyfile(state["key"] + ".pub", os.path.join(directory, "authorized_keys"))
+    os.chmod(os.path.join(directory, "authorized_keys"), 0o600)
+    net.build(prefix, number, state["rooms"], state["uplink"], state["admin"])
+
+    names = terminal_names(terminals)
+    hosts = {"server": {"role": "server", "room": 0, "index": 10}}
+    per_room = {}
+    for name, room in rooms_of(names, state["rooms"]).items():
+        per_room[room] = per_room.get(room, 0) + 1
+        hosts[name] = {"role": "terminal", "room": room, "index": 10 + per_room[room]}
+    token = uuid.uuid4()                     # machine ids differ per host and per lab
+    for name, host in hosts.items():
+        host["netns"] = f"{prefix}-{name}"
+        host["uuid"] = str(uuid.uuid5(token, name))
+        host["address"] = net.add_host(prefix, number, name, host["room"], host["index"], state["rate"])
+        # mount points: the root, and either the server's overlay or a terminal's boot and state
+        for sub in ("root",) + (("boot", "state") if host["role"] == "terminal" else ("upper", "work")):
+            os.makedirs(os.path.join(directory, "hosts", name, sub))
+    state["hosts"] = hosts
+    save(state)
+    phases["network"], started = time.monotonic() - started, time.monotonic()
+
+    release_1 = os.path.join(state["images"], "release-1.img")
+
+    def prepare(name):
+        hostdir = os.path.join(directory, "hosts", name)
+        disk.make_disk(os.path.join(hostdir, "disk.img"), state["slot_size"])
+        parts = disk.attach(os.path.join(hostdir, "disk.img"))
+        hosts[name]["disk"] = parts
+        disk.format_boot(parts["boot"], os.path.join(hostdir, "boot"))
+        disk.format_state(parts["p2pfleet_state"], os.path.join(hostdir, "state"))
+        disk.write_image(release_1, parts["system_a"])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(prepare, [n for n, h in hosts.items() if h["role"] == "terminal"]))
+    save(state)
+    phases["disks"], started = time.monotonic() - started, time.monotonic()
+    for name in hosts:
+        power_on(state, name)
+    wait_booted(state, list(hosts), BOOT_TIMEOUT)
+    phases["boot"] = time.monotonic() - started
+    inventory.write(state, state["inventory"], WHEELHOUSE)
+    return phases
+
+
+def power_on(state, name):
+    hostdir = os.path.join(state["dir"], "hosts", name)
+    with open(os.path.join(hostdir, "firmware.log"), "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lab.firmware", state["dir"], name],
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    with open(os.path.join(hostdir, "firmware.pid"), "w") as f:
+        f.write(str(proc.pid))
+
+
+def firmware_pid(state, name):
+    """The pid of the host's firmware process, if it is alive and really ours."""
+    try:
+        pid = int(open(os.path.join(state["dir"], "hosts", name, "firmware.pid")).read())
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if state["dir"].encode() in cmdline and b"lab.firmware" in cmdline else None
+
+
+def firmware_status(state, name):
+    try:
+        with open(os.path.join(state["dir"], "hosts", name, "firmware.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def is_up(state):
+    """The lab's admin link exists: only then may the controller send to lab addresses."""
+    return bool(run("ip", "link", "show", "dev", state["admin"], check=False))
+
+
+def ssh_command(state, name, *command):
+    host = state["hosts"].get(name)
+    if host is None:
+        raise LabError(f"no host {name!r} in lab {state['name']} (hosts: {', '.join(state['hosts'])})")
+    if not is_up(state):
+        raise LabError(f"lab {state['name']} has no network (its admin link {state['admin']} is gone)")
+    return ["ssh", "-i", state["key"], *SSH_OPTIONS, f"root@{host['address']}", *command]
+
+
+def ssh(state, name, *command, timeout=60, stdin=None):
+    """Run a command in a lab host over SSH; ``stdin`` is a file (or None for none)."""
+    return subprocess.run(ssh_command(state, name, *command), stdin=stdin if stdin else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def wait_booted(state, names, timeout):
+    """Wait until every host's systemd finished booting and answers over SSH, or fail naming them."""
+    deadline = time.monotonic() + timeout
+
+    def wait(name):
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                proc = ssh(state, name, "systemctl", "is-system-running", "--wait", timeout=30)
+                last = (proc.stdout + proc.stderr).strip()
+                if proc.stdout.strip() in ("running", "degraded"):
+                    return None
+            except subprocess.TimeoutExpired:
+                last = "ssh timed out"
+            time.sleep(0.5)
+        return f"{name} ({firmware_status(state, name).get('state', 'no firmware')}: {last or 'no answer'})"
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
+        late = [r for r in pool.map(wait, names) if r]
+    if late:
+        raise LabError(f"not booted within {timeout:.0f} s: {', '.join(late)}")
+
+
+def reboot(state, name):
+    """Ctrl-alt-del for a running host; power on a host that is off."""
+    if name not in state["hosts"]:
+        raise LabError(f"no host {name!r} in lab {state['name']} (hosts: {', '.join(state['hosts'])})")
+    pid = firmware_pid(state, name)
+    if pid:
+        os.kill(pid, signal.SIGHUP)
+    else:
+        power_on(state, name)
+
+
+def flash(state, name, slot, image):
+    """Write an image into a terminal's slot from outside, like a technician with a USB stick."""
+    host = state["hosts"].get(name)
+    if not host or host["role"] != "terminal":
+        raise LabError(f"{name!r} is not a terminal of lab {state['name']}")
+    if slot not in disk.SLOT_LABELS:
+        raise LabError(f"bad slot {slot!r}: A or B")
+    path = image if os.sep in image else os.path.join(state["images"], image)
+    if not os.path.isfile(path):
+        raise LabError(f"no image {path}")
+    device = host["disk"][disk.SLOT_LABELS[slot]]
+    if device in mounted_devices():
+        raise LabError(f"slot {slot} of {name} is the running root file system: not written")
+    disk.write_image(path, device)
+
+
+def mounted_devices():
+    return {line.split()[0] for line in open("/proc/self/mounts")}
+
+
+def build_image(state, release, broken=False):
+    name = "broken.img" if broken else f"release-{release}.img"
+    return disk.build_image(state["rootfs"], os.path.join(state["images"], name), release, state["slot_size"], broken)
+
+
+def down(name):
+    """Take the lab down: every process, mount, loop device, namespace and file of it.
+
+    First a clean poweroff of every host; then whatever of the lab still runs is killed (a
+    host caught half-way through its boot, say), so that no mount stays busy; then mounts,
+    loop devices and namespaces go. What still remains after that is named in the error.
+    """
+    directory = lab_dir(name)
+    if not os.path.isdir(directory):
+        raise LabError(f"lab {name!r} is not up")
+    try:
+        with open(os.path.join(directory, "state.json")) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        state = None
+    prefix = state["prefix"] if state else None
+    if state:
+        stop_hosts(state)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while (pids := lab_processes(directory, prefix)) and time.monotonic() < deadline:
+        for pid in pids:
+            kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    for mountpoint in reversed(mounts_under(directory)):
+        if subprocess.run(["umount", mountpoint], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", mountpoint], capture_output=True)
+    for device in disk.loops_backed_by(directory):
+        run("losetup", "-d", device, check=False)
+    # a loop device still in use when detached goes when its last user does: wait for that
+    while disk.loops_backed_by(directory) and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
+    if state:
+        net.destroy(prefix, state["admin"])
+        for machine in glob.glob(f"/run/systemd/nspawn/propagate/{prefix}-*"):   # left by a killed nspawn
+            shutil.rmtree(machine, ignore_errors=True)
+    left = [f"process {pid}" for pid in lab_processes(directory, prefix)] + mounts_under(directory) + \
+        disk.loops_backed_by(directory) + (net.lab_namespaces(prefix) if prefix else [])
+    shutil.rmtree(directory)
+    if left:
+        raise LabError(f"lab {name} is down but left behind: {', '.join(left)}")
+
+
+def stop_hosts(state):
+    """SIGTERM every firmware: a clean poweroff of its host; wait for them (bounded).
+
+    The signal is repeated each second: a host still starting (nspawn not yet listening)
+    misses the first one.
+    """
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        pids = [pid for pid in (firmware_pid(state, name) for name in state["hosts"]) if pid]
+        if not pids:
+            return
+        for pid in pids:
+            kill(pid, signal.SIGTERM)
+        time.sleep(1.0)
+
+
+def lab_processes(directory, prefix):
+    """Pids of the lab: firmware and nspawn (the lab's directory is in their command line) and
+    everything inside its hosts (in one of its network namespaces)."""
+    namespaces = set()
+    for netns in net.lab_namespaces(prefix) if prefix else []:
+        try:
+            namespaces.add(os.stat(f"/run/netns/{netns}").st_ino)
+        except OSError:
+            pass
+    marker = directory.rstrip("/").encode() + b"/"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            in_lab_netns = os.stat(f"/proc/{entry}/ns/net").st_ino in namespaces
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                in_lab_dir = marker in f.read()
+        except OSError:
+            continue
+        if in_lab_netns or in_lab_dir:
+            pids.append(int(entry))
+    return pids
+
+
+def kill(pid, sig):
+    """Signal a process that may have exited in the meantime."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def mounts_under(directory):
+    prefix = directory.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def status(state):
+    """Rows for ``lab status``: host, role, room, address, power state, booted slot, boots."""
+    rows = []
+    for name, host in state["hosts"].items():
+        fw = firmware_status(state, name)
+        power = fw.get("state", "?") if firmware_pid(state, name) else ("halted" if fw.get("state") == "halted" else "off")
+        rows.append((name, host["role"], f"room{host['room']}" if host["room"] else "core", host["address"],
+                     power, fw.get("slot") or "-", str(fw.get("boots", 0))))
+    return rows
+
