@@ -168,3 +168,57 @@ def test_slot_info_finds_slots_by_label_and_refuses_what_does_not_match(collecti
         assert info["booted"]["name"] == "A" and info["inactive"]["name"] == "B", info
         refused({"slots": running, "target": "A"}, "holds the running root file system")
         assert not run_module(collections, "slot_info", {"slots": running, "target": "B"})["failed"]
+
+
+@needs_loop
+def test_image_verify_passes_an_identical_slot_and_counts_wrong_pieces(collections, tmp_path, image_factory,
+                                                                      loop_factory):
+    size = 8 * MIB
+    image = image_factory(size, seed=54, name="release.img")
+    manifest = run_module(collections, "image_manifest", {"image": image, "dest": str(tmp_path),
+                                                          "piece_size": "1M"})["manifest"]
+    slot = loop_factory(size, fill=image)
+    args = {"manifest": manifest, "target": slot}
+    for check in (False, True):
+        ok = run_module(collections, "image_verify", args, check=check)
+        assert ok["verified"] is True and ok["changed"] is False and ok["bytes"] == size, ok
+    with open(slot, "r+b") as f:
+        for piece in (2, 6):
+            f.seek(piece * MIB + 100)
+            f.write(b"\xa5" * 8)
+    wrong = run_module(collections, "image_verify", args)
+    assert wrong["failed"] and wrong["verified"] is False, wrong
+    assert wrong["bad_pieces"] == 2 and wrong["first_bad_pieces"] == [2, 6], wrong
+    assert "2 of 8 pieces are wrong" in wrong["msg"]
+    shorter = run_module(collections, "image_verify", {"manifest": manifest, "target": loop_factory(4 * MIB)})
+    assert shorter["failed"] and "expected" in shorter["msg"], shorter
+
+
+def test_boot_slot_next_confirm_reject_with_check_and_diff(collections, tmp_path):
+    grubenv = tmp_path / "grub" / "grubenv"
+    grubenv.parent.mkdir()
+    subprocess.run(["grub-editenv", str(grubenv), "create"], check=True)
+    slots = [{"name": "A", "boot_entry": "A"}, {"name": "B", "boot_entry": "B"}]
+
+    def call(state, slot="B", check=False):
+        return run_module(collections, "boot_slot", {"slot": slot, "slots": slots, "state": state,
+                                                     "backend": "grub", "grubenv": str(grubenv)},
+                          check=check, diff=True)
+
+    assert call("confirmed", "A")["changed"] is True
+    predicted = call("next", check=True)
+    assert predicted["changed"] is True and predicted["after"]["pending"] == "B", predicted
+    assert "next_entry" not in grubenv.read_text(), "check mode wrote the environment block"
+    tried = call("next")
+    assert tried["changed"] is True and tried["before"]["pending"] is None and tried["after"]["pending"] == "B"
+    assert "next_entry=B" in grubenv.read_text()
+    assert call("next")["changed"] is False and call("next", check=True)["changed"] is False
+
+    confirmed = call("confirmed")
+    assert confirmed["changed"] is True and confirmed["after"] == {"backend": "grub", "default": "B",
+                                                                   "pending": None, "current": None}, confirmed
+    assert call("confirmed")["changed"] is False and call("confirmed", check=True)["changed"] is False
+    refused = call("rejected")
+    assert refused["failed"] and "is the confirmed default" in refused["msg"], refused
+    unknown = call("next", slot="C")
+    assert unknown["failed"] and "'C' is not one of the slots (A, B)" in unknown["msg"], unknown

@@ -9,6 +9,9 @@ Every backend offers the same four calls on a slot's *boot entry*:
 * ``confirm(e)``   — make ``e`` the default (and drop any pending one-shot);
 * ``reject(e)``    — drop a pending one-shot of ``e``; refused for the confirmed default.
 
+Each change takes ``dry_run`` and then only says whether it would change anything (check
+mode).
+
 So a switch is: ``try_next(new)``, reboot, check health, ``confirm(new)``. Nothing here
 can leave a terminal without a bootable default.
 
@@ -56,6 +59,14 @@ def _run(cmd, what, env=None) -> str:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise BootError(f"{' '.join(cmd[:2])}… failed to {what}: {detail[-1] if detail else proc.returncode}")
     return proc.stdout
+
+
+def _apply(steps, dry_run) -> bool:
+    """Run the steps a change needs (none in a dry run); whether there were any."""
+    if not dry_run:
+        for step in steps:
+            step()
+    return bool(steps)
 
 
 def _entry(entry) -> str:
@@ -123,36 +134,34 @@ class GrubBackend:
         return BootState(self.name, default=env.get("saved_entry") or self._file_default(),
                          pending=env.get("next_entry") or None)
 
-    def try_next(self, entry) -> bool:
+    def try_next(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         if self.query().pending == entry:
             return False
-        self._editenv("set", f"next_entry={entry}")
+        if not dry_run:
+            self._editenv("set", f"next_entry={entry}")
         return True
 
-    def confirm(self, entry) -> bool:
+    def confirm(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         state = self.query()
-        changed = False
+        steps = []
         if self._file_default() != entry:
-            write_atomic(self.default_cfg, f'set p2pfleet_default="{entry}"\n'.encode(), error=BootError)
-            changed = True
-        if state.default != entry or self._env().get("saved_entry") != entry:
-            self._editenv("set", f"saved_entry={entry}")
-            changed = True
+            steps.append(lambda: write_atomic(self.default_cfg, f'set p2pfleet_default="{entry}"\n'.encode(),
+                                              error=BootError))
+        if self._env().get("saved_entry") != entry:
+            steps.append(lambda: self._editenv("set", f"saved_entry={entry}"))
         if state.pending:
-            self._editenv("unset", "next_entry")
-            changed = True
-        return changed
+            steps.append(lambda: self._editenv("unset", "next_entry"))
+        return _apply(steps, dry_run)
 
-    def reject(self, entry) -> bool:
+    def reject(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         state = self.query()
         if state.default == entry:
             raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
         if state.pending == entry:
-            self._editenv("unset", "next_entry")
-            return True
+            return _apply([lambda: self._editenv("unset", "next_entry")], dry_run)
         return False
 
 
@@ -204,37 +213,33 @@ class EfiBackend:
                          pending=self._label(info, (info.get("BootNext") or "").upper() or None),
                          current=self._label(info, (info.get("BootCurrent") or "").upper() or None))
 
-    def try_next(self, entry) -> bool:
+    def try_next(self, entry, dry_run=False) -> bool:
         info = self._state()
         number = self._number(info, entry)
         if (info.get("BootNext") or "").upper() == number:
             return False
-        _run([self.cmd, "--bootnext", number], "set BootNext", self.env)
-        return True
+        return _apply([lambda: _run([self.cmd, "--bootnext", number], "set BootNext", self.env)], dry_run)
 
-    def confirm(self, entry) -> bool:
+    def confirm(self, entry, dry_run=False) -> bool:
         info = self._state()
         number = self._number(info, entry)
         order = [n.upper() for n in info.get("BootOrder", "").split(",") if n]
-        changed = False
+        steps = []
         if not order or order[0] != number:
-            _run([self.cmd, "--bootorder", ",".join([number] + [n for n in order if n != number])],
-                 "set BootOrder", self.env)
-            changed = True
+            new_order = ",".join([number] + [n for n in order if n != number])
+            steps.append(lambda: _run([self.cmd, "--bootorder", new_order], "set BootOrder", self.env))
         if info.get("BootNext"):
-            _run([self.cmd, "--delete-bootnext"], "delete BootNext", self.env)
-            changed = True
-        return changed
+            steps.append(lambda: _run([self.cmd, "--delete-bootnext"], "delete BootNext", self.env))
+        return _apply(steps, dry_run)
 
-    def reject(self, entry) -> bool:
+    def reject(self, entry, dry_run=False) -> bool:
         info = self._state()
         number = self._number(info, entry)
         order = [n.upper() for n in info.get("BootOrder", "").split(",") if n]
         if order and order[0] == number:
             raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
         if (info.get("BootNext") or "").upper() == number:
-            _run([self.cmd, "--delete-bootnext"], "delete BootNext", self.env)
-            return True
+            return _apply([lambda: _run([self.cmd, "--delete-bootnext"], "delete BootNext", self.env)], dry_run)
         return False
 
 
@@ -266,33 +271,29 @@ class UBootBackend:
         env = self._env()
         return BootState(self.name, default=env.get(self.DEFAULT) or None, pending=env.get(self.NEXT) or None)
 
-    def try_next(self, entry) -> bool:
+    def try_next(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         if self.query().pending == entry:
             return False
-        self._set(self.NEXT, entry)
-        return True
+        return _apply([lambda: self._set(self.NEXT, entry)], dry_run)
 
-    def confirm(self, entry) -> bool:
+    def confirm(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         state = self.query()
-        changed = False
+        steps = []
         if state.default != entry:
-            self._set(self.DEFAULT, entry)
-            changed = True
+            steps.append(lambda: self._set(self.DEFAULT, entry))
         if state.pending:
-            self._set(self.NEXT)
-            changed = True
-        return changed
+            steps.append(lambda: self._set(self.NEXT))
+        return _apply(steps, dry_run)
 
-    def reject(self, entry) -> bool:
+    def reject(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         state = self.query()
         if state.default == entry:
             raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
         if state.pending == entry:
-            self._set(self.NEXT)
-            return True
+            return _apply([lambda: self._set(self.NEXT)], dry_run)
         return False
 
 
