@@ -101,3 +101,12 @@ def test_detect_and_unknown_backends(tmp_path):
     with pytest.raises(BootError, match="unknown boot backend 'lilo'"):
         boot.backend("lilo")
     assert boot.parse_grub_env("") == {} and boot.parse_grub_env("garbage") == {}
+
+
+def test_grub_recreates_an_emptied_block_when_it_must_write(tmp_path):
+    backend = grub(tmp_path)
+    backend.confirm("B")
+    open(backend.grubenv, "w").close()
+    assert backend.try_next("A") is True
+    assert boot.read_grub_env(backend.grubenv)["next_entry"] == "A"
+    assert os.path.getsize(backend.grubenv) == boot.GRUBENV_SIZE

@@ -117,9 +117,21 @@ class GrubBackend:
         return read_grub_env(self.grubenv) if os.path.exists(self.grubenv) else {}
 
     def _editenv(self, *args) -> None:
-        if not os.path.exists(self.grubenv):
+        if not self._block_intact():
+            # Missing, or emptied by a power cut: start a fresh block; the default file
+            # still says which slot is confirmed.
+            if os.path.exists(self.grubenv):
+                os.unlink(self.grubenv)
             _run(["grub-editenv", self.grubenv, "create"], "create the GRUB environment block")
         _run(["grub-editenv", self.grubenv, *args], "change the GRUB environment block")
+
+    def _block_intact(self) -> bool:
+        try:
+            with open(self.grubenv, "rb") as f:
+                head = f.read(GRUBENV_SIZE + 1)
+        except OSError:
+            return False
+        return len(head) == GRUBENV_SIZE and head.startswith(GRUBENV_HEADER.encode())
 
     def _file_default(self):
         try:
