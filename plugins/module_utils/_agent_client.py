@@ -42,7 +42,7 @@ class _UnixConnection(http.client.HTTPConnection):
 class AgentClient:
     """One method per API call of the agent; each returns the decoded JSON answer."""
 
-    def __init__(self, socket_path=DEFAULT_SOCKET, timeout=60.0):
+    def __init__(self, socket_path=DEFAULT_SOCKET, timeout=180.0):
         self.socket_path = socket_path
         self.timeout = timeout
 
@@ -62,7 +62,7 @@ class AgentClient:
             raise AgentError(f"{self.socket_path}: the agent is not listening (stale socket)") from None
         except socket.timeout:
             raise AgentError(f"{self.socket_path}: the agent did not answer within {self.timeout:g} s") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             raise AgentError(f"{self.socket_path}: cannot talk to the agent: {exc}") from None
         finally:
             conn.close()
@@ -71,6 +71,8 @@ class AgentClient:
         except ValueError:
             raise AgentError(f"the agent answered {response.status} with a body that is not JSON",
                              response.status) from None
+        if not isinstance(data, dict):
+            raise AgentError(f"the agent answered {response.status} with JSON that is not an object", response.status)
         if response.status >= 400:
             raise AgentError(data.get("error") or f"the agent answered {response.status}", response.status)
         return data

@@ -232,3 +232,26 @@ def test_a_second_agent_on_the_same_socket_is_refused_and_a_bad_config_names_its
     proc = run_cli("agent", "--config", bad, timeout=30)
     assert proc.returncode == 1 and "allowed_networks: 'not-a-net' is not an IP network" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bad_requests_get_one_line_and_the_agent_keeps_serving(tmp_path, image_factory, manifest_of, agents):
+    image = image_factory(4 * MIB, seed=31)
+    manifest = manifest_of(image)
+    agent = new_agent(agents, tmp_path)
+    cases = [
+        (lambda: agent.client.put_fetch(manifest, str(tmp_path / "t.img"), peers=["seeder.lab:6881"]), 400,
+         "must be IP:PORT"),
+        (lambda: agent.client.put_fetch(manifest, str(tmp_path / "t\0.img"), peers=["127.0.0.1:1"]), 400,
+         "must be an absolute path"),
+        (lambda: agent.client.put_seed(manifest + "\0", image), 400, "must be an absolute path"),
+        (lambda: agent.client.job("not-a-hash"), 400, "40 hex digits"),
+        (lambda: agent.client.stop("0" * 40), 404, "no job"),
+    ]
+    for call, status, words in cases:
+        with pytest.raises(AgentError) as err:
+            call()
+        assert err.value.status == status and words in str(err.value), (status, str(err.value))
+    assert not (tmp_path / "t.img").exists()
+    # The loop survived: a good job still works.
+    assert agent.client.put_seed(manifest, image)["job"]["state"] in ("checking", "seeding")
+    assert "Traceback" not in agent.log()

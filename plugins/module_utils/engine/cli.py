@@ -16,7 +16,7 @@ from .errors import P2PFleetError, StateError, SwarmError, VerifyError
 from .files import ensure_private_dir
 from .image import claim_target
 from .jobs import JobStore
-from .net import parse_endpoint
+from .net import parse_peer
 from .session import Session, SessionSettings, own_files
 
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet/state" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/p2pfleet")
@@ -136,7 +136,7 @@ def cmd_manifest(args) -> int:
 
 
 def _endpoints(values):
-    return [parse_endpoint(v, default_host="127.0.0.1", error=SwarmError) for v in values or []]
+    return [parse_peer(v, error=SwarmError) for v in values or []]
 
 
 def _settings(args) -> SessionSettings:
@@ -217,7 +217,7 @@ def cmd_fetch(args) -> int:
         job_id = snap.id
         if snap.warning:
             rep.message(f"warning: {snap.warning}")
-        done = {jobs.VERIFIED, jobs.SEEDING, jobs.STALLED, jobs.STOPPED}
+        done = {jobs.VERIFIED, jobs.SEEDING, jobs.STALLED, jobs.STOPPED}  # STOPPED: by someone else
         repairs = 0
         while True:
             snap = _follow(session, job_id, rep, lambda s: s.state in done or s.repair_round > repairs)
@@ -226,6 +226,8 @@ def cmd_fetch(args) -> int:
                 rep.message(f"{snap.bad_pieces} pieces are wrong on {snap.path}; fetching them again")
                 continue
             break
+        if snap.state == jobs.STOPPED:
+            raise SwarmError(f"the fetch of {manifest.name} was stopped before it was verified")
         if snap.state == jobs.STALLED:
             session.stop(job_id)
             why = f" (tracker: {snap.tracker_error})" if snap.tracker_error else ""

@@ -251,12 +251,6 @@ class Job:
             claim.release()
         self.claims = []
 
-    def sync_claims(self) -> None:
-        """Make everything written through the claims visible and durable on the target."""
-        for claim in self.claims:
-            if hasattr(claim, "sync"):
-                claim.sync()
-
     def snapshot(self, now: float) -> JobSnapshot:
         st = self.status
         done, total, peers, seeds = self.last_done, 0, 0, 0
@@ -321,9 +315,13 @@ class FetchJob(Job):
                 raise Cancelled()
             self.verify_done = done
 
+        claims = list(self.claims)  # the loop may release them while this thread reads
+
         def work():
             try:
-                self.sync_claims()
+                for claim in claims:
+                    if hasattr(claim, "sync"):
+                        claim.sync()
                 result = verify_module.verify_target(self.manifest, self.path, progress=progress)
                 self.worker_result = ("verified", f"{result.algorithm}:{result.value}")
             except VerifyError as exc:
@@ -332,14 +330,20 @@ class FetchJob(Job):
                     self.worker_result = ("wrong", bad, str(exc))
                 except Cancelled:
                     self.worker_result = ("cancelled",)
-                except P2PFleetError as inner:
-                    self.worker_result = ("error", str(inner))
+                except Exception as inner:  # any failure must reach the loop, or the job hangs
+                    self.worker_result = ("error", _one_line(inner, self.path))
             except Cancelled:
                 self.worker_result = ("cancelled",)
-            except P2PFleetError as exc:
-                self.worker_result = ("error", str(exc))
-            except OSError as exc:
-                self.worker_result = ("error", f"{self.path}: {exc.strerror}")
+            except Exception as exc:  # any failure must reach the loop, or the job hangs
+                self.worker_result = ("error", _one_line(exc, self.path))
 
         self.worker = threading.Thread(target=work, name=f"p2pfleet-verify-{self.id[:8]}", daemon=True)
         self.worker.start()
+
+
+def _one_line(exc, path) -> str:
+    if isinstance(exc, P2PFleetError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{path}: {exc.strerror or exc}"
+    return f"{path}: {type(exc).__name__}: {exc}"

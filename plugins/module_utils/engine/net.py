@@ -19,6 +19,19 @@ def parse_endpoint(text, default_host: str = "0.0.0.0", error=P2PFleetError) -> 
     return host, number
 
 
+def parse_peer(text, error=P2PFleetError) -> tuple:
+    """A peer to dial, ``IP:PORT`` or ``[V6]:PORT``: an address, not a name (libtorrent
+    dials addresses only; a name here would be a typo or a DNS dependency in the lab)."""
+    host, port = parse_endpoint(text, default_host="127.0.0.1", error=error)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise error(f"peer {text!r}: must be IP:PORT (or [IPv6]:PORT), not a host name") from None
+    if not 0 < port:
+        raise error(f"peer {text!r}: port out of range")
+    return host, port
+
+
 def format_endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

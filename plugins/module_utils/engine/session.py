@@ -206,11 +206,21 @@ class Session:
 
     def jobs(self) -> list:
         with self._cond:
+            self._raise_if_crashed()
             return list(self._published.values())
 
     def job(self, job_id):
         with self._cond:
+            self._raise_if_crashed()
             return self._published.get(job_id)
+
+    @property
+    def crashed(self):
+        return self._crash
+
+    def _raise_if_crashed(self):
+        if self._crash is not None:
+            raise SwarmError(f"the session loop stopped: {self._crash}")
 
     def wait_for(self, predicate, timeout: float, what: str = "the session") -> dict:
         """Block until ``predicate(snapshots by id)`` holds; SwarmError after ``timeout``."""
@@ -225,6 +235,7 @@ class Session:
     def wait_change(self, timeout: float) -> None:
         """Sleep until the loop publishes again (or ``timeout``)."""
         with self._cond:
+            self._raise_if_crashed()
             self._cond.wait(timeout)
 
     def close(self, timeout: float = 60.0) -> None:
@@ -265,7 +276,7 @@ class Session:
                 self._lt.wait_for_alert(100)
                 self._run_commands()
                 for alert in self._lt.pop_alerts():
-                    self._dispatch(alert)
+                    self._guarded(self._dispatch, alert)
                 now = time.monotonic()
                 if now - self._last_update >= UPDATE_INTERVAL:
                     self._last_update = now
@@ -275,7 +286,7 @@ class Session:
                                                             job.status.total_payload_upload)
                     self._lt.post_torrent_updates()
                 for job in list(self._jobs.values()):
-                    self._step(job, now)
+                    self._guarded(self._step, job, now, job=job)
                 self._publish()
                 if self._closing and not any(j.handle is not None or j.awaiting for j in self._jobs.values()):
                     return
@@ -305,6 +316,36 @@ class Session:
             except OSError as exc:
                 where = f"{exc.filename}: " if exc.filename else ""
                 future.set_exception(SwarmError(f"{where}{exc.strerror or exc}"))
+            except (ValueError, TypeError, RuntimeError) as exc:
+                # Input no check foresaw (a NUL in a path, an address libtorrent refuses):
+                # the caller gets one line, the loop and the other jobs go on.
+                log.exception("command %s failed", getattr(fn, "__name__", fn))
+                future.set_exception(SwarmError(f"{type(exc).__name__}: {exc}"))
+
+    def _guarded(self, fn, *args, job=None) -> None:
+        """Run one step of the loop; a job whose step raises fails alone, with the reason."""
+        if job is None and args and isinstance(args[0], lt.alert):
+            job = self._job_for_any(args[0])
+        try:
+            fn(*args)
+        except (P2PFleetError, OSError, ValueError, TypeError, RuntimeError) as exc:
+            log.exception("job step failed")
+            if job is None:
+                return
+            message = str(exc) if isinstance(exc, P2PFleetError) else f"{type(exc).__name__}: {exc}"
+            job.awaiting = None
+            job.stopping = None
+            if job.handle is not None:
+                try:
+                    if job.handle.is_valid():
+                        self._lt.remove_torrent(job.handle)
+                except RuntimeError:
+                    pass
+                job.handle = None
+            job.status = None
+            job.release_claims()
+            job.set_state(J.FAILED, message)
+            self._record(job)
 
     def _publish(self) -> None:
         now = time.monotonic()
@@ -324,6 +365,13 @@ class Session:
             job.warning = str(exc)
 
     # -- alerts ------------------------------------------------------------------------
+    def _job_for_any(self, alert):
+        handle = getattr(alert, "handle", None)
+        try:
+            return self._jobs.get(str(handle.info_hashes().v1)) if handle is not None else None
+        except RuntimeError:
+            return None
+
     def _job_of(self, alert):
         handle = getattr(alert, "handle", None)
         if handle is None or not handle.is_valid():
@@ -340,7 +388,7 @@ class Session:
             return
         if isinstance(alert, lt.torrent_removed_alert):
             job = self._jobs.get(str(alert.info_hashes.v1))
-            if job is not None and job.awaiting and job.awaiting[0] == "remove":
+            if job is not None and job.awaiting and job.awaiting[0] == "remove" and alert.handle == job.handle:
                 self._resolve(job)
             return
         if isinstance(alert, lt.peer_blocked_alert):
@@ -388,7 +436,7 @@ class Session:
     # -- asynchronous steps, matched to their job ------------------------------------
     def _save(self, job, flush=False, then=None) -> None:
         """Ask for the job's resume data; ``then()`` once every save in flight is answered."""
-        if job.handle is None or not job.handle.is_valid():
+        if job.handle is None or not job.handle.is_valid() or (job.awaiting and job.awaiting[0] == "remove"):
             if then:
                 then()
             return
@@ -407,6 +455,14 @@ class Session:
 
     def _remove(self, job, then) -> None:
         """Take the job's torrent out of the session; ``then()`` once libtorrent says so."""
+        if job.awaiting and job.awaiting[0] == "remove":
+            # Already on its way out (a repair round): finish with the new continuation.
+            job.awaiting = ("remove", job.awaiting[1], then)
+            return
+        if job.handle is None or not job.handle.is_valid():
+            job.status = None
+            then()
+            return
         try:
             st = job.handle.status()
             job.last_done = st.total_wanted_done
@@ -496,8 +552,12 @@ class Session:
                 self._flush(job)
         elif job.state == J.VERIFYING and job.worker_result is not None:
             self._verified(job, job.worker_result)
+        elif job.state == J.VERIFYING and job.worker is not None and not job.worker.is_alive():
+            self._fail(job, f"{job.path}: the verify pass ended without a result")
 
     def _flush(self, job) -> None:
+        if job.stopping is not None or job.awaiting or job.state not in (J.DOWNLOADING, J.STALLED):
+            return  # being stopped, or already on its way: the stop's own save comes first
         job.set_state(J.FLUSHING)
         self._record(job)
 
@@ -577,9 +637,15 @@ class Session:
         except RuntimeError as exc:
             raise SwarmError(f"libtorrent cannot add {job.manifest.name}: {exc}") from None
         job.status = None
+        job.saves_in_flight = 0
         job.rates.reset()
         job.last_progress = (-1, time.monotonic())
-        self._connect_peers(job)
+        try:
+            self._connect_peers(job)
+        except (RuntimeError, TypeError) as exc:
+            self._lt.remove_torrent(job.handle)
+            job.handle = None
+            raise SwarmError(f"cannot connect to the peers of {job.manifest.name}: {exc}") from None
         self._lt.post_torrent_updates()  # the new job's first status now, not a tick later
 
     def _connect_peers(self, job) -> None:
@@ -592,6 +658,8 @@ class Session:
         job = self._jobs.get(manifest.info_hash)
         if job is None:
             return None
+        if job.stopping is not None:
+            raise JobConflict(f"the {job.action} job of {manifest.name} is being stopped; put it again in a moment")
         if job.action != action or os.path.abspath(job.path) != path:
             raise JobConflict(
                 f"image {manifest.name} ({manifest.info_hash[:12]}) already has a {job.action} job on this host, "
@@ -751,7 +819,7 @@ class Session:
             try:
                 manifest = Manifest.load(self.store.path(ih, ".manifest.json"))
                 job = self._job_from_record(manifest, record)
-            except (P2PFleetError, KeyError, TypeError, ValueError) as exc:
+            except (P2PFleetError, KeyError, TypeError, ValueError, OSError) as exc:
                 log.error("job %s: record cannot be taken up: %s", ih, exc)
                 continue
             self._jobs[ih] = job
@@ -768,9 +836,14 @@ class Session:
                     else:
                         self._start_seed(job)
                     log.info("resumed %s job of %s on %s", job.action, manifest.name, job.path)
-                except P2PFleetError as exc:
+                    self._record(job)
+                except (P2PFleetError, OSError, ValueError, TypeError, RuntimeError) as exc:
+                    # Shown as failed, but the record keeps its state: the next start (or
+                    # the same job put again) tries again; a slot may come back.
+                    log.error("job %s (%s on %s) cannot resume: %s", ih[:12], job.action, job.path, exc)
+                    job.release_claims()
+                    job.handle = None
                     job.set_state(J.FAILED, f"cannot resume: {exc}")
-                self._record(job)
             resumed.append(job.snapshot(time.monotonic()))
         return resumed
 

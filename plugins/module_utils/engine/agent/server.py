@@ -25,7 +25,7 @@ from aiohttp import web
 from ..errors import JobConflict, P2PFleetError
 from ..jobs import JobStore
 from ..metainfo import Manifest
-from ..net import parse_endpoint
+from ..net import parse_peer
 from ..session import Session, SessionSettings
 from . import config as agent_config
 
@@ -71,6 +71,7 @@ class Agent:
         return _json({"jobs": [s.as_dict() for s in sorted(self.session.jobs(), key=lambda s: s.name)]})
 
     async def get_job(self, request):
+        _job_id(request)
         snap = self.session.job(request.match_info["id"])
         if snap is None:
             return _error(404, f"no job {request.match_info['id']} on this host")
@@ -84,7 +85,7 @@ class Agent:
         action = body.get("action")
         manifest = Manifest.load(_path(body, "manifest"))
         trackers = self.config.announce_urls(_list(body, "trackers", str))
-        peers = [parse_endpoint(p, default_host="127.0.0.1", error=BadRequest) for p in _list(body, "peers", str)]
+        peers = [parse_peer(p, error=BadRequest) for p in _list(body, "peers", str)]
         if action == "fetch":
             if "image" in body or "super_seeding" in body:
                 raise BadRequest("image, super_seeding: only for action seed")
@@ -106,15 +107,17 @@ class Agent:
         return _json({"changed": changed, "job": snap.as_dict()})
 
     async def stop_job(self, request):
-        job_id = request.match_info["id"]
+        job_id = _job_id(request)
         before = self.session.job(job_id)
         if before is None:
             return _error(404, f"no job {job_id} on this host")
         snap = await self._blocking(self.session.stop, job_id)
+        if snap is None:
+            return _error(404, f"job {job_id} was removed meanwhile")
         return _json({"changed": not before.final, "job": snap.as_dict()})
 
     async def delete_job(self, request):
-        job_id = request.match_info["id"]
+        job_id = _job_id(request)
         if self.session.job(job_id) is None:
             return _json({"changed": False})
         await self._blocking(self.session.forget, job_id)
@@ -248,9 +251,16 @@ async def _body(request) -> dict:
     return data
 
 
+def _job_id(request) -> str:
+    job_id = request.match_info["id"]
+    if len(job_id) != 40 or any(c not in "0123456789abcdef" for c in job_id):
+        raise BadRequest(f"job id {job_id[:60]!r}: must be the image's info-hash, 40 hex digits")
+    return job_id
+
+
 def _path(body, key) -> str:
     value = body.get(key)
-    if not isinstance(value, str) or not os.path.isabs(value):
+    if not isinstance(value, str) or not os.path.isabs(value) or "\0" in value:
         raise BadRequest(f"{key}: must be an absolute path on this host, got {value!r}")
     return value
 
