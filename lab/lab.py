@@ -325,8 +325,10 @@ def down(name):
             subprocess.run(["umount", "--lazy", mountpoint], capture_output=True)
     for device in disk.loops_backed_by(directory):
         run("losetup", "-d", device, check=False)
-    # a loop device still in use when detached goes when its last user does: wait for that
-    while disk.loops_backed_by(directory) and time.monotonic() < deadline + 10:
+    # A loop device still in use when detached goes when its last user does (its partitions'
+    # teardown takes seconds on a loaded machine): wait for that, from now.
+    loops_gone_by = time.monotonic() + 30
+    while disk.loops_backed_by(directory) and time.monotonic() < loops_gone_by:
         time.sleep(0.1)
     if state:
         net.destroy(prefix, state["admin"])
