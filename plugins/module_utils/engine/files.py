@@ -23,6 +23,12 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, error=P2PFleetError)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        # The rename itself must survive a power cut too (a new record or resume file).
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as exc:
         try:
             os.unlink(tmp)

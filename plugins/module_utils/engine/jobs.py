@@ -145,7 +145,7 @@ class JobStore:
         return found
 
     def forget(self, info_hash: str) -> None:
-        for suffix in (".json", ".manifest.json", ".torrent", ".resume"):
+        for suffix in (".json", ".manifest.json", ".torrent", ".resume", ".resume.rejected"):
             try:
                 os.unlink(self.path(info_hash, suffix))
             except FileNotFoundError:

@@ -788,13 +788,24 @@ class Session:
             job.warning = (f"resume data in {path} was written for another target than {job.path}; "
                            "starting from zero")
             log.warning("%s", job.warning)
+            self._set_aside(path)
             return None
         try:
             return lt.read_resume_data(read_capped(path, 64 << 20, "resume data", error=StateError))
         except (RuntimeError, StateError) as exc:
             job.warning = f"resume data in {path} is unusable ({exc}); starting from zero"
             log.warning("%s", job.warning)
+            self._set_aside(path)
             return None
+
+    @staticmethod
+    def _set_aside(path) -> None:
+        """Keep rejected resume data for inspection, out of the way of the next start (a
+        crash before the first new save must not find it again under the new identity)."""
+        try:
+            os.replace(path, path + ".rejected")
+        except OSError as exc:
+            log.warning("%s: cannot set aside: %s", path, exc.strerror)
 
     def _stop(self, job_id) -> None:
         job = self._jobs.get(job_id)
