@@ -136,8 +136,8 @@ def render_grub_cfg(partitions) -> str:
     slots = [{"entry": name, "partition": number, "title": f"System {name}",
               "cmdline": f"console=ttyS0 panic=1 loglevel=3 rdinit=/init p2pfleet_slot={name}"}
              for name, number in partitions]
-    return template.render(ansible_managed="p2pfleet.imaging boot proof", p2pfleet_grub_slots=slots,
-                           p2pfleet_grub_boot_fs_uuid=ESP_SERIAL, p2pfleet_grub_timeout=0)
+    return template.render(ansible_managed="p2pfleet.imaging boot proof", swarm_client_grub_slots=slots,
+                           swarm_client_grub_boot_fs_uuid=ESP_SERIAL, swarm_client_grub_timeout=0)
 
 
 class BootDisk:

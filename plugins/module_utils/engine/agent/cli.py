@@ -13,6 +13,8 @@ def register(subparsers):
                     "the config.")
     parser.add_argument("--config", required=True, metavar="FILE", help="agent config (YAML)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="overrides log_level from the config")
+    parser.add_argument("--check", action="store_true",
+                        help="only validate the config: print 'config OK' or its first error, and exit")
     parser.set_defaults(func=run)
     return parser
 
@@ -22,6 +24,9 @@ def run(args) -> int:
     from .server import serve
 
     config = load(args.config)
+    if args.check:
+        print(f"{args.config}: config OK")
+        return 0
     setup_logging(args.log_level or config.log_level)
     asyncio.run(serve(config))
     return 0

@@ -14,6 +14,8 @@ def register(subparsers):
     parser.add_argument("--config", required=True, metavar="FILE", help="tracker config (YAML)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         help="overrides log_level from the config")
+    parser.add_argument("--check", action="store_true",
+                        help="only validate the config: print 'config OK' or its first error, and exit")
     parser.set_defaults(func=run)
     return parser
 
@@ -23,6 +25,9 @@ def run(args) -> int:
     from .server import serve
 
     config = load(args.config)
+    if args.check:
+        print(f"{args.config}: config OK")
+        return 0
     setup_logging(args.log_level or config.log_level)
     asyncio.run(serve(config))
     return 0
