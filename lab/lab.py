@@ -28,6 +28,9 @@ TOOLS = ("debootstrap", "systemd-nspawn", "grub-editenv", "sgdisk", "mkfs.ext4",
          "ip", "tc", "ssh", "ssh-keygen", "mount")
 BOOT_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
+# Detached loop devices go when their last user does; on a loaded machine (CI, a second lab
+# beside this one) that was seen to take over 30 s. Bounded, and only waited for when needed.
+LOOP_RELEASE_TIMEOUT = 120.0
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3")
 
@@ -327,7 +330,7 @@ def down(name):
         run("losetup", "-d", device, check=False)
     # A loop device still in use when detached goes when its last user does (its partitions'
     # teardown takes seconds on a loaded machine): wait for that, from now.
-    loops_gone_by = time.monotonic() + 30
+    loops_gone_by = time.monotonic() + LOOP_RELEASE_TIMEOUT
     while disk.loops_backed_by(directory) and time.monotonic() < loops_gone_by:
         time.sleep(0.1)
     if state:
