@@ -91,3 +91,44 @@ def test_every_module_documents_itself_for_ansible_doc(installed_collection, mod
     examples = yaml.safe_load(data["examples"])
     assert examples and any(f"p2pfleet.imaging.{module}" in task for task in examples), \
         f"{module}'s examples never use it"
+
+
+ROLES = sorted(name for name in os.listdir(os.path.join(ROOT, "roles"))
+               if os.path.isdir(os.path.join(ROOT, "roles", name, "tasks")))
+
+
+def test_the_tracker_and_swarm_client_roles_exist():
+    assert {"engine", "tracker", "swarm_client"} <= set(ROLES)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_documents_every_default_for_ansible_doc(installed_collection, role):
+    doc = shutil.which("ansible-doc", path=os.path.dirname(sys.executable))
+    proc = subprocess.run([doc, "--json", "-t", "role", f"p2pfleet.imaging.{role}"], capture_output=True, text=True,
+                          env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(installed_collection)})
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads(proc.stdout)[f"p2pfleet.imaging.{role}"]["entry_points"]["main"]
+    assert spec["short_description"] and spec["description"]
+    with open(os.path.join(ROOT, "roles", role, "defaults", "main.yml")) as f:
+        defaults = yaml.safe_load(f)
+    # every variable an admin may set is documented, and nothing documented is missing
+    assert set(spec["options"]) == set(defaults), set(spec["options"]) ^ set(defaults)
+    for name, option in spec["options"].items():
+        assert name.startswith(f"{role}_"), f"{name}: role variables carry the role's name"
+        assert option.get("description") and option.get("type"), name
+
+
+def test_execution_environment_lists_what_the_controller_needs():
+    with open(os.path.join(ROOT, "execution-environment.yml")) as f:
+        ee = yaml.safe_load(f)
+    assert ee["version"] == 3
+    deps = ee["dependencies"]
+    assert deps["ansible_core"]["package_pip"].startswith("ansible-core==")
+    assert any(c["name"].startswith("build/p2pfleet-imaging-") for c in deps["galaxy"]["collections"])
+    with open(os.path.join(ROOT, deps["system"])) as f:
+        system = f.read()
+    assert "tar" in system and "openssh" in system
+    with open(os.path.join(ROOT, "meta", "execution-environment.yml")) as f:
+        meta = yaml.safe_load(f)
+    for kind in ("python", "system"):
+        assert os.path.exists(os.path.join(ROOT, "meta", meta["dependencies"][kind])), kind
