@@ -1,25 +1,29 @@
-"""The job the collection exists for: one run of reimage.yml takes a lab from release 1 to
-release 2 — real roles, real agents moving the image peer-to-peer into the inactive slots,
-real verification, and terminals that really reboot into the new slot and keep it.
+"""The job the collection exists for: reimage.yml takes a lab from release 1 to release 2 —
+real roles, real agents moving the image peer-to-peer into the inactive slots, real
+verification, and terminals that really reboot into the new slot and keep it. Then what goes
+wrong in real labs: a run killed midway, an agent killed, a slot that went bad after its
+fetch, a release that does not boot.
 
-A lab of its own (it ends on release 2, which the session lab's other tests do not expect)."""
+A lab of its own (it ends far from release 1, which the session lab's other tests expect).
+The tests run in order, each starting from where the one before left the lab."""
+import json
 import os
-import subprocess
-import sys
+import signal
+import time
 
 import pytest
 
 from conftest import LAB_SKIP_REASON, ROOT
 from module_helpers import collections_path
+from playbook_helpers import run_playbook
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
-BIN = os.path.dirname(sys.executable)
+PLAYBOOKS = os.path.join(ROOT, "playbooks")
+ROLE_TASKS = ("p2pfleet.imaging.engine : ", "p2pfleet.imaging.swarm_client : ")
 
 
 @pytest.fixture(scope="module")
 def reimage_lab(tmp_path_factory):
-    if not os.path.isdir(os.path.join(ROOT, "roles", "swarm_client", "tasks")):
-        pytest.skip("the roles are not in this checkout yet")
     from lab import lab as labmod
     from lab_helpers import LabHandle
     name = f"reimage{os.getpid()}"
@@ -31,22 +35,130 @@ def reimage_lab(tmp_path_factory):
         labmod.down(name)
 
 
-def run_playbook(lab, collections, playbook, *extra, timeout=1500):
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_FORKS="10", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_DEPRECATION_WARNINGS="False")
-    cmd = [os.path.join(BIN, "ansible-playbook"), "-i", lab.inventory, os.path.join(ROOT, "playbooks", playbook),
-           "-e", "p2pfleet_image=/srv/images/release-2.img", "-e", "p2pfleet_progress_every=5", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+def play(lab, collections, playbook, image, *extra, popen=False):
+    return run_playbook(lab.inventory, collections, os.path.join(PLAYBOOKS, playbook),
+                        "-e", f"p2pfleet_image=/srv/images/{image}", "-e", "p2pfleet_progress_every=2", *extra,
+                        popen=popen)
+
+
+def release_of(lab, terminal):
+    return lab.ssh(terminal, "cat /etc/lab-release").strip()
+
+
+def grubenv(lab, terminal):
+    return dict(line.split("=", 1) for line in lab.ssh(terminal, "grub-editenv /boot/grub/grubenv list").split())
+
+
+def record(lab, terminal):
+    return json.loads(lab.ssh(terminal, "cat /var/lib/p2pfleet/reimage.json"))
+
+
+def jobs(lab, collections, tmp_path, manifest):
+    """Every terminal's job of ``manifest`` as its agent reports it (swarm_job_info)."""
+    out = str(tmp_path)
+    info = {"hosts": "terminals", "become": True, "gather_facts": False, "tasks": [
+        {"p2pfleet.imaging.swarm_job_info": {"manifest": f"/var/lib/p2pfleet/manifests/{manifest}"},
+         "register": "info"},
+        {"ansible.builtin.copy": {"content": "{{ info.job | to_json }}", "dest": f"{out}/{{{{ inventory_hostname }}}}.json"},
+         "delegate_to": "localhost"}]}
+    run = run_playbook(lab.inventory, collections, [info])
+    assert run.rc == 0, run.tail()
+    result = {}
+    for name in lab.terminals:
+        with open(os.path.join(out, f"{name}.json")) as f:
+            result[name] = json.load(f)
+    return result
 
 
 def test_one_run_reimages_the_lab_and_every_terminal_boots_release_2(reimage_lab):
     lab, collections = reimage_lab
-    proc = run_playbook(lab, collections, "reimage.yml")
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    out = proc.stdout
-    assert "p2pfleet: fleet page http://" in out and "terminals done" in out, out[-4000:]
-    assert f"fleet: {len(lab.terminals)} of {len(lab.terminals)} switched" in " ".join(out.split()), out[-3000:]
+    run = play(lab, collections, "reimage.yml", "release-2.img")
+    assert run.rc == 0, run.tail()
+    assert "p2pfleet: fleet page http://" in run.out and "terminals done" in run.out, run.tail(4000)
+    assert f"fleet: {len(lab.terminals)} of {len(lab.terminals)} switched" in run.flat(), run.tail(3000)
     for terminal in lab.terminals:
-        assert lab.ssh(terminal, "cat /etc/lab-release").strip().endswith("2"), terminal
-        env = lab.ssh(terminal, "grub-editenv /boot/grub/grubenv list")
-        assert "saved_entry=B" in env and "next_entry=B" not in env, (terminal, env)
+        assert release_of(lab, terminal) == "2", terminal
+        env = grubenv(lab, terminal)
+        assert env.get("saved_entry") == "B" and not env.get("next_entry"), (terminal, env)
+
+
+def test_a_second_run_moves_nothing_and_reboots_nothing(reimage_lab):
+    lab, collections = reimage_lab
+    again = play(lab, collections, "reimage.yml", "release-2.img")
+    assert again.rc == 0, again.tail()
+    # release 2's image does not carry the agent: it is installed into the new system, and
+    # that is all this run changes
+    assert all(task.startswith(ROLE_TASKS) for task in again.changed_tasks()), again.changed
+    for terminal in lab.terminals:
+        assert lab.firmware(terminal)["boots"] == 2, terminal        # the switch's reboot only
+    third = play(lab, collections, "reimage.yml", "release-2.img")
+    assert third.rc == 0, third.tail()
+    assert all(stats["changed"] == 0 for stats in third.recap.values()), third.changed
+
+
+def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reimage_lab, tmp_path):
+    lab, collections = reimage_lab
+    from lab import lab as labmod
+    labmod.build_image(lab.state, 3)
+    assert play(lab, collections, "seed.yml", "release-3.img").rc == 0
+    proc = play(lab, collections, "distribute.yml", "release-3.img", popen=True)
+    seen = []
+    deadline = time.monotonic() + 300
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "p2pfleet: release-3.img" in line and " % " in line:
+                percent = float(line.split("release-3.img", 1)[1].split("%")[0])
+                if 25 <= percent <= 75:
+                    break
+            assert time.monotonic() < deadline, "".join(seen[-30:])
+        else:
+            raise AssertionError("distribute ended before it was midway:\n" + "".join(seen[-40:]))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)     # ansible-playbook and its workers, as a killed CI job
+        proc.wait()
+    lab.ssh("t01", "systemctl kill --signal=KILL p2pfleet-agent")   # and one agent with it
+
+    rerun = play(lab, collections, "distribute.yml", "release-3.img")
+    assert rerun.rc == 0, rerun.tail()
+    # every job was found where the agents had carried on (t01's after its restart), none put again
+    assert "Fetch the release into the target slot (returns at once; the agent does the work)" \
+        not in rerun.changed_tasks(), rerun.changed
+    found = jobs(lab, collections, tmp_path, "release-3.img.manifest.json")
+    size = found["t01"]["bytes_total"]
+    for terminal, job in found.items():
+        assert job["state"] in ("verified", "seeding"), (terminal, job)
+        # what came over the network after the last start, plus what the job found saved
+        assert job["downloaded"] + job["resumed_bytes"] <= size * 1.15, (terminal, job)
+    assert found["t01"]["resumed_bytes"] > 0, found["t01"]    # the killed agent went on, not from zero
+
+
+def test_a_slot_corrupted_after_its_fetch_fails_verify_alone_and_a_rerun_repairs_it(reimage_lab):
+    lab, collections = reimage_lab
+    target = record(lab, "t01")["device"]
+    lab.ssh("t01", f"dd if=/dev/urandom of={target} bs=1M count=1 seek=100 conv=notrunc,fsync status=none")
+    verify = play(lab, collections, "verify.yml", "release-3.img")
+    assert verify.rc != 0
+    assert "t01: slot A does not hold release-3.img" in verify.flat(), verify.tail()
+    assert verify.recap["t01"]["failed"] == 1 and verify.recap["t02"]["failed"] == 0, verify.recap
+    assert not record(lab, "t01").get("verified") and record(lab, "t02").get("verified")
+
+    run = play(lab, collections, "reimage.yml", "release-3.img")
+    assert run.rc == 0, run.tail()
+    for terminal in lab.terminals:
+        assert release_of(lab, terminal) == "3", terminal
+        assert grubenv(lab, terminal).get("saved_entry") == "A", terminal
+
+
+def test_a_release_that_does_not_boot_is_rolled_back_and_nothing_is_left_unbootable(reimage_lab):
+    lab, collections = reimage_lab
+    run = play(lab, collections, "reimage.yml", "broken.img")
+    assert run.rc != 0
+    flat = run.flat()
+    for terminal in lab.terminals:
+        assert f"{terminal}: rolled back to its old slot" in flat, run.tail()
+        assert release_of(lab, terminal) == "3", terminal             # back on the confirmed slot
+        env = grubenv(lab, terminal)
+        assert env.get("saved_entry") == "A" and not env.get("next_entry"), (terminal, env)
+        assert record(lab, terminal).get("rolled_back") is True, terminal
+    assert f"fleet: 0 of {len(lab.terminals)} switched, {len(lab.terminals)} rolled back" in flat, run.tail(3000)
