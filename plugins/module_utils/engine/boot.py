@@ -54,7 +54,7 @@ class BootState:
 def _run(cmd, what, env=None) -> str:
     if shutil.which(cmd[0]) is None:
         raise BootError(f"{cmd[0]} is not installed; it is needed to {what}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise BootError(f"{' '.join(cmd[:2])}… failed to {what}: {detail[-1] if detail else proc.returncode}")

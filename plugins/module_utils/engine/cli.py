@@ -106,11 +106,12 @@ class Reporter:
 
 def _result(args, data):
     """The command's outcome on stdout: JSON with --json, ``key: value`` lines otherwise."""
+    # A command's output, never a module's (ansible-test's pylint holds module_utils to modules' rules).
     if args.json:
-        print(json.dumps(data, sort_keys=True))
+        print(json.dumps(data, sort_keys=True))  # pylint: disable=ansible-bad-function
     else:
         for key, value in data.items():
-            print(f"{key}: {value}")
+            print(f"{key}: {value}")  # pylint: disable=ansible-bad-function
 
 
 def cmd_manifest(args) -> int:
@@ -173,8 +174,8 @@ def cmd_seed(args) -> int:
     manifest = metainfo.Manifest.load(args.manifest)
     with Session(_settings(args)) as session:
         started = time.monotonic()
-        snap, _ = session.put_seed(manifest, args.image, trackers=args.tracker or [], peers=_endpoints(args.peer),
-                                   super_seeding=args.super_seed)
+        snap, _changed = session.put_seed(manifest, args.image, trackers=args.tracker or [],
+                                          peers=_endpoints(args.peer), super_seeding=args.super_seed)
         _follow(session, snap.id, rep, lambda s: s.state == jobs.SEEDING)
         rep.message(f"seeding {manifest.name} ({manifest.info_hash}) on port {session.listen_port}; "
                     f"ready after {time.monotonic() - started:.3f} s")
@@ -212,8 +213,8 @@ def cmd_fetch(args) -> int:
     target = claim_target(args.target, manifest.image_size, require_device=args.device,
                           protect=own_files(manifest))
     with _session_for(target, args) as session:
-        snap, _ = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
-                                    seed_after=args.keep_seeding, stall_timeout=args.stall_timeout)
+        snap, _changed = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
+                                           seed_after=args.keep_seeding, stall_timeout=args.stall_timeout)
         job_id = snap.id
         if snap.warning:
             rep.message(f"warning: {snap.warning}")
@@ -318,8 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     # subcommands registered by other modules
-    from .agent.cli import register as register_agent; register_agent(sub)  # noqa: E702
-    from .tracker.cli import register as register_tracker; register_tracker(sub)  # noqa: E702
+    from .agent.cli import register as register_agent
+    from .tracker.cli import register as register_tracker
+    register_agent(sub)
+    register_tracker(sub)
     return parser
 
 
@@ -332,11 +335,12 @@ def main(argv=None) -> int:
                             format="p2pfleet: %(levelname)s: %(name)s: %(message)s")
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
+    # The command's error line: a command's output, never a module's.
     try:
         return args.func(args) or 0
     except Interrupted as exc:
-        print(f"p2pfleet: stopped by {exc}", file=sys.stderr)
+        print(f"p2pfleet: stopped by {exc}", file=sys.stderr)  # pylint: disable=ansible-bad-function
         return 130
     except P2PFleetError as exc:
-        print(f"p2pfleet: error: {exc}", file=sys.stderr)
+        print(f"p2pfleet: error: {exc}", file=sys.stderr)  # pylint: disable=ansible-bad-function
         return 1

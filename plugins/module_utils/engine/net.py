@@ -27,7 +27,7 @@ def parse_peer(text, error=P2PFleetError) -> tuple:
         ipaddress.ip_address(host)
     except ValueError:
         raise error(f"peer {text!r}: must be IP:PORT (or [IPv6]:PORT), not a host name") from None
-    if not 0 < port:
+    if port <= 0:
         raise error(f"peer {text!r}: port out of range")
     return host, port
 

@@ -626,7 +626,7 @@ class Session:
         atp = lt.add_torrent_params()
         atp.ti = self._torrent_info(job.manifest)
         atp.save_path = "/"
-        atp.renamed_files = {i: p for i, p in enumerate(job.paths)}
+        atp.renamed_files = dict(enumerate(job.paths))
         atp.trackers = list(job.trackers)
         atp.flags = atp.flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
         return atp

@@ -25,7 +25,7 @@ def digest_image(path: str, size: int, algorithm: str = DEFAULT_ALGORITHM, progr
     """Digest exactly ``size`` bytes of ``path``; ``progress(done, total)`` after each block."""
     h = new_digest(algorithm)
     done = 0
-    for _, data in read_blocks(path, size):
+    for _offset, data in read_blocks(path, size):
         h.update(data)
         done += len(data)
         if progress:

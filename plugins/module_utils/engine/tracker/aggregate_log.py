@@ -68,4 +68,3 @@ def describe(exc):
     frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
     where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
-

@@ -5,6 +5,8 @@ bytes, percent-encoded; any text decoding step would corrupt them. Every rejecti
 ``AnnounceError`` whose message is sent back verbatim as the bencoded ``failure reason``.
 """
 
+from __future__ import annotations
+
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -54,7 +56,7 @@ def parse_query(raw, limit=MAX_QUERY_BYTES) -> dict[bytes, list[bytes]]:
     for field in raw.split(b"&"):
         if not field:
             continue
-        key, _, value = field.partition(b"=")
+        key, _sep, value = field.partition(b"=")
         params.setdefault(_unquote(key), []).append(_unquote(value))
     return params
 

@@ -4,6 +4,8 @@ Every error names the offending key as a dotted path, e.g. ``policy.origin_fanou
 administrator (or the Ansible role that rendered the file) can fix it without guessing.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import os
 from dataclasses import dataclass, field

@@ -191,12 +191,12 @@ class _Listener:
         self.sock.close()
 
     def _accept(self):
-        for _ in range(ACCEPT_BATCH):
+        for _attempt in range(ACCEPT_BATCH):
             if not self._gate.has_room(self):
                 self._pause()
                 return
             try:
-                conn, _ = self.sock.accept()
+                conn, _address = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -245,7 +245,7 @@ class _Listeners:
 def _listening_sockets(host, port):
     sockets = []
     try:
-        for family, kind, proto, _, address in socket.getaddrinfo(
+        for family, kind, proto, _canonname, address in socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)

@@ -74,7 +74,7 @@ async def announce(request):
 
 async def scrape(request):
     tracker = request.app[TRACKER_KEY]
-    _, refusal = _peer_ip(request, tracker)
+    _ip, refusal = _peer_ip(request, tracker)
     if refusal is not None:
         return refusal
     try:
