@@ -18,7 +18,7 @@ description:
     empty or damaged block still boots the confirmed slot), UEFI (C(efibootmgr) C(BootNext) and C(BootOrder))
     and U-Boot (C(fw_setenv)). The backend is detected, or set per host.
   - Refuses to reject the confirmed slot, so a terminal always keeps a bootable default.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
 attributes:

@@ -13,7 +13,7 @@ description:
   - Reads the tracker's status of one image's swarm (every terminal's progress, rates and state, and fleet
     totals) over HTTP. Usually run on the controller (C(delegate_to) V(localhost), C(run_once) V(true)),
     in a bounded C(until) loop that prints the whole lab's progress while it distributes.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
   - p2pfleet.imaging.attributes.INFO_MODULE

@@ -17,7 +17,7 @@ description:
   - Fails after O(timeout), or after O(stall_timeout) without any progress, naming the terminals still
     missing. The transfers go on in the agents; re-running the play picks them up.
   - This is an action plugin; it runs on the controller whatever host the task targets.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
   - p2pfleet.imaging.attributes.INFO_MODULE

@@ -15,7 +15,7 @@ description:
     whole-image digest).
   - When a manifest of the same image with the same layout is already in O(dest) and the image's fingerprint
     is unchanged, nothing is read and the module reports no change. A 256 GB image is hashed once.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
 attributes:
@@ -78,28 +78,28 @@ manifest:
   sample: /srv/images/release-2.img.manifest.json
 torrent:
   description: Path of the torrent beside the manifest.
-  returned: as O(manifest)
+  returned: same as RV(manifest)
   type: str
 info_hash:
   description: Hex v1 info-hash of the torrent; the id of the image's jobs and swarm.
-  returned: as O(manifest)
+  returned: same as RV(manifest)
   type: str
   sample: 3f786850e387550fdab836ed7e6dc881de23001b
 image_size:
   description: Bytes of the image.
-  returned: as O(manifest)
+  returned: same as RV(manifest)
   type: int
 piece_size:
   description: Bytes per piece.
-  returned: as O(manifest)
+  returned: same as RV(manifest)
   type: int
 piece_count:
   description: Number of pieces.
-  returned: as O(manifest)
+  returned: same as RV(manifest)
   type: int
 digest:
   description: Whole-image digest as C(ALGORITHM:HEX).
-  returned: as O(manifest)
+  returned: same as RV(manifest)
   type: str
   sample: "blake3:9c0b...e1"
 seconds:

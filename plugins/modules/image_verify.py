@@ -16,7 +16,7 @@ description:
   - The gate before a terminal is switched to a slot. Refuses a target that is mounted or holds the running
     root file system (its bytes change under the check).
   - Reads only; the result is the same in check mode.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
   - p2pfleet.imaging.attributes.INFO_MODULE

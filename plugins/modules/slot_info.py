@@ -18,7 +18,7 @@ description:
     the running root or smaller than O(image_size).
   - Partition labels are found through C(/dev/disk/by-partlabel) or, where there is no udev, by reading the
     GPT of every disk.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
   - p2pfleet.imaging.attributes.INFO_MODULE

@@ -19,7 +19,7 @@ description:
     the running root file system, a partition smaller than the image, a whole disk, another job's target.
   - Long transfers should not be waited for in one task (AWX and SSH time out); use
     M(p2pfleet.imaging.swarm_job_info) in a bounded C(until) loop instead. O(wait) is for small images.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
   - p2pfleet.imaging.attributes.AGENT

@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Reads the jobs of the local agent with their progress. Made for bounded C(until) loops in playbooks,
     so that no task waits silently for an hour.
-author: p2pfleet.imaging contributors
+author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
   - p2pfleet.imaging.attributes.INFO_MODULE
