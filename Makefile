@@ -1,5 +1,6 @@
 # p2pfleet.imaging — developer entry points.
-#   make demo   make a partition image, seed it, download it into a raw partition (loop devices)
+#   make demo   reimage a virtual lab (1 server + 8 terminals) with reimage.yml; KEEP=1 keeps the lab
+#   make demo-engine  the engine alone: seed a partition image, download it into another (loop devices)
 #   make test   the whole test suite (real libtorrent, real loop devices; needs root)
 #   make bench  throughput and start-up measurements, printed as a table
 #   make wheelhouse  the hosts' runtime wheels (requirements.txt) for offline installs, cached once
@@ -21,7 +22,7 @@ HOST_WHEELS := --only-binary=:all: --python-version 3.11 --implementation cp --a
   --platform linux_$(ARCH) $(foreach t,manylinux1 manylinux2010 manylinux2014 \
   $(foreach v,5 12 17 24 27 28 31 34 35 36,manylinux_2_$(v)),--platform $(t)_$(ARCH))
 
-.PHONY: deps venv demo test bench wheelhouse lab-up lab-down clean
+.PHONY: deps venv demo demo-engine test bench wheelhouse lab-up lab-down clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -40,7 +41,10 @@ $(STAMP): requirements.txt requirements-test.txt
 
 venv: deps $(STAMP)
 
-demo: venv
+demo: venv wheelhouse
+	$(PY) lab/reimage_demo.py
+
+demo-engine: venv
 	$(PY) lab/demo.py
 
 test: venv wheelhouse

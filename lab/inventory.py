@@ -30,6 +30,8 @@ def data(state, wheelhouse):
             # host keys are made at each host's first boot (per slot), and lab addresses are reused
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
             "ansible_python_interpreter": "/usr/bin/python3",
+            # one SSH round trip per task instead of several: a lab's runs are mostly SSH
+            "ansible_pipelining": True,
             "p2pfleet_lab": state["name"],
             "p2pfleet_wheelhouse": wheelhouse,
             "p2pfleet_images_dir": "/srv/images",

@@ -1,4 +1,4 @@
-"""`make demo` keeps working: the whole demo, smaller, as a user would run it."""
+"""`make demo-engine` keeps working: the whole engine demo, smaller, as a user would run it."""
 import os
 import re
 import subprocess

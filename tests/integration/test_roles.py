@@ -20,7 +20,7 @@ from playbook_helpers import run_playbook
 pytestmark = pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")
 
 MIB = 1 << 20
-IMAGE = "/srv/images/roles-test.img"
+IMAGE = "/var/lib/p2pfleet/roles-test.img"      # the lab's /srv/images is read-only
 IMAGE_SIZE = 192 * MIB
 MANIFESTS = "/var/lib/p2pfleet/manifests"
 ROLES = [
@@ -39,7 +39,7 @@ def converged(lab, tmp_path_factory):
 
 def test_a_second_converge_changes_nothing(lab, converged):
     collections, first = converged
-    assert "Unpack the engine" in first.changed_tasks("t01"), first.changed_tasks("t01")
+    assert "p2pfleet.imaging.engine : Unpack the engine" in first.changed_tasks("t01"), first.changed_tasks("t01")
     second = run_playbook(lab.inventory, collections, ROLES)
     assert second.rc == 0, second.tail()
     assert set(second.recap) == set(lab.hosts)
@@ -86,15 +86,22 @@ def test_a_config_the_engine_refuses_is_never_installed(lab, converged):
     assert lab.testinfra("t02").service("p2pfleet-agent").is_running
 
 
-def test_inventory_mistakes_are_named(lab, converged):
+def test_inventory_mistakes_are_named(lab, converged, tmp_path):
     collections, _ = converged
     run = run_playbook(lab.inventory, collections, [dict(ROLES[0])], "-e", '{"tracker_topology_groups": ["room9"]}')
     assert run.rc != 0 and "tracker_topology_groups names groups the inventory does not have: room9" in run.flat()
-    run = run_playbook(lab.inventory, collections, [dict(ROLES[1], hosts="t02")], "-e", "ansible_host=t02.lab.example",
-                       "-e", "ansible_host=t02")
-    # a host reached by name: the agent cannot filter peers by it, and says which host to fix
+    # a peer the inventory names only by DNS name: the agent cannot filter peers by it, and
+    # the play says which host to fix
+    with open(lab.inventory) as f:
+        inventory = yaml.safe_load(f)
+    inventory["all"]["children"]["terminals"]["hosts"]["t03"]["ansible_host"] = "t03.lab.example"
+    named = tmp_path / "inventory.yml"
+    named.write_text(yaml.safe_dump(inventory))
+    before = lab.ssh("t02", "sha256sum /etc/p2pfleet/agent.yml")
+    run = run_playbook(str(named), collections, [dict(ROLES[1], hosts="t02")])
     assert run.rc != 0
-    assert "needs an IP address as ansible_host; these have none: t02" in run.flat(), run.tail()
+    assert "needs an IP address as ansible_host; these have none: t03" in run.flat(), run.tail()
+    assert lab.ssh("t02", "sha256sum /etc/p2pfleet/agent.yml") == before
 
 
 def _seed_play():
