@@ -28,9 +28,10 @@ TOOLS = ("debootstrap", "systemd-nspawn", "grub-editenv", "sgdisk", "mkfs.ext4",
          "ip", "tc", "ssh", "ssh-keygen", "mount")
 BOOT_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
-# Detached loop devices go when their last user does; on a loaded machine (CI, a second lab
-# beside this one) that was seen to take over 30 s. Bounded, and only waited for when needed.
-LOOP_RELEASE_TIMEOUT = 120.0
+# Detached loop devices go when their last user does, after the writeback of what the hosts
+# wrote (hundreds of MB dirty): on a loaded machine that was seen to take 30 to 90 s.
+# Bounded, and only waited for when needed.
+LOOP_RELEASE_TIMEOUT = 300.0
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3")
 
