@@ -117,7 +117,7 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
     finally:
         os.killpg(proc.pid, signal.SIGKILL)     # ansible-playbook and its workers, as a killed CI job
         proc.wait()
-    lab.ssh("t01", "systemctl kill --signal=KILL p2pfleet-agent")   # and one agent with it
+    lab.ssh("t01", "kill -KILL $(systemctl show --property=MainPID --value p2pfleet-agent)")   # and one agent with it
 
     rerun = play(lab, collections, "distribute.yml", "release-3.img")
     assert rerun.rc == 0, rerun.tail()

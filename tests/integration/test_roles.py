@@ -188,7 +188,7 @@ def test_modules_fill_every_inactive_slot_and_a_killed_agent_resumes(lab, conver
             break
         assert time.monotonic() < deadline, f"t01's job never got midway: {job}"
         time.sleep(0.2)
-    lab.ssh("t01", "systemctl kill --signal=KILL p2pfleet-agent")
+    lab.ssh("t01", "kill -KILL $(systemctl show --property=MainPID --value p2pfleet-agent)")
 
     finished = run_playbook(lab.inventory, collections, [_fetch_play(wait=True)], "-e", f"out={out}")
     assert finished.rc == 0, finished.tail()
