@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 
 DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
 
@@ -42,13 +43,30 @@ class _UnixConnection(http.client.HTTPConnection):
 class AgentClient:
     """One method per API call of the agent; each returns the decoded JSON answer."""
 
-    def __init__(self, socket_path=DEFAULT_SOCKET, timeout=180.0):
+    def __init__(self, socket_path=DEFAULT_SOCKET, timeout=180.0, start_wait=15.0):
         self.socket_path = socket_path
         self.timeout = timeout
+        # An agent that is restarting (systemd restarts it seconds after a crash, a role
+        # restarts it after an update) has no socket for a moment: wait that long for it.
+        self.start_wait = start_wait
+
+    def _connect(self):
+        deadline = time.monotonic() + self.start_wait
+        while True:
+            conn = _UnixConnection(self.socket_path, self.timeout)
+            try:
+                conn.connect()
+                return conn
+            except (FileNotFoundError, ConnectionRefusedError):
+                conn.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def _request(self, method, path, body=None):
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        conn = None
         try:
+            conn = self._connect()
             payload = json.dumps(body).encode("utf-8") if body is not None else None
             headers = {"Content-Type": "application/json"} if payload is not None else {}
             conn.request(method, "/v1" + path, body=payload, headers=headers)
@@ -65,7 +83,8 @@ class AgentClient:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise AgentError(f"{self.socket_path}: cannot talk to the agent: {exc}") from None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
         try:
             data = json.loads(raw.decode("utf-8"))
         except ValueError:
