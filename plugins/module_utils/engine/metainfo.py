@@ -188,8 +188,14 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def load(cls, path: str) -> "Manifest":
-        """Read a manifest and check that its torrent is intact and agrees with it."""
+    def load(cls, path: str, complete: bool = True) -> "Manifest":
+        """Read a manifest and check that its torrent is intact and agrees with it.
+
+        Every field is type- and range-checked; an error names the field. With
+        ``complete=False`` only the manifest itself is read (no torrent, and the digest
+        algorithm need not be available to this Python): enough for its name, info-hash
+        and size.
+        """
         raw = read_capped(path, MAX_MANIFEST_BYTES, "manifest", error=ManifestError)
         try:
             data = json.loads(raw)
@@ -199,41 +205,40 @@ class Manifest:
             raise ManifestError(f"{path}: not a manifest (expected a JSON object)")
         if data.get("format") != MANIFEST_FORMAT:
             raise ManifestError(f"{path}: unsupported manifest format {str(data.get('format'))[:40]}")
-        try:
-            digest = data["digest"]
-            manifest = cls(
-                name=_text(data, "name", path),
-                info_hash=_text(data, "info_hash", path),
-                image_size=_integer(data, "image_size", path),
-                piece_size=_integer(data, "piece_size", path),
-                piece_count=_integer(data, "piece_count", path),
-                files=[VirtualFile(_text(f, "path", path), _integer(f, "offset", path), _integer(f, "size", path))
-                       for f in _list(data, "files", path)],
-                digest_algorithm=_text(digest, "algorithm", path),
-                digest=_text(digest, "value", path),
-                torrent=_text(data, "torrent", path),
-                source=dict(data.get("source") or {}),
-                created=str(data.get("created", ""))[:64],
-                path=os.path.abspath(path),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ManifestError(f"{path}: manifest is missing a field or has one of the wrong type: "
-                                f"{str(exc)[:80]}") from None
-        manifest._check_numbers()
-        manifest._check_torrent()
+        digest = _field(data, "digest", dict, path)
+        files = _field(data, "files", list, path)
+        source = _field(data, "source", dict, path, default={})
+        manifest = cls(
+            name=_text(data, "name", path),
+            info_hash=_text(data, "info_hash", path),
+            image_size=_integer(data, "image_size", path),
+            piece_size=_integer(data, "piece_size", path),
+            piece_count=_integer(data, "piece_count", path),
+            files=[_virtual_file(f, i, path) for i, f in enumerate(files)],
+            digest_algorithm=_text(digest, "algorithm", path, "digest."),
+            digest=_text(digest, "value", path, "digest."),
+            torrent=_text(data, "torrent", path),
+            source=source,
+            created=_text(data, "created", path, default=""),
+            path=os.path.abspath(path),
+        )
+        manifest._check_numbers(runtime=complete)
+        if complete:
+            manifest._check_torrent()
         return manifest
 
-    def _check_numbers(self) -> None:
+    def _check_numbers(self, runtime: bool = True) -> None:
         where = self.path
         if not self.torrent or "/" in self.torrent or self.torrent.startswith("."):
             raise ManifestError(f"{where}: torrent must be a file name beside the manifest, got {self.torrent!r}")
         if self.digest_algorithm not in DIGEST_ALGORITHMS:
             raise ManifestError(f"{where}: digest algorithm {self.digest_algorithm!r} is not one of "
                                 f"{', '.join(DIGEST_ALGORITHMS)}")
-        try:
-            new_digest(self.digest_algorithm)  # a missing blake3 module is found now, not after a download
-        except VerifyError as exc:
-            raise ManifestError(f"{where}: {exc}") from None
+        if runtime:
+            try:
+                new_digest(self.digest_algorithm)  # a missing blake3 module is found now, not after a download
+            except VerifyError as exc:
+                raise ManifestError(f"{where}: {exc}") from None
         if not 0 < self.image_size <= MAX_IMAGE:
             raise ManifestError(f"{where}: image_size {self.image_size} is out of range")
         if self.piece_size < MIN_PIECE or self.piece_size > MAX_PIECE or self.piece_size & (self.piece_size - 1):
@@ -242,6 +247,19 @@ class Manifest:
             raise ManifestError(f"{where}: piece_count {self.piece_count} does not fit image_size and piece_size")
         if not 1 <= len(self.files) <= MAX_FILES:
             raise ManifestError(f"{where}: {len(self.files)} files is out of range 1..{MAX_FILES}")
+        # Where a split image's files are written: each a slice inside the image starting
+        # on a piece boundary; only the last may end inside a piece. (That they tile the
+        # image in the torrent's order is checked against the torrent.)
+        for i, vf in enumerate(self.files):
+            last = i == len(self.files) - 1
+            if not 0 <= vf.offset < self.image_size or vf.offset % self.piece_size:
+                raise ManifestError(f"{where}: files[{i}].offset {vf.offset} is out of range (a multiple of "
+                                    f"piece_size {self.piece_size} inside image_size {self.image_size})")
+            if vf.size <= 0 or vf.offset + vf.size > self.image_size or (not last and vf.size % self.piece_size):
+                raise ManifestError(f"{where}: files[{i}].size {vf.size} is out of range (a positive multiple "
+                                    f"of piece_size {self.piece_size} inside image_size {self.image_size})")
+        if not 0 < len(self.name) <= 255 or "/" in self.name or self.name.startswith("."):
+            raise ManifestError(f"{where}: name {self.name[:60]!r} is not a file name")
 
     def _check_torrent(self) -> None:
         raw = self.torrent_bytes()
@@ -276,24 +294,41 @@ class Manifest:
             offset += length
 
 
-def _integer(data, key, path) -> int:
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ManifestError(f"{path}: {key} must be an integer, got {str(value)[:40]}")
+_MISSING = object()
+_KINDS = {dict: "a mapping", list: "a list", str: "a string", int: "an integer"}
+
+
+def _field(data, key, kind, path, prefix="", default=_MISSING, name=None):
+    """``data[key]`` checked to be of ``kind``; the error names the field (``files[2].size``)."""
+    name = name or f"{prefix}{key}"
+    value = data.get(key, default)
+    if value is _MISSING:
+        raise ManifestError(f"{path}: manifest has no field {name}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestError(f"{path}: {name} must be {_KINDS[kind]}, got {type(value).__name__} "
+                            f"{json.dumps(value)[:40] if _jsonable(value) else ''}".rstrip())
     return value
 
 
-def _text(data, key, path) -> str:
-    value = data[key]
-    if not isinstance(value, str) or len(value) > 4096:
-        raise ManifestError(f"{path}: {key} must be a string of at most 4096 characters")
-    return value
+def _jsonable(value) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
 
 
-def _list(data, key, path) -> list:
-    value = data[key]
-    if not isinstance(value, list):
-        raise ManifestError(f"{path}: {key} must be a list")
+def _virtual_file(entry, index, path) -> VirtualFile:
+    where = f"files[{index}]"
+    _field({where: entry}, where, dict, path)
+    return VirtualFile(_text(entry, "path", path, where + "."), _integer(entry, "offset", path, where + "."),
+                       _integer(entry, "size", path, where + "."))
+
+
+def _integer(data, key, path, prefix="") -> int:
+    return _field(data, key, int, path, prefix)
+
+
+def _text(data, key, path, prefix="", default=_MISSING) -> str:
+    value = _field(data, key, str, path, prefix, default)
+    if len(value) > 4096:
+        raise ManifestError(f"{path}: {prefix}{key} must be a string of at most 4096 characters")
     return value
 
 
