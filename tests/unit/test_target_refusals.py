@@ -1,4 +1,5 @@
 """Every refusal that protects a terminal: the error names the problem and the target is untouched."""
+import errno
 import hashlib
 import os
 import shutil
@@ -179,6 +180,30 @@ def test_file_target_is_grown_never_shrunk(tmp_path):
     with image.claim_target(str(big), IMAGE_SIZE):
         pass
     assert big.read_bytes() == b"x" * (IMAGE_SIZE + 5)
+    small = tmp_path / "small.img"
+    small.write_bytes(b"y" * 1000)
+    with image.claim_target(str(small), IMAGE_SIZE) as target:
+        assert target.info.size == IMAGE_SIZE
+    data = small.read_bytes()
+    assert len(data) == IMAGE_SIZE and data[:1000] == b"y" * 1000 and data[1000:] == bytes(IMAGE_SIZE - 1000)
+
+
+@pytest.mark.parametrize("err", [errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EIO])
+def test_a_file_target_that_cannot_grow_is_refused_and_left_as_it_was(tmp_path, monkeypatch, err):
+    def fail(fd, length):
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(image.os, "ftruncate", fail)
+    new = tmp_path / "new.img"
+    with pytest.raises(TargetRefused, match=f"new.img: cannot grow the file .*: {os.strerror(err)}$"):
+        image.claim_target(str(new), IMAGE_SIZE)
+    assert not new.exists(), "the file the claim created was left behind"
+    small = tmp_path / "small.img"
+    small.write_bytes(b"y" * 1000)
+    with pytest.raises(TargetRefused, match="cannot grow the file"):
+        image.claim_target(str(small), IMAGE_SIZE)
+    assert small.read_bytes() == b"y" * 1000
+    with image.claim_target(str(small), 1000):  # the refused claim let go of its lock
+        pass
 
 
 def test_second_claim_on_the_same_file_is_refused(tmp_path):

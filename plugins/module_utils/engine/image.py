@@ -94,9 +94,31 @@ def _sysfs(devno: int) -> str:
     return f"/sys/dev/block/{os.major(devno)}:{os.minor(devno)}"
 
 
+def _loop_backing(devno: int):
+    """``(path, stat)`` of the file or device behind a loop device, or None."""
+    try:
+        with open(os.path.join(_sysfs(devno), "loop", "backing_file"), encoding="utf-8",
+                  errors="surrogateescape") as f:
+            backing = f.read().rstrip("\n")
+        return backing, os.stat(backing)
+    except OSError:
+        return None  # not a loop device, or its file was deleted (nothing else can reach it)
+
+
+def backing_files(devno: int) -> dict:
+    """The regular files below a device, by ``(st_dev, st_ino)``: the files behind the
+    loop devices it is, is a partition of, or is stacked on."""
+    found = {}
+    for dev in _related_devices(devno):
+        backing = _loop_backing(dev)
+        if backing is not None and stat.S_ISREG(backing[1].st_mode):
+            found[(backing[1].st_dev, backing[1].st_ino)] = backing[0]
+    return found
+
+
 def _related_devices(devno: int) -> set:
     """The device itself, the whole disk it is a partition of, and everything below it
-    (device-mapper/md slaves, the backing of a loop device is not a block device)."""
+    (device-mapper/md slaves, the block device behind a loop device)."""
     seen, todo = set(), [devno]
     while todo:
         dev = todo.pop()
@@ -104,6 +126,9 @@ def _related_devices(devno: int) -> set:
             continue
         seen.add(dev)
         base = _sysfs(dev)
+        backing = _loop_backing(dev)
+        if backing is not None and stat.S_ISBLK(backing[1].st_mode):
+            todo.append(backing[1].st_rdev)
         if os.path.exists(os.path.join(base, "partition")):
             parent = os.path.realpath(os.path.join(base, ".."))
             try:
@@ -207,18 +232,48 @@ def _partitions_of(devno: int) -> set:
 def overlaps(path_a: str, path_b: str) -> bool:
     """Whether writing one path could change the bytes of the other.
 
-    The same file; the same device; or a device and a partition or device-mapper
-    volume stacked on it. Two partitions of one disk do not overlap.
+    The same file; the same device; a device and a partition or device-mapper volume
+    stacked on it; a loop device (or a partition of one) and the file behind it, or two
+    loop devices over one file. Two partitions of one disk do not overlap.
     """
     try:
         a, b = os.stat(path_a), os.stat(path_b)
     except OSError:
         return os.path.abspath(path_a) == os.path.abspath(path_b)
     if stat.S_ISBLK(a.st_mode) and stat.S_ISBLK(b.st_mode):
-        return a.st_rdev in _related_devices(b.st_rdev) or b.st_rdev in _related_devices(a.st_rdev)
+        return (a.st_rdev in _related_devices(b.st_rdev) or b.st_rdev in _related_devices(a.st_rdev)
+                or bool(backing_files(a.st_rdev).keys() & backing_files(b.st_rdev).keys()))
     if stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode):
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    if stat.S_ISBLK(a.st_mode) and stat.S_ISREG(b.st_mode):
+        return (b.st_dev, b.st_ino) in backing_files(a.st_rdev)
+    if stat.S_ISREG(a.st_mode) and stat.S_ISBLK(b.st_mode):
+        return (a.st_dev, a.st_ino) in backing_files(b.st_rdev)
     return False
+
+
+def _lock_backing_files(path: str, devno: int) -> list:
+    """Lock the files behind a loop device target as a file target is locked, so a file
+    being seeded (shared lock) or written by another job is refused through its loop
+    device too. Returns the descriptors holding the locks."""
+    fds = []
+    try:
+        for backing in backing_files(devno).values():
+            try:
+                fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                continue
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise TargetRefused(f"{path}: is a loop device over {backing}, which another job is seeding "
+                                    "or writing; choose another target") from None
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
 
 
 def check_device_target(path: str, devno: int, size: int, needed: int) -> None:
@@ -320,14 +375,16 @@ class Target:
     device target stays exclusively opened by this process.
     """
 
-    def __init__(self, info: ImageInfo, fd: int, created: bool = False):
+    def __init__(self, info: ImageInfo, fd: int, created: bool = False, path: str = None, holds=()):
         self.info = info
         self._fd = fd
+        self._holds = list(holds)  # locks on the files behind a loop device target
         self.created = created
+        self._path = path
 
     @property
     def path(self) -> str:
-        return self.info.path
+        return self.info.path if self.info is not None else self._path
 
     def sync(self) -> None:
         """Flush written data to stable storage; buffered write errors surface here."""
@@ -343,12 +400,18 @@ class Target:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        for fd in self._holds:
+            os.close(fd)
+        self._holds = []
 
     def discard(self) -> None:
         """Release the claim and remove the file the claim created (nothing else)."""
         self.release()
         if self.created:
-            os.unlink(self.path)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
             self.created = False
 
     def __enter__(self):
@@ -370,7 +433,8 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
     path = os.path.abspath(path)
     for own in protect:
         if own and overlaps(path, own):
-            raise TargetRefused(f"{path}: is {own}, which this job reads; choose another target")
+            what = "is" if os.path.realpath(path) == os.path.realpath(own) else "would overwrite"
+            raise TargetRefused(f"{path}: {what} {own}, which this job reads; choose another target")
     # realpath, not the spelling: "//dev/sdb" or a symlink into /dev is still /dev.
     require_device = require_device or os.path.realpath(path).startswith("/dev/")
     try:
@@ -386,14 +450,17 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
         refuse_partition_table(path, st.st_rdev)
         size = device_size(path)
         refuse_too_small(path, size, needed)
+        holds = _lock_backing_files(path, st.st_rdev)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
+            for held in holds:
+                os.close(held)
             if exc.errno == errno.EBUSY:
                 raise TargetRefused(f"{path}: device is busy (mounted, or seeded or written by another "
                                     "program)") from None
             raise TargetRefused(f"{path}: cannot open device: {exc.strerror}") from None
-        return Target(ImageInfo(path, "device", size, st.st_rdev, st.st_ino, st.st_mtime_ns), fd)
+        return Target(ImageInfo(path, "device", size, st.st_rdev, st.st_ino, st.st_mtime_ns), fd, holds=holds)
 
     if require_device:
         what = "does not exist" if st is None else "is not a block device"
@@ -416,10 +483,17 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
     except OSError:
         os.close(fd)
         raise TargetRefused(f"{path}: another job is seeding or writing this file") from None
-    st = os.fstat(fd)
-    if st.st_size < needed:
-        os.ftruncate(fd, needed)
+    try:
         st = os.fstat(fd)
+        if st.st_size < needed:
+            os.ftruncate(fd, needed)
+            st = os.fstat(fd)
+    except OSError as exc:
+        # EFBIG (a file size limit, FAT's 4 GiB), ENOSPC, EDQUOT: the file is left as it
+        # was, and one this claim created is removed.
+        Target(None, fd, created, path).discard()
+        raise TargetRefused(f"{path}: cannot grow the file to the image size of {needed} bytes: "
+                            f"{exc.strerror}") from None
     return Target(ImageInfo(path, "file", st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns), fd, created)
 
 
