@@ -172,3 +172,184 @@ def test_a_seeder_whose_image_has_a_wrong_byte_says_which_piece(tmp_path, image_
         seeder.stop()
         if fetcher:
             fetcher.stop()
+
+
+# -- gaps found by the audit of issue 12 -------------------------------------------------------
+
+def existing_smaller_target(tmp_path, name="small.img", size=64 * 1024):
+    """A regular-file target smaller than the image, holding data: it must stay as it was."""
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path, file_digest(path, size), size
+
+
+def assert_unchanged(path, digest, size):
+    assert os.path.getsize(path) == size, f"{path} was grown or shrunk"
+    assert file_digest(path, size) == digest, f"{path} was written"
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("source-string", lambda d: d.update(source="ab"), ["source must be a mapping"]),
+    ("digest-string", lambda d: d.update(digest="ab"), ["digest must be a mapping"]),
+    ("digest-value-list", lambda d: d["digest"].update(value=[1]), ["digest.value must be a string"]),
+    ("files-mapping", lambda d: d.update(files={"a": 1}), ["files must be a list"]),
+    ("file-entry-list", lambda d: d.update(files=[[0, 1]]), ["files[0] must be a mapping"]),
+    ("file-offset-string", lambda d: d["files"][0].update(offset="0"), ["files[0].offset must be an integer"]),
+    ("file-size-nan", lambda d: d["files"][0].update(size=float("nan")), ["files[0].size must be an integer"]),
+    ("file-path-missing", lambda d: d["files"][0].pop("path"), ["no field files[0].path"]),
+    ("created-list", lambda d: d.update(created=["x"]), ["created must be a string"]),
+    ("name-number", lambda d: d.update(name=5), ["name must be a string"]),
+    ("size-bool", lambda d: d.update(image_size=True), ["image_size must be an integer"]),
+])
+def test_manifest_fields_of_the_wrong_type_are_one_line_naming_the_field(manifest, tmp_path, name, change, words):
+    path = edited(manifest, tmp_path, name + ".manifest.json", change)
+    target, digest, size = existing_smaller_target(tmp_path)
+    assert_one_error_line(fetch(path, target, tmp_path), *words)
+    assert_unchanged(target, digest, size)
+    assert_one_error_line(fetch(path, tmp_path / "new.img", tmp_path), *words)
+    assert not (tmp_path / "new.img").exists()
+    assert_one_error_line(run_cli("verify", path, manifest.source["path"]), *words)
+
+
+def limited_fetch(manifest_path, target, tmp_path, file_size_limit):
+    """A fetch under ``ulimit -f``: growing the target fails with EFBIG."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+    from conftest import P2PFLEET
+    return subprocess.run(P2PFLEET + ["fetch", str(manifest_path), str(target), "--peer", "127.0.0.1:1",
+                                      "--state-dir", str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=60, preexec_fn=limit)
+
+
+def test_a_file_target_that_cannot_grow_is_one_line_and_left_as_it_was(manifest, tmp_path):
+    new = tmp_path / "new.img"
+    assert_one_error_line(limited_fetch(manifest.path, new, tmp_path, 1 * MIB), "cannot grow the file", "File too large")
+    assert not new.exists(), "the target this fetch created was left behind"
+    target, digest, size = existing_smaller_target(tmp_path)
+    assert_one_error_line(limited_fetch(manifest.path, target, tmp_path, 1 * MIB), "cannot grow the file")
+    assert_unchanged(target, digest, size)
+
+
+def rewrite_torrent(manifest, tmp_path, name, change_info, change_manifest=None):
+    """A manifest and torrent pair that agree with each other (info-hash included) but whose
+    torrent was changed by ``change_info``."""
+    import hashlib
+
+    from engine import bencode
+    meta = bencode.decode(open(manifest.torrent_path, "rb").read())
+    change_info(meta[b"info"])
+    torrent = tmp_path / f"{name}.torrent"
+    torrent.write_bytes(bencode.encode(meta))
+
+    def change(d):
+        d.update(torrent=torrent.name, info_hash=hashlib.sha1(bencode.encode(meta[b"info"])).hexdigest())
+        if change_manifest:
+            change_manifest(d)
+    return edited(manifest, tmp_path, name + ".manifest.json", change)
+
+
+def _negative_split(info):
+    length = info.pop(b"length")
+    info[b"files"] = [{b"length": length + 256 * 1024, b"path": [b"a"]}, {b"length": -256 * 1024, b"path": [b"b"]}]
+
+
+def _negative_split_manifest(d):
+    size = d["image_size"]
+    d["files"] = [{"path": "a", "offset": 0, "size": size + 256 * 1024},
+                  {"path": "b", "offset": size + 256 * 1024, "size": -256 * 1024}]
+
+
+@pytest.mark.parametrize("name, change_info, change_manifest, words", [
+    # Passes the engine's own checks; libtorrent refuses it.
+    ("nameless", lambda i: i.update({b"name": b""}), None, ["libtorrent rejects the torrent"]),
+    # A split layout with a negative file that still sums to the image size.
+    ("negative-split", _negative_split, _negative_split_manifest, ["files[0].size", "out of range"]),
+])
+def test_an_impossible_torrent_never_creates_or_grows_a_target(manifest, tmp_path, name, change_info,
+                                                               change_manifest, words):
+    path = rewrite_torrent(manifest, tmp_path, name, change_info, change_manifest)
+    target, digest, size = existing_smaller_target(tmp_path)
+    assert_one_error_line(fetch(path, target, tmp_path), *words)
+    assert_unchanged(target, digest, size)
+    assert_one_error_line(fetch(path, tmp_path / "new.img", tmp_path), *words)
+    assert not (tmp_path / "new.img").exists()
+
+
+def attach_loop(path):
+    return subprocess.run(["losetup", "--find", "--show", str(path)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@needs_loop
+def test_a_loop_device_over_what_the_job_reads_is_not_a_target(manifest, tmp_path, image_factory):
+    """The loop device's backing file is the manifest, the torrent, or an image being seeded."""
+    # A small image, and its manifest padded past the image size: a loop device over the
+    # manifest is large enough to take the image, so only the overlap refuses it.
+    other, _ = create_manifest(image_factory(size=64 * 1024, seed=44, name="other"), str(tmp_path),
+                               piece_size=16 * 1024)
+    with open(other.path, "a") as f:
+        f.write(" " * 128 * 1024)
+    image = manifest.source["path"]
+    devices = []
+    seeder = Proc("seed", manifest.path, image, "--listen", f"127.0.0.1:{free_port()}", log_path=tmp_path / "seed")
+    try:
+        for own in (other.path, other.torrent_path):
+            devices.append(attach_loop(own))
+            before = file_digest(own, os.path.getsize(own))
+            assert_one_error_line(fetch(other.path, devices[-1], tmp_path), "would overwrite", "which this job reads")
+            assert file_digest(own, os.path.getsize(own)) == before, f"{own} was written"
+        seeder.wait_for(ready_seeder, 30, "seeder ready")
+        devices.append(attach_loop(image))
+        before = file_digest(image, IMAGE_SIZE)
+        assert_one_error_line(fetch(other.path, devices[-1], tmp_path), "is a loop device over",
+                              "another job is seeding or writing")
+        assert file_digest(image, IMAGE_SIZE) == before, "the image being seeded was written"
+    finally:
+        seeder.stop()
+        for dev in devices:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_the_agent_answers_bad_manifests_and_overlapping_loop_targets_with_one_line(manifest, tmp_path):
+    """Through the agent: 400 naming the field or the torrent, 409 for a loop device over the
+    image its seed job reads; no traceback in its log, nothing written."""
+    from _agent_client import AgentError
+    from agent_helpers import AgentProc
+    from conftest import LOOP_SKIP_REASON
+    (tmp_path / "agent").mkdir()
+    agent = AgentProc(tmp_path / "agent", free_port()).start()
+    devices = []
+    try:
+        target, digest, size = existing_smaller_target(tmp_path)
+        bad = [
+            (edited(manifest, tmp_path, "source.manifest.json", lambda d: d.update(source="ab")),
+             "source must be a mapping"),
+            (edited(manifest, tmp_path, "offset.manifest.json", lambda d: d["files"][0].update(offset=[0])),
+             "files[0].offset must be an integer"),
+            (rewrite_torrent(manifest, tmp_path, "nameless", lambda i: i.update({b"name": b""})),
+             "libtorrent rejects the torrent"),
+        ]
+        for path, words in bad:
+            with pytest.raises(AgentError) as err:
+                agent.client.put_fetch(str(path), str(target))
+            assert err.value.status == 400 and words in str(err.value), (err.value.status, str(err.value))
+            assert len(str(err.value).splitlines()) == 1
+        assert_unchanged(target, digest, size)
+        if LOOP_SKIP_REASON is None:
+            image = manifest.source["path"]
+            agent.client.put_seed(manifest.path, image)
+            other, _ = create_manifest(str(tmp_path / "small.img"), str(tmp_path / "agent"))
+            devices.append(attach_loop(image))
+            before = file_digest(image, IMAGE_SIZE)
+            with pytest.raises(AgentError) as err:
+                agent.client.put_fetch(other.path, devices[-1])
+            assert err.value.status == 409 and "overlaps" in str(err.value), (err.value.status, str(err.value))
+            assert file_digest(image, IMAGE_SIZE) == before
+        assert [j["action"] for j in agent.client.jobs()] == (["seed"] if devices else [])
+        assert "Traceback" not in agent.log()
+    finally:
+        agent.stop()
+        for dev in devices:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)

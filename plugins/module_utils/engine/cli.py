@@ -17,7 +17,7 @@ from .files import ensure_private_dir
 from .image import claim_target
 from .jobs import JobStore
 from .net import parse_peer
-from .session import Session, SessionSettings, own_files
+from .session import Session, SessionSettings, own_files, torrent_info
 
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet/state" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/p2pfleet")
 
@@ -209,7 +209,9 @@ def cmd_fetch(args) -> int:
     peers = _endpoints(args.peer)
     ensure_private_dir(args.state_dir, error=StateError)
     started = time.monotonic()
-    # The target next: a dangerous target must be refused whatever else is wrong.
+    # libtorrent's own reading of the torrent, then the target: a dangerous target must be
+    # refused whatever else is wrong, and an impossible torrent never grows a target.
+    torrent_info(manifest)
     target = claim_target(args.target, manifest.image_size, require_device=args.device,
                           protect=own_files(manifest))
     with _session_for(target, args) as session:

@@ -616,11 +616,9 @@ class Session:
         self._remove(job, removed)
 
     # -- putting jobs ------------------------------------------------------------------
-    def _torrent_info(self, manifest):
-        try:
-            return lt.torrent_info(lt.bdecode(manifest.torrent_bytes()))
-        except RuntimeError as exc:
-            raise ManifestError(f"{manifest.torrent_path}: libtorrent rejects the torrent: {exc}") from None
+    @staticmethod
+    def _torrent_info(manifest):
+        return torrent_info(manifest)
 
     def _params(self, job):
         atp = lt.add_torrent_params()
@@ -730,6 +728,7 @@ class Session:
                     claimed.release()
                 return job.snapshot(time.monotonic()), False
             self._refuse_overlap(manifest, path, "fetch")
+            torrent_info(manifest)  # before the claim: an impossible torrent never grows a target
             protect = own_files(manifest)
             manifest = self.store.keep_manifest(manifest)
             job = J.FetchJob(manifest, path, trackers, peers, seed_after, stall_timeout, require_device)
@@ -837,6 +836,7 @@ class Session:
             if job.state in J.RUNNING:
                 try:
                     if job.action == "fetch":
+                        torrent_info(manifest)
                         claim = claim_target(job.path, manifest.image_size, require_device=job.require_device,
                                              protect=own_files(manifest))
                         try:
@@ -888,6 +888,28 @@ class Session:
         self._closing = True
         for job in self._jobs.values():
             self._unload(job)
+
+
+def torrent_info(manifest):
+    """libtorrent's own reading of the manifest's torrent, checked against the manifest.
+
+    Run before a target is claimed: a torrent libtorrent refuses, or reads with another
+    layout than the manifest's (where a split image's files are written), never creates
+    or grows a target.
+    """
+    where = manifest.torrent_path
+    try:
+        ti = lt.torrent_info(lt.bdecode(manifest.torrent_bytes()))
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: libtorrent rejects the torrent: {str(exc)[:200]}") from None
+    files = ti.layout()
+    layout = [(files.file_offset(i), files.file_size(i)) for i in range(files.num_files())]
+    if (ti.total_size() != manifest.image_size or ti.piece_length() != manifest.piece_size
+            or ti.num_pieces() != manifest.piece_count
+            or layout != [(vf.offset, vf.size) for vf in manifest.files]):
+        raise ManifestError(f"{where}: libtorrent reads another size, piece size or file layout than the "
+                            f"manifest {manifest.name} describes")
+    return ti
 
 
 def own_files(manifest) -> tuple:
