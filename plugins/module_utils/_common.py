@@ -5,29 +5,21 @@
 
 from __future__ import annotations
 
-import json
-
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
-from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.files import read_capped
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import Manifest
 
 DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
 
 AGENT_ARGS = dict(socket=dict(type="path", default=DEFAULT_SOCKET))
 
 
-def read_manifest_header(path, limit=4 << 20):
-    """Name, info-hash and size of a manifest without the engine (for modules that only
-    hand the manifest to the agent). Raises ValueError with one line naming the problem."""
+def read_manifest_header(path):
+    """Name, info-hash and size of a manifest (for modules that only hand the manifest to
+    the agent). The engine's own reading: a regular file of bounded size, every field type-
+    and range-checked; the torrent is left to the agent. Raises ValueError with one line
+    naming the problem."""
     try:
-        raw = read_capped(path, limit, "manifest")
+        manifest = Manifest.load(path, complete=False)
     except P2PFleetError as exc:
         raise ValueError(str(exc)) from None
-    try:
-        data = json.loads(raw)
-        header = {"name": str(data["name"]), "info_hash": str(data["info_hash"]),
-                  "image_size": int(data["image_size"])}
-    except (ValueError, RecursionError, KeyError, TypeError):
-        raise ValueError(f"{path}: not a p2pfleet manifest") from None
-    if len(header["info_hash"]) != 40 or any(c not in "0123456789abcdef" for c in header["info_hash"]):
-        raise ValueError(f"{path}: info_hash is not 40 hex digits")
-    return header
+    return {"name": manifest.name, "info_hash": manifest.info_hash, "image_size": manifest.image_size}

@@ -114,6 +114,30 @@ def test_swarm_job_refusals_name_the_problem_and_write_nothing(collections, tmp_
     assert missing["failed"] and "target" in missing["msg"], missing
 
 
+def test_swarm_job_modules_refuse_manifest_numbers_out_of_range_with_one_line(collections, tmp_path, image_factory,
+                                                                             agent):
+    """The modules read a manifest with the engine's range-checked reader: no traceback."""
+    image = image_factory(4 * MIB, seed=54, name="num.img")
+    manifest = run_module(collections, "image_manifest", {"image": image, "dest": str(tmp_path)})["manifest"]
+    text = open(manifest).read()
+    size = str(os.path.getsize(image))
+    assert f'"image_size": {size}' in text
+    target = tmp_path / "target.img"
+    target.write_bytes(b"t" * 4096)
+    cases = [("1e999", "image_size must be an integer"), ("NaN", "image_size must be an integer"),
+             ("-5", "image_size -5 is out of range"), ("true", "image_size must be an integer"),
+             (f'"{size}"', "image_size must be an integer")]
+    for i, (value, words) in enumerate(cases):
+        bad = tmp_path / f"bad{i}.manifest.json"
+        bad.write_text(text.replace(f'"image_size": {size}', f'"image_size": {value}'))
+        for name, args in (("swarm_job", {"target": str(target)}), ("swarm_job_info", {})):
+            result = run_module(collections, name, {"manifest": str(bad), "socket": agent.socket, **args})
+            assert result["failed"] and words in result["msg"], (name, value, result)
+            assert "Traceback" not in result["msg"] and "\n" not in result["msg"].strip(), (name, value, result)
+    assert target.read_bytes() == b"t" * 4096
+    assert agent.client.jobs() == []
+
+
 @pytest.fixture
 def gpt_disk(tmp_path):
     """A loop disk with a GPT of two slots named uniquely (other labs on this machine use

@@ -229,6 +229,8 @@ class Manifest:
 
     def _check_numbers(self, runtime: bool = True) -> None:
         where = self.path
+        if len(self.info_hash) != 40 or not set(self.info_hash) <= set("0123456789abcdef"):
+            raise ManifestError(f"{where}: info_hash is not 40 lowercase hex digits")
         if not self.torrent or "/" in self.torrent or self.torrent.startswith("."):
             raise ManifestError(f"{where}: torrent must be a file name beside the manifest, got {self.torrent!r}")
         if self.digest_algorithm not in DIGEST_ALGORITHMS:
