@@ -353,3 +353,13 @@ def test_the_agent_answers_bad_manifests_and_overlapping_loop_targets_with_one_l
         agent.stop()
         for dev in devices:
             subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+@pytest.mark.parametrize("command", ["tracker", "agent"])
+def test_a_daemon_config_check_on_a_fifo_or_deep_yaml_is_one_line(tmp_path, command):
+    fifo = tmp_path / "fifo.yml"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.yml"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for path, words in ((fifo, "not a regular file"), (deep, "nested deeper than"), ("/dev/zero", "not a regular file")):
+        assert_one_error_line(run_cli(command, "--check", "--config", path, timeout=20), str(path), words)

@@ -86,11 +86,11 @@ def test_admin_endpoint_defaults_to_loopback_only():
 
 
 def test_unreadable_and_invalid_yaml_files(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read tracker config"):
+    with pytest.raises(ConfigError, match="missing.yml: no such tracker config"):
         load(tmp_path / "missing.yml")
     bad = tmp_path / "bad.yml"
     bad.write_text("groups: [unclosed\n")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yml: not valid YAML"):
         load(bad)
 
 
@@ -100,3 +100,65 @@ def test_documented_example_config_loads():
     cfg = load(example)
     assert cfg.topology.fetch_from == {"annex": frozenset({"room101"})}
     assert cfg.topology.origin_fanout == 4
+
+
+# -- the config file as bounded input (both daemons' loaders) -------------------------------------
+
+def _tracker_load(path):
+    return load(str(path))
+
+
+def _agent_load(path):
+    from engine.agent.config import load as agent_load
+    return agent_load(str(path))
+
+
+def _deep_flow(tmp_path):
+    path = tmp_path / "flow.yml"
+    path.write_text("allowed_networks: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    return path
+
+
+def _deep_block(tmp_path):
+    path = tmp_path / "block.yml"
+    path.write_text("".join(f"{' ' * i}k:\n" for i in range(1000)))
+    return path
+
+
+def _fifo(tmp_path):
+    import os
+    path = tmp_path / "fifo.yml"
+    os.mkfifo(path)
+    return path
+
+
+def _huge(tmp_path):
+    path = tmp_path / "huge.yml"
+    path.write_text("# " + "x" * (2 << 20) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("loader", [_tracker_load, _agent_load], ids=["tracker", "agent"])
+@pytest.mark.parametrize("make, words", [
+    (_deep_flow, "nested deeper than"),
+    (_deep_block, "nested deeper than"),
+    (_fifo, "not a regular file"),
+    (lambda tmp_path: "/dev/zero", "not a regular file"),
+    (lambda tmp_path: tmp_path, "not a regular file"),
+    (_huge, "too large"),
+    (lambda tmp_path: tmp_path / "absent.yml", "no such"),
+], ids=["deep-flow", "deep-block", "fifo", "char-device", "directory", "huge", "missing"])
+def test_a_config_file_is_read_as_bounded_input(tmp_path, loader, make, words):
+    path = make(tmp_path)
+    with pytest.raises(ConfigError if loader is _tracker_load else Exception) as err:
+        loader(path)
+    from engine.errors import P2PFleetError
+    assert isinstance(err.value, P2PFleetError), repr(err.value)
+    message = str(err.value)
+    assert words in message and str(path) in message and "\n" not in message, message
+
+
+def test_a_config_nested_within_the_bound_still_loads(tmp_path):
+    path = tmp_path / "ok.yml"
+    path.write_text("allowed_networks: [10.0.0.0/8]\ngroups:\n  room1:\n    networks: [10.1.0.0/16]\n")
+    assert load(str(path)).topology.group_of(ipaddress.ip_address("10.1.2.3"), None) == "room1"

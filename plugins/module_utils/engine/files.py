@@ -80,3 +80,35 @@ def ensure_private_dir(path: str, error=P2PFleetError) -> str:
     except OSError as exc:
         raise error(f"{path}: state directory is not usable: {exc.strerror}") from None
     return path
+
+
+MAX_YAML_DEPTH = 64
+
+
+def read_yaml(path: str, limit: int, what: str = "config", error=P2PFleetError, max_depth: int = MAX_YAML_DEPTH):
+    """A YAML file (JSON is YAML too) read as bounded input: a regular file of at most
+    ``limit`` bytes (no FIFO hang, no endless device), nested at most ``max_depth`` deep
+    (no RecursionError), every problem one ``error`` line naming ``path``."""
+    import yaml  # here: the modules' module_utils never need PyYAML
+
+    raw = read_capped(path, limit, what, error=error)
+
+    class _Loader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+        depth = 0
+
+        def compose_node(self, parent, index):
+            self.depth += 1
+            if self.depth > max_depth:
+                mark = self.peek_event().start_mark
+                raise error(f"{path}: not a valid {what}: nested deeper than {max_depth} levels "
+                            f"(line {mark.line + 1})")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    try:
+        return yaml.load(raw, Loader=_Loader)  # nosec B506 - a SafeLoader
+    except (yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{path}: not valid YAML: {first[:200]}") from None

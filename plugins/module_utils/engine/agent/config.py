@@ -6,10 +6,8 @@ config must not silently fall back to a default.
 import os
 from dataclasses import dataclass, field
 
-import yaml
-
 from ..errors import P2PFleetError
-from ..files import read_capped
+from ..files import read_yaml
 from ..net import parse_endpoint, parse_networks
 
 DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
@@ -95,9 +93,4 @@ def parse(data, source: str = "") -> AgentConfig:
 
 
 def load(path: str) -> AgentConfig:
-    raw = read_capped(path, 1 << 20, "agent config", error=ConfigError)
-    try:
-        data = yaml.safe_load(raw)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse(data, path)
+    return parse(read_yaml(path, 1 << 20, "agent config", error=ConfigError), path)

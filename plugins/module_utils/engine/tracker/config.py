@@ -10,9 +10,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-import yaml
-
 from ..errors import P2PFleetError
+from ..files import read_yaml
 
 _HEX = set("0123456789abcdef")
 
@@ -98,14 +97,13 @@ _GROUP_KEYS = {"networks", "hosts"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load(path) -> TrackerConfig:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read tracker config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"tracker config {path} is not valid YAML: {exc}") from None
+    """Read the config as bounded input: a regular file of at most 1 MiB, nested at most
+    a few dozen levels; every problem is one ConfigError line."""
+    raw = read_yaml(path, MAX_CONFIG_BYTES, "tracker config", error=ConfigError)
     return parse(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
