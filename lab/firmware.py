@@ -14,7 +14,13 @@ what a real terminal's firmware and GRUB do together:
   SIGHUP presses ctrl-alt-del (a clean reboot).
 
 State for ``lab status`` goes to ``firmware.json`` beside the host's log.
+
+The root file system it boots is mounted in a mount namespace of the firmware's own. Mounted
+where every process sees it, it was copied into the mount namespace of each host booted
+after it (outside their roots, where no mountinfo shows it), and kept the slot's file system
+alive there after the switch: the old slot stayed busy, and a fetch into it was refused.
 """
+import ctypes
 import json
 import os
 import signal
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import time
 
+CLONE_NEWNS = 0x00020000
 EXIT_REBOOT = 133            # systemd-nspawn's exit status when the container rebooted
 MAX_FAILED_BOOTS = 5
 ENTRIES = {"A": "A", "B": "B", "0": "A", "1": "B"}   # menuentry ids, or positions in the menu
@@ -161,7 +168,16 @@ class Firmware:
         return int(children[0]) if children else None
 
 
+def private_mounts():
+    """A mount namespace of this process's own, with nothing propagating out of it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+
+
 def main(labdir, name):
+    private_mounts()
     firmware = Firmware(labdir, name)
     signal.signal(signal.SIGTERM, firmware.on_term)
     signal.signal(signal.SIGINT, firmware.on_term)

@@ -7,6 +7,7 @@ namespaces by the lab's directory and prefix, so a half-built lab comes down as 
 whole one, and nothing of another lab or another user is touched.
 """
 import concurrent.futures
+import errno
 import fcntl
 import glob
 import json
@@ -287,13 +288,20 @@ def flash(state, name, slot, image):
     if not os.path.isfile(path):
         raise LabError(f"no image {path}")
     device = host["disk"][disk.SLOT_LABELS[slot]]
-    if device in mounted_devices():
-        raise LabError(f"slot {slot} of {name} is the running root file system: not written")
+    if in_use(device):
+        raise LabError(f"slot {slot} of {name} is in use (the running root file system, or a job's): not written")
     disk.write_image(path, device)
 
 
-def mounted_devices():
-    return {line.split()[0] for line in open("/proc/self/mounts")}
+def in_use(device):
+    """Mounted in any namespace (a host's root is mounted in its firmware's), or claimed."""
+    try:
+        os.close(os.open(device, os.O_RDONLY | os.O_EXCL))
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return True
+        raise
+    return False
 
 
 def build_image(state, release, broken=False):

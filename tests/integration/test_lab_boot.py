@@ -117,7 +117,7 @@ def test_broken_image_in_next_entry_falls_back_to_a(lab, on_release_1):
 
 def test_the_running_slot_is_never_flashed(lab):
     release, slot, _ = booted(lab, "t04")
-    with pytest.raises(labmod.LabError, match="running root file system"):
+    with pytest.raises(labmod.LabError, match="the running root file system"):
         labmod.flash(lab.state, "t04", slot, "release-2.img")
     assert booted(lab, "t04")[:2] == (release, slot)
 

@@ -211,10 +211,11 @@ def test_modules_fill_every_inactive_slot_and_a_killed_agent_resumes(lab, conver
 
     # release the slots: later tests flash and boot them
     stop = {"hosts": "terminals", "become": True, "gather_facts": False, "tasks": [
+        {"p2pfleet.imaging.slot_info": {"slots": "{{ p2pfleet_slots }}"}, "register": "slots"},
         {"p2pfleet.imaging.swarm_job": {"manifest": f"{MANIFESTS}/roles-test.img.manifest.json",
-                                        "target": "{{ item }}", "state": "absent"},
-         "loop": ["/dev/disk/by-partlabel/system_a", "/dev/disk/by-partlabel/system_b"]}]}
-    assert run_playbook(lab.inventory, collections, [stop]).rc == 0
+                                        "target": "{{ slots.inactive.device }}", "state": "absent"}}]}
+    removed = run_playbook(lab.inventory, collections, [stop])
+    assert removed.rc == 0, removed.tail()
 
 
 def test_state_absent_removes_the_agent_and_keeps_its_records(lab, converged):
