@@ -4,8 +4,9 @@ from urllib.parse import quote_from_bytes
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from engine.failure_report import MAX_REASON_CHARS, failure_urls, one_line_reason
 from engine.tracker.announce import (
-    MAX_QUERY_BYTES, AnnounceError, parse_announce, parse_query, parse_scrape,
+    MAX_ERROR_CHARS, MAX_QUERY_BYTES, AnnounceError, parse_announce, parse_query, parse_scrape,
 )
 
 INFO_HASH = bytes(range(20))
@@ -52,10 +53,39 @@ def test_numwant_is_clamped_to_the_configured_maximum():
     ({"event": b"resumed"}, "event 'resumed' is not one of started, stopped, completed, paused"),
     ({"event": b"\xff"}, "event is not ASCII"),
     ({"host": b"bad host"}, "host 'bad host' is not a valid host name"),
+    ({"event": b"stopped", "p2pfleet_error": b""}, "p2pfleet_error must be 1..200 printable ASCII"),
+    ({"event": b"stopped", "p2pfleet_error": b"a\nb"}, "p2pfleet_error must be 1..200 printable ASCII"),
+    ({"event": b"stopped", "p2pfleet_error": b"\x1b[31m"}, "p2pfleet_error must be 1..200 printable"),
+    ({"event": b"stopped", "p2pfleet_error": "pièce".encode()}, "p2pfleet_error must be 1..200 printable"),
+    ({"event": b"stopped", "p2pfleet_error": b"x" * 201}, "p2pfleet_error must be 1..200 printable"),
+    ({"event": b"started", "p2pfleet_error": b"piece 5"}, "p2pfleet_error is only allowed with event=stopped"),
+    ({"p2pfleet_error": b"piece 5"}, "p2pfleet_error is only allowed with event=stopped"),
 ])
 def test_bad_announces_name_the_problem(overrides, message):
     with pytest.raises(AnnounceError, match=re.escape(message)):
         parse_announce(query(**overrides), 200)
+
+
+def test_p2pfleet_error_is_percent_decoded_printable_ascii_and_optional():
+    reason = b"seed failed: piece 5 does not match <b>img</b> & 100% \"sure\""
+    req = parse_announce(query(event=b"stopped", p2pfleet_error=reason), 200)
+    assert req.error == reason.decode()
+    assert parse_announce(query(event=b"stopped", p2pfleet_error=b"x" * MAX_ERROR_CHARS), 200).error == "x" * 200
+    assert parse_announce(query(event=b"stopped"), 200).error is None
+    with pytest.raises(AnnounceError, match="p2pfleet_error given 2 times"):
+        parse_announce(query(event=b"stopped", p2pfleet_error=b"a") + "&p2pfleet_error=b", 200)
+
+
+def test_the_engines_failure_report_is_an_announce_the_tracker_accepts():
+    ugly = "/dev/sdb: piece 5 \u00e9\n\tdoes not match " + "x" * 400
+    assert MAX_REASON_CHARS == MAX_ERROR_CHARS
+    line = one_line_reason(ugly)
+    assert len(line) == MAX_REASON_CHARS and line.isprintable() and line.isascii()
+    urls = failure_urls(["http://t:1/announce?host=pc-1", "udp://t:2", "https://u/a"], INFO_HASH.hex(), 6881, ugly)
+    assert [u.split("?")[0] for u in urls] == ["http://t:1/announce", "https://u/a"]
+    req = parse_announce(urls[0].split("?", 1)[1], 200)
+    assert (req.info_hash, req.port, req.event, req.left, req.host) == (INFO_HASH, 6881, "stopped", 0, "pc-1")
+    assert req.error == line
 
 
 def test_repeated_parameter_is_refused():
@@ -101,7 +131,7 @@ _field_values = st.one_of(st.binary(max_size=40), st.integers(-2**70, 2**70).map
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(
     st.sampled_from(["info_hash", "peer_id", "port", "uploaded", "downloaded", "left", "event",
-                     "numwant", "compact", "no_peer_id", "host", "key", "ip"]),
+                     "numwant", "compact", "no_peer_id", "host", "key", "ip", "p2pfleet_error"]),
     _field_values))
 def test_fuzz_structured_announces_validate_every_field(fields):
     raw = "&".join(f"{k}={quote_from_bytes(v)}" for k, v in fields.items())
@@ -115,3 +145,17 @@ def test_fuzz_structured_announces_validate_every_field(fields):
     assert all(0 <= n < 2**63 for n in (req.uploaded, req.downloaded, req.left))
     assert req.numwant is None or 0 <= req.numwant <= 200
     assert req.event in ("started", "stopped", "completed", "paused", "")
+    if req.error is not None:
+        assert req.event == "stopped" and req.error == fields["p2pfleet_error"].decode("ascii")
+        assert 1 <= len(req.error) <= MAX_ERROR_CHARS and req.error.isprintable()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=260))
+def test_fuzz_p2pfleet_error_values_parse_to_printable_text_or_refuse(value):
+    try:
+        req = parse_announce(query(event=b"stopped", p2pfleet_error=value), 200)
+    except AnnounceError as exc:
+        assert "p2pfleet_error" in str(exc) or "non-ASCII" in str(exc)
+        return
+    assert req.error == value.decode("ascii") and req.error.isprintable() and 1 <= len(req.error) <= 200

@@ -29,10 +29,10 @@ def make(**policy):
     return tracker, clock
 
 
-def announce(tracker, clock, ip, peer, left, event="", up=0, down=0, host=None, numwant=50):
+def announce(tracker, clock, ip, peer, left, event="", up=0, down=0, host=None, numwant=50, error=None):
     req = Announce(info_hash=HASH, peer_id=peer.ljust(20, b".")[:20], port=6881, uploaded=up,
                    downloaded=down, left=left, event=event, numwant=numwant, compact=True,
-                   no_peer_id=False, host=host)
+                   no_peer_id=False, host=host, error=error)
     return tracker.swarms[HASH].announce(req, ipaddress.ip_address(ip), tracker.config,
                                          tracker.rng, clock())
 
@@ -97,6 +97,48 @@ def test_stopped_peer_leaves_the_peer_lists_and_completed_counts_once():
     response = announce(tracker, clock, "10.1.0.2", b"a", SIZE)
     assert response["peers"] == b""
     assert peers_of(tracker.swarms[HASH].status(clock(), 5000.0))["10.1.0.3"]["state"] == "stopped"
+
+
+def test_a_reported_failure_marks_the_peer_at_that_address_failed_with_its_reason():
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    announce(tracker, clock, "10.0.0.1", b"lt-random-id", 0, "started", host="server")
+    announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")
+    # The engine's report carries another peer id than libtorrent's: matched by address and port.
+    clock.now += 1
+    assert announce(tracker, clock, "10.0.0.1", b"report", 0, "stopped", host="server",
+                    error="seed failed: piece 5 does not match")["peers"] == b""
+    status = swarm.status(clock(), 5000.0)
+    row = peers_of(status)["server"]
+    assert (row["state"], row["error"], row["origin"]) == ("failed", "seed failed: piece 5 does not match", True)
+    assert status["totals"]["failed"] == 1 and status["totals"]["origins"] == 0
+    assert peers_of(status)["10.1.0.2"]["error"] is None
+    # The downloader is no longer offered the failed seeder.
+    assert announce(tracker, clock, "10.1.0.2", b"a", SIZE)["peers"] == b""
+    # libtorrent's own event=stopped coming after the report changes nothing.
+    announce(tracker, clock, "10.0.0.1", b"lt-random-id", 0, "stopped", host="server")
+    assert peers_of(swarm.status(clock(), 5000.0))["server"]["state"] == "failed"
+
+
+def test_a_failure_reported_after_the_stop_or_by_an_unknown_peer_is_still_shown_once():
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    announce(tracker, clock, "10.1.0.3", b"lt", 0, "started")
+    announce(tracker, clock, "10.1.0.3", b"lt", 0, "stopped")
+    announce(tracker, clock, "10.1.0.3", b"report", 0, "stopped", error="seed failed: piece 7")
+    announce(tracker, clock, "10.1.0.4", b"report", 0, "stopped", error="seed failed: cannot read")
+    rows = peers_of(swarm.status(clock(), 5000.0))
+    assert (rows["10.1.0.3"]["state"], rows["10.1.0.3"]["error"]) == ("failed", "seed failed: piece 7")
+    assert (rows["10.1.0.4"]["state"], rows["10.1.0.4"]["error"]) == ("failed", "seed failed: cannot read")
+    assert len(rows) == 2 and swarm.status(clock(), 5000.0)["totals"]["failed"] == 2
+    # The job started again at that address: the failed row goes, the new peer is active.
+    announce(tracker, clock, "10.1.0.3", b"lt-again", 0, "started")
+    rows = peers_of(swarm.status(clock(), 5000.0))
+    assert (rows["10.1.0.3"]["state"], rows["10.1.0.3"]["error"]) == ("complete", None)
+    # Failed rows are forgotten like stopped ones.
+    clock.now += tracker.config.forget_after + 1
+    tracker.expire()
+    assert "10.1.0.4" not in peers_of(swarm.status(clock(), 5000.0))
 
 
 def test_client_restart_with_new_peer_id_replaces_the_old_entry():

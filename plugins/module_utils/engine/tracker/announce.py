@@ -22,6 +22,10 @@ MAX_BYTES = 2**63 - 1
 EVENTS = ("started", "stopped", "completed", "paused", "")
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _DIGITS_RE = re.compile(rb"[0-9]{1,20}")
+# p2pfleet_error: why a p2pfleet job failed, shown on the fleet page (docs/tracker.md).
+ERROR_PARAM = "p2pfleet_error"
+MAX_ERROR_CHARS = 200
+_ERROR_RE = re.compile(rb"[\x20-\x7e]{1,%d}" % MAX_ERROR_CHARS)
 
 
 class AnnounceError(ValueError):
@@ -41,6 +45,7 @@ class Announce:
     compact: bool
     no_peer_id: bool
     host: str | None
+    error: str | None = None
 
 
 def parse_query(raw, limit=MAX_QUERY_BYTES) -> dict[bytes, list[bytes]]:
@@ -85,6 +90,7 @@ def parse_announce(raw, max_numwant: int) -> Announce:
         compact=_text(params, "compact", default="1") != "0",
         no_peer_id=_text(params, "no_peer_id", default="0") == "1",
         host=_host(params),
+        error=_error(params, event),
     )
 
 
@@ -151,3 +157,15 @@ def _host(params) -> str | None:
     if not _HOST_RE.fullmatch(host):
         raise AnnounceError(f"host {host[:64]!r} is not a valid host name")
     return host
+
+
+def _error(params, event: str) -> str | None:
+    """The optional ``p2pfleet_error``: only with event=stopped, printable ASCII, capped."""
+    value = _single(params, ERROR_PARAM)
+    if value is None:
+        return None
+    if event != "stopped":
+        raise AnnounceError(f"{ERROR_PARAM} is only allowed with event=stopped")
+    if not _ERROR_RE.fullmatch(value):
+        raise AnnounceError(f"{ERROR_PARAM} must be 1..{MAX_ERROR_CHARS} printable ASCII characters")
+    return value.decode("ascii")

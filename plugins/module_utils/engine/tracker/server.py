@@ -137,6 +137,7 @@ async def metrics(request):
         ("downloading_peers", "gauge", "Active peers with bytes left.", "downloading"),
         ("complete_peers", "gauge", "Active terminals that have the whole image.", "complete"),
         ("silent_peers", "gauge", "Peers that missed their announces.", "silent"),
+        ("failed_peers", "gauge", "Peers whose job reported a failure (p2pfleet_error).", "failed"),
         ("bytes_left", "gauge", "Bytes the terminals still have to download.", "bytes_left"),
         ("bytes_total", "gauge", "Image size times the number of terminals.", "bytes_total"),
         ("progress_ratio", "gauge", "Fleet progress, 0 to 1.", "progress"),

@@ -29,7 +29,7 @@ class Peer:
 
     __slots__ = (
         "key", "ip", "port", "host", "group", "origin", "compact", "uploaded", "downloaded",
-        "left", "up_rate", "down_rate", "first_seen", "last_seen", "state", "counted",
+        "left", "up_rate", "down_rate", "first_seen", "last_seen", "state", "counted", "error",
         "_sample_time", "_sample_up", "_sample_down",
     )
 
@@ -39,6 +39,7 @@ class Peer:
         self.up_rate = self.down_rate = 0.0
         self.first_seen = self.last_seen = now
         self.state = "active"
+        self.error = None
         self.counted = False
         self._sample_time = None
         self._sample_up = self._sample_down = 0
@@ -113,6 +114,9 @@ class Swarm:
     def announce(self, req, ip, config, rng, now):
         """Apply one parsed announce from ``ip`` and return the bencodable response."""
         peer = self.peers.get(req.peer_id)
+        if req.error is not None:
+            self._failed(req, ip, config, now)
+            return self._response(config, [], req)
         if req.event == "stopped":
             if peer is not None:
                 self._remove(peer, "stopped")
@@ -130,6 +134,9 @@ class Swarm:
                 self._remove(stale, "restarted")
                 self.gone.pop(stale.key, None)
             previous = self.gone.pop(req.peer_id, None)
+            for key in [k for k, p in self.gone.items()
+                        if p.state == "failed" and p.ip == ip and p.port == req.port]:
+                del self.gone[key]      # the failed job at this address was started again
             peer = Peer(req.peer_id, ip, req.port, now)
             if previous is not None:
                 peer.first_seen, peer.counted = previous.first_seen, previous.counted
@@ -161,6 +168,34 @@ class Swarm:
             log.debug("%s: %s (group %s, left %d) gets %s", self.name, _label(peer),
                       peer.group, peer.left, decision.explain())
         return self._response(config, decision.peers, req)
+
+    def _failed(self, req, ip, config, now):
+        """A p2pfleet job reports (event=stopped, p2pfleet_error) that it failed, and why.
+
+        Its libtorrent announces used another, random peer id, so the peer is found by id or
+        else by the address and port it announced from; its own event=stopped may come first.
+        """
+        host = config.host_name(ip, req.host)
+        peer = self.peers.get(req.peer_id) or self.by_addr.get((ip, req.port))
+        if peer is not None:
+            self._remove(peer, "failed")
+        else:
+            peer = self.gone.get(req.peer_id)
+            if peer is None:
+                same = [p for p in self.gone.values() if p.ip == ip and p.port == req.port]
+                peer = max(same, key=lambda p: p.last_seen, default=None)
+            if peer is None:
+                # Never announced before (or forgotten): keep one failed row for the address.
+                peer = Peer(req.peer_id, ip, req.port, now)
+                peer.host = host
+                peer.group = config.topology.group_of(ip, host)
+                peer.origin = config.topology.is_seeder(ip, host)
+                peer.left = req.left
+                self.gone[peer.key] = peer
+            peer.state = "failed"
+        peer.error = req.error
+        peer.last_seen = now
+        log.warning("%s: %s failed: %s", self.name, _label(peer), req.error)
 
     def _response(self, config, peers, req):
         complete = sum(1 for p in self.peers.values() if p.left == 0)
@@ -218,6 +253,7 @@ class Swarm:
             "complete": sum(1 for p in active if p.left == 0 and not p.origin),
             "stopped": sum(1 for p in self.gone.values() if p.state == "stopped"),
             "silent": sum(1 for p in self.gone.values() if p.state == "silent"),
+            "failed": sum(1 for p in self.gone.values() if p.state == "failed"),
             "completed_events": self.completed,
             "bytes_total": size * terminals,
             "bytes_left": bytes_left,
@@ -242,7 +278,7 @@ class Swarm:
             state = "complete" if peer.left == 0 else "downloading"
         return {
             "host": peer.host, "ip": str(peer.ip), "port": peer.port, "group": peer.group,
-            "origin": peer.origin, "state": state, "left": peer.left,
+            "origin": peer.origin, "state": state, "error": peer.error, "left": peer.left,
             "progress": _fraction(size - min(peer.left, size), size) if size else (1.0 if peer.left == 0 else 0.0),
             "uploaded": peer.uploaded, "downloaded": peer.downloaded,
             "upload_rate": round(peer.up_rate, 1), "download_rate": round(peer.down_rate, 1),
