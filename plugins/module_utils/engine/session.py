@@ -29,6 +29,7 @@ import libtorrent as lt
 from . import jobs as J
 from . import verify
 from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError
+from .failure_report import REPORT_TIMEOUT, report_failure
 from .files import read_capped, write_atomic
 from .image import SliceMap, Target, claim_target, open_source, overlaps
 from .metainfo import Manifest, fingerprint
@@ -153,6 +154,7 @@ class Session:
         self._crash = None
         self._last_update = 0.0
         self._blocked_logged = set()
+        self._reporters = []
         self.blocked_peers = 0
         self._thread = threading.Thread(target=self._run, name="p2pfleet-session", daemon=True)
         self._thread.start()
@@ -251,6 +253,8 @@ class Session:
                 log.error("the session loop did not finish within %g s", timeout)
         for job in self._jobs.values():
             job.release_claims()
+        for thread in self._reporters:
+            thread.join(REPORT_TIMEOUT)
         self._lt.pause()
 
     def __enter__(self):
@@ -412,7 +416,9 @@ class Session:
             job.pieces_since_save += 1
         elif isinstance(alert, lt.hash_failed_alert) and job.action == "seed":
             self._fail(job, f"{job.path}: piece {alert.piece_index} does not match manifest {job.manifest.name}; "
-                            "the image changed after its manifest was made")
+                            "the image changed after its manifest was made",
+                       reason=f"piece {alert.piece_index} does not match manifest {job.manifest.name}; "
+                              "the image changed after its manifest was made")
         elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
             self._fail(job, f"{job.action} {job.manifest.name}: {alert.message()}")
         elif isinstance(alert, lt.torrent_finished_alert):
@@ -503,11 +509,19 @@ class Session:
         else:
             self._remove(job, done)
 
-    def _fail(self, job, message) -> None:
+    def _fail(self, job, message, reason=None) -> None:
+        """``reason``: a short form of ``message`` for the trackers (default ``message``)."""
         log.error("%s", message)
         if job.state in J.FINAL:
             return
         job.error = message
+        if job.action == "seed" and job.trackers and job.stopping is None:
+            # Before libtorrent's own event=stopped: the tracker marks this peer failed, with why.
+            # Once per job: more hash failures can arrive while the torrent is being removed.
+            self._reporters = [t for t in self._reporters if t.is_alive()]
+            self._reporters += report_failure(job.trackers, job.manifest.info_hash, self._lt.listen_port(),
+                                              f"seed failed: {reason or message}",
+                                              parse_endpoint(self.settings.listen, error=SwarmError)[0])
         self._unload(job, J.FAILED, message)
 
     # -- the state machine ---------------------------------------------------------------
