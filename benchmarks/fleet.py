@@ -247,6 +247,7 @@ class Distribution:
         self.first, self.downloaded, self.verified = {}, {}, {}
         self.samples = []         # (seconds, bytes held by the whole fleet)
         self.jobs = {}
+        self.origin_peers = 0     # most peers the origin was connected to at once
 
     def run(self):
         fleet, server = self.fleet, self.fleet.clients["server"]
@@ -286,6 +287,7 @@ class Distribution:
                     self.verified.setdefault(t, now)
                     self.downloaded.setdefault(t, now)
             self.samples.append((now, held))
+            self.origin_peers = max(self.origin_peers, server.job(self.jobs["server"])["peers"])
             if now > self.timeout:
                 late = sorted(set(self.terminals) - set(self.verified))
                 raise BenchError(f"the fleet did not finish within {self.timeout:.0f} s: {', '.join(late)} "
@@ -493,7 +495,7 @@ def report(results, args, state, size, http_size, rate_bits):
     scaled = f" (HTTP measured on {http_size / MIB:.0f} MiB, scaled ×{size / http_size:g})" if http_size != size else ""
     print(f"T_min = one terminal alone = {t_min:.1f} s{scaled}\n")
     header = (f"{'N':>3} {'T_http':>8} {'T_p2p':>7} {'eff':>5} {'speed-up':>9} {'/N':>5} {'origin':>7} "
-              f"{'ramp-up':>8} {'tail':>6} {'upl use':>8} {'verified':>9} {'CPU':>5}")
+              f"{'o.peers':>7} {'ramp-up':>8} {'tail':>6} {'upl use':>8} {'verified':>9} {'CPU':>5}")
     print(header)
     for n in counts:
         d = results["p2p"][n]
@@ -502,7 +504,7 @@ def report(results, args, state, size, http_size, rate_bits):
         per_n = f"{t_http / d.t_fleet / n:5.2f}" if t_http else f"{'-':>5}"
         http = f"{t_http:7.1f}s" if t_http else f"{'-':>8}"
         print(f"{n:>3} {http} {d.t_fleet:6.1f}s {t_min / d.t_fleet:5.2f} {speed} {per_n} "
-              f"{d.origin_payload / size:6.2f}x {d.ramp_up:7.1f}s {d.tail:5.1f}s "
+              f"{d.origin_payload / size:6.2f}x {d.origin_peers:7d} {d.ramp_up:7.1f}s {d.tail:5.1f}s "
               f"{100 * d.uplink_use(results['goodput']):7.0f}% {d.t_verified:8.1f}s {d.cpu:4.0f}%")
     if len(counts) > 1:
         first, last = results["p2p"][counts[0]], results["p2p"][counts[-1]]

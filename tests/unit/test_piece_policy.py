@@ -24,9 +24,17 @@ def load_in_libtorrent(image_size, piece, split_size=None):
     return lt.torrent_info(lt.bdecode(raw))
 
 
-@pytest.mark.parametrize("size", [1, 100 * MIB, 10 * GIB])
-def test_default_is_at_least_4_mib(size):
-    assert choose_piece_size(size) == 4 * MIB
+@pytest.mark.parametrize("size", [1, 100 * MIB, 512 * MIB, 10 * GIB, 16 * GIB])
+def test_small_images_get_256_kib_pieces(size):
+    # A swarm relays only whole pieces: a 512 MiB image must not be 128 pieces of 4 MiB.
+    assert choose_piece_size(size) == 256 * KIB
+
+
+@pytest.mark.parametrize("size, piece", [(16 * GIB + 1, 512 * KIB), (32 * GIB, 512 * KIB), (64 * GIB, MIB),
+                                         (100 * GIB, 2 * MIB), (200 * GIB, 4 * MIB)])
+def test_mid_sized_images_keep_at_most_65536_pieces(size, piece):
+    assert choose_piece_size(size) == piece
+    assert pieces(size, piece) <= 65_536 < pieces(size, piece // 2)
 
 
 @pytest.mark.parametrize("size", [256 * GIB, 1 * TIB, 4 * TIB, metainfo.MAX_IMAGE, 5 * TIB + 12345])
@@ -36,7 +44,8 @@ def test_default_fits_every_limit(size):
     assert 4 * MIB <= piece <= 64 * MIB
     assert pieces(size, piece) <= MAX_PIECES
     assert 20 * pieces(size, piece) < LIBTORRENT_TORRENT_LIMIT
-    # The smallest size that fits: a smaller piece would exceed MAX_PIECES (or the 4 MiB floor).
+    # The smallest size that fits: a smaller piece would exceed MAX_PIECES (or, from 256 GiB
+    # up, go below 4 MiB).
     assert piece == 4 * MIB or pieces(size, piece // 2) > MAX_PIECES
 
 

@@ -5,9 +5,13 @@ the whole-image digest (what ``verify`` proves a target against). The manifest a
 a fingerprint of the source, so asking again for the manifest of an unchanged image costs
 a stat, not a 256 GB read.
 
-Piece-size policy: pieces are 4 MiB at least by default and doubled until the piece
-count fits ``MAX_PIECES``; any power of two from 16 KiB to 64 MiB can be asked for, and a
-request that cannot fit is refused before a byte is hashed. An image can be exposed as
+Piece-size policy (default): the smallest power of two from 256 KiB that keeps the image
+within 65,536 pieces, up to 4 MiB (a 256 GiB image: 4 MiB pieces); above that, 4 MiB or
+more, doubled until the piece count fits ``MAX_PIECES``. A swarm relays a piece only once
+it is whole, so small images need small pieces: 4 MiB pieces left a 512 MiB image 128
+pieces and the fleet at half the wire's speed (docs/performance.md). Any power of two
+from 16 KiB to 64 MiB can be asked for, and a request that cannot fit is refused before a
+byte is hashed. An image can be exposed as
 several *virtual files* of a fixed size (a multiple of the piece size) that map back onto
 the one image at their offsets.
 """
@@ -30,7 +34,9 @@ except ImportError:  # distributions without the blake3 binding fall back to SHA
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 MIN_PIECE = 16 * KIB
-DEFAULT_PIECE = 4 * MIB
+DEFAULT_PIECE_FLOOR = 256 * KIB
+DEFAULT_PIECE = 4 * MIB           # the default never goes above this for fewer pieces...
+DEFAULT_PIECE_COUNT = 65_536      # ...than this: a 1.3 MB torrent
 MAX_PIECE = 64 * MIB
 # 20 bytes of SHA-1 per piece: 262,144 pieces keep the .torrent near 5 MB, half of
 # libtorrent's default load limit (10 MB), with room for the file list of a split image.
@@ -99,7 +105,10 @@ def choose_piece_size(image_size: int, requested: int = None) -> int:
                 f"image; the limit is {MAX_PIECES}: {hint}"
             )
         return requested
-    size = _smallest_fitting(image_size, start=DEFAULT_PIECE)
+    size = DEFAULT_PIECE_FLOOR
+    while size < DEFAULT_PIECE and -(-image_size // size) > DEFAULT_PIECE_COUNT:
+        size *= 2
+    size = _smallest_fitting(image_size, start=size)
     if size is None:
         raise ManifestError(
             f"image of {_human(image_size)} needs more than {MAX_PIECES} pieces even at "

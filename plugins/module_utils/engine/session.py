@@ -84,6 +84,14 @@ def lan_settings(settings: SessionSettings) -> dict:
         "apply_ip_filter_to_trackers": False,
         # Measured best for LAN swarms of 4-16 peers; more slots spread the origin thin.
         "unchoke_slots_limit": 8,
+        # Request pipelining for a LAN (benchmarks/fleet.py, docs/performance.md). By default
+        # a fast peer asks for 8 MiB of contiguous pieces at once and keeps 3 s of requests
+        # queued: a piece asked of the origin then arrives seconds later, while every other
+        # terminal, not knowing, asks the origin for it too (1.5-1.8 copies of the image
+        # left the origin). Single pieces, 1 s of requests, at most 1 MiB outstanding per peer.
+        "whole_pieces_threshold": 0,
+        "request_queue_time": 1,
+        "max_out_request_queue": 64,
         "peer_connect_timeout": 5,
         "active_downloads": -1,
         "active_seeds": -1,
