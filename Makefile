@@ -2,7 +2,7 @@
 #   make demo   reimage a virtual lab (1 server + 8 terminals) with reimage.yml; KEEP=1 keeps the lab
 #   make demo-engine  the engine alone: seed a partition image, download it into another (loop devices)
 #   make test   the whole test suite (real libtorrent, real loop devices; needs root)
-#   make bench  throughput and start-up measurements, printed as a table
+#   make bench  throughput, start-up and fleet (virtual lab: HTTP vs swarm) measurements, printed as tables
 #   make wheelhouse  the hosts' runtime wheels (requirements.txt) for offline installs, cached once
 #   make lab-up / lab-down  a demo virtual lab (docs/lab.md)
 SHELL := /bin/bash
@@ -54,6 +54,7 @@ bench: venv
 	$(PY) benchmarks/engine_throughput.py
 	$(PY) benchmarks/agent.py --size 512M
 	$(PY) benchmarks/tracker_load.py --peers 1000 --count 30000
+	$(PY) benchmarks/fleet.py --terminals 4,8 --size 128M
 
 wheelhouse: venv
 	@stamp="$(WHEELHOUSE)/.requirements-$$(sha256sum requirements.txt | cut -c1-16)"; \

@@ -181,7 +181,7 @@ def main():
         t_verify = verify_only(manifest, target1)
         rows.append(("verify a partition (digest only)", t_verify, size))
 
-        print(f"\nimage {size / MIB:.0f} MiB, pieces {manifest.piece_size // MIB} MiB, "
+        print(f"\nimage {size / MIB:.0f} MiB, pieces {manifest.piece_size // 1024} KiB, "
               f"digest {manifest.digest_algorithm}, caches {'dropped' if cold else 'warm (drop_caches refused)'} "
               f"before each step, libtorrent {lt.__version__}, {os.cpu_count()} cores\n")
         print(f"{'step':48} {'seconds':>9} {'MiB/s':>9}")

@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -163,7 +162,7 @@ class Fleet:
     def announce(self):
         return f"http://{self.server['address']}:{TRACKER_PORT}/announce"
 
-    def start_tracker(self, origin_fanout):
+    def start_tracker(self, origin_fanout, other_group_peers):
         rooms = {}
         for name in self.terminals:
             rooms.setdefault(f"room{self.hosts[name]['room']}", []).append(name)
@@ -175,7 +174,8 @@ class Fleet:
             "hosts": {h["address"]: n for n, h in self.hosts.items()},
             "groups": {room: {"hosts": names, "networks": [f"{self.address(n)}/32" for n in names]}
                        for room, names in rooms.items()},
-            "policy": {"seeders": [self.server["address"]], "origin_fanout": origin_fanout},
+            "policy": {"seeders": [self.server["address"]], "origin_fanout": origin_fanout,
+                       "other_group_peers": other_group_peers},
             "log_level": "warning",
         }
         path = os.path.join(self.work, "tracker.yml")
@@ -389,6 +389,9 @@ def main():
                              "scales with its bytes, so a smaller sample is scaled up and marked as such")
     parser.add_argument("--piece-size", default=None, help="the manifest's piece size (default: the policy's)")
     parser.add_argument("--origin-fanout", type=int, default=4, help="tracker policy origin_fanout (default 4)")
+    parser.add_argument("--other-group-peers", type=int, default=4,
+                        help="tracker policy other_group_peers: peers from other rooms each peer is told about "
+                             "(default 4, the tracker's)")
     parser.add_argument("--super-seeding", action="store_true", help="the origin seeds in super-seeding mode")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP fan-outs (T_min still measured)")
     parser.add_argument("--lab", default="fleetbench", help="lab name; a lab already up is reused and kept")
@@ -422,20 +425,22 @@ def main():
                         slot_size=slot_size_for(size))
     if state["slot_size"] < size:
         sys.exit(f"the lab's slots ({state['slot_size'] >> 20} MiB) are smaller than the image")
-    work = tempfile.mkdtemp(prefix="fleet-", dir=os.environ["P2PFLEET_LAB_DIR"])
+    # Inside the lab's directory: whatever a failed run leaves goes with the lab.
+    work = tempfile.mkdtemp(prefix="fleet-", dir=state["dir"])
     fleet = Fleet(state, work, counts[-1])
     rate_bytes = rate_bits / 8
     try:
         results = run(fleet, args, counts, size, http_size, piece_size, rate_bytes)
         report(results, args, state, size, http_size, rate_bits)
     except (BenchError, LabError) as exc:
-        sys.exit(f"fleet benchmark: {exc} (logs in {work})")
+        hint = f"logs in {work}" if args.keep else "run again with --keep to keep the logs and the lab"
+        sys.exit(f"fleet benchmark: {exc} ({hint})")
     finally:
         fleet.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         if not (reused or args.keep):
             labs.down(args.lab)
-        if not os.path.exists(work) or not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def run(fleet, args, counts, size, http_size, piece_size, rate_bytes):
@@ -463,7 +468,7 @@ def run(fleet, args, counts, size, http_size, piece_size, rate_bytes):
     fleet.procs.stop(server)
     os.unlink(http_image)
 
-    fleet.start_tracker(args.origin_fanout)
+    fleet.start_tracker(args.origin_fanout, args.other_group_peers)
     fleet.start_agents()
     results["p2p"] = {}
     for n in counts:
@@ -491,7 +496,8 @@ def report(results, args, state, size, http_size, rate_bits):
     print(f"\nfleet benchmark: image {size / MIB:.0f} MiB in {results['pieces']} pieces of "
           f"{piece // 1024} KiB; links {rate_bits / 1e6:g} Mbit/s (goodput {results['goodput'] * 8 / 1e6:.1f}); "
           f"{state['rooms']} room(s), uplink {state['uplink'] / 1e6 if state['uplink'] else 'uncapped'}"
-          f"{' Mbit/s' if state['uplink'] else ''}; origin_fanout {args.origin_fanout}; {os.cpu_count()} cores")
+          f"{' Mbit/s' if state['uplink'] else ''}; origin_fanout {args.origin_fanout}, other_group_peers {args.other_group_peers}; "
+          f"{os.cpu_count()} cores")
     scaled = f" (HTTP measured on {http_size / MIB:.0f} MiB, scaled ×{size / http_size:g})" if http_size != size else ""
     print(f"T_min = one terminal alone = {t_min:.1f} s{scaled}\n")
     header = (f"{'N':>3} {'T_http':>8} {'T_p2p':>7} {'eff':>5} {'speed-up':>9} {'/N':>5} {'origin':>7} "

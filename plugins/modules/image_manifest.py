@@ -42,7 +42,9 @@ options:
   piece_size:
     description:
       - Piece size, a power of two from V(16K) to V(64M) (suffixes K, M, G).
-      - By default 4 MiB, doubled for very large images so the piece count stays at most 262,144.
+      - By default the smallest power of two from 256 KiB that keeps the image within 65,536 pieces,
+        up to 4 MiB (a 256 GiB image gets 4 MiB); larger images keep 4 MiB or more, doubled so the piece
+        count stays at most 262,144.
     type: str
   split_size:
     description: Expose the image as virtual files of this size (a multiple of the piece size).

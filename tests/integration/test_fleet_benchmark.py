@@ -1,0 +1,44 @@
+"""`benchmarks/fleet.py` (and so `make bench`) works on a lab of its own and cleans up.
+
+Not a performance test: the numbers are whatever this machine gives. It checks that both
+distributions really ran through a real lab — every terminal got the image over HTTP and
+through the swarm into its slot, the origin sent at least one copy — and that the lab, its
+namespaces and its memory-backed disks are gone afterwards.
+"""
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT, needs_lab
+
+LAB_DIR = "/dev/shm/p2pfleet-bench-labs"
+
+
+def namespaces(prefix_re):
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if re.match(prefix_re, line)}
+
+
+@needs_lab
+def test_fleet_benchmark_runs_http_and_p2p_side_by_side_and_cleans_up():
+    name = f"fb{os.getpid()}"
+    before = namespaces(r"pfl\d\d-")
+    env = dict(os.environ, P2PFLEET_LAB_DIR=LAB_DIR)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "fleet.py"), "--lab", name,
+                           "--terminals", "1,2", "--size", "16M", "--rate", "100mbit"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "image 16 MiB in 64 pieces of 256 KiB" in out      # the default piece policy
+    t_min = float(re.search(r"T_min = one terminal alone = ([\d.]+) s", out).group(1))
+    assert t_min > 1.0, "16 MiB at 100 Mbit/s cannot take less than 1.3 s: the link is not capped"
+    rows = {int(m.group(1)): m.group(0).split() for m in re.finditer(r"^\s+(\d+)\s+[\d.]+s .*$", out, re.M)}
+    assert sorted(rows) == [1, 2], out
+    for n, cols in rows.items():
+        t_http, t_p2p, eff, origin = float(cols[1][:-1]), float(cols[2][:-1]), float(cols[3]), float(cols[6][:-1])
+        assert t_http > 0.8 * n * t_min, f"N={n}: HTTP fan-out faster than the server's link allows: {cols}"
+        assert 0.0 < eff <= 1.2 and abs(t_min / t_p2p - eff) < 0.02, cols
+        assert origin >= 0.99, f"N={n}: the origin sent less than one copy, so the swarm did not fetch: {cols}"
+    assert not os.path.exists(os.path.join(LAB_DIR, name)), "the benchmark left its lab directory"
+    assert namespaces(r"pfl\d\d-") <= before, "the benchmark left network namespaces behind"
