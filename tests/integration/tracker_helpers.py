@@ -108,6 +108,12 @@ def get(url, source="127.0.0.1", headers=None, method="GET", body=None, timeout=
     host = host.strip("[]")
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout, source_address=(source, 0))
     try:
+        conn.connect()
+        # Before the tracker binds its (ephemeral) port, a connect from the same address can
+        # get that very port as its source and connect to itself (TCP simultaneous open):
+        # the request would come back as the "response". That is nobody listening.
+        if conn.sock.getsockname() == conn.sock.getpeername():
+            raise ConnectionRefusedError(f"{url}: connected to itself, nobody listens on port {port}")
         conn.request(method, "/" + path, body=body, headers=headers or {})
         response = conn.getresponse()
         return response.status, response.read()
