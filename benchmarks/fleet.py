@@ -278,6 +278,8 @@ class Distribution:
                 if job is None or job["state"] in ("failed", "stopped"):
                     raise BenchError(f"the fetch on {t} ended {job and job['state']}: {job and job['error']}")
                 done = job["bytes_done"]
+                if job["state"] in ("verified", "seeding"):
+                    done = self.manifest.image_size     # whole, whatever a re-added torrent reports
                 held += done
                 if done > 0:
                     self.first.setdefault(t, now)
@@ -340,7 +342,7 @@ class Distribution:
     @property
     def tail(self):
         total = self.manifest.image_size * len(self.terminals)
-        t90 = next(t for t, held in self.samples if held >= 0.9 * total)
+        t90 = next((t for t, held in self.samples if held >= 0.9 * total), self.t_fleet)
         return self.t_fleet - t90
 
     def uplink_use(self, rate_bytes):
