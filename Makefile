@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := util-linux fdisk e2fsprogs iproute2 kmod aria2 chromium \
+APT_PACKAGES := util-linux fdisk e2fsprogs iproute2 kmod aria2 chromium curl \
   debootstrap systemd-container grub-common gdisk openssh-client mount \
   efibootmgr libubootenv-tool u-boot-tools \
   qemu-system-x86 ovmf grub-efi-amd64-bin mtools busybox-static
