@@ -141,8 +141,11 @@ def _endpoints(values):
 
 
 def _settings(args) -> SessionSettings:
-    return SessionSettings(listen=args.listen, upload_limit=args.upload_limit,
-                           download_limit=getattr(args, "download_limit", 0))
+    settings = SessionSettings(listen=args.listen, upload_limit=args.upload_limit,
+                               download_limit=getattr(args, "download_limit", 0))
+    if getattr(args, "link_rate", None):
+        settings.link_rate = args.link_rate
+    return settings
 
 
 def _follow(session, job_id, rep, until):
@@ -216,7 +219,8 @@ def cmd_fetch(args) -> int:
                           protect=own_files(manifest))
     with _session_for(target, args) as session:
         snap, _changed = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
-                                           seed_after=args.keep_seeding, stall_timeout=args.stall_timeout)
+                                           seed_after=args.keep_seeding, stall_timeout=args.stall_timeout,
+                                           local_sources=not args.no_local, check_target=args.check_target)
         job_id = snap.id
         if snap.warning:
             rep.message(f"warning: {snap.warning}")
@@ -241,6 +245,8 @@ def cmd_fetch(args) -> int:
         _result(args, {
             "target": snap.path, "info_hash": manifest.info_hash, "image_size": manifest.image_size,
             "resumed_bytes": snap.resumed_bytes, "downloaded_bytes": snap.downloaded,
+            "local_bytes": snap.local_bytes, "kept_bytes": snap.kept_bytes, "zero_bytes": snap.zero_bytes,
+            "copied_bytes": snap.copied_bytes, "rejected_pieces": snap.rejected_pieces,
             "uploaded_bytes": snap.uploaded, "seconds": round(time.monotonic() - started, 3),
             "digest": snap.digest, "verified": True,
         })
@@ -311,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=300, metavar="S",
                    help="give up after this long without progress (0 = never; default 300)")
     p.add_argument("--keep-seeding", action="store_true", help="after verifying, seed until stopped")
+    p.add_argument("--no-local", action="store_true",
+                   help="fetch every piece from the swarm (default: take what this host's slots already hold)")
+    p.add_argument("--check-target", choices=("auto", "always", "never"), default="auto",
+                   help="read the target for pieces already there: auto = when no slot ledger vouches for it "
+                        "and the disk reads faster than --link-rate (default auto)")
+    p.add_argument("--link-rate", type=int, default=0, metavar="BYTES/S",
+                   help="what the network delivers, for --check-target auto (default 125000000)")
     swarm_options(p, "0.0.0.0:6882")
     p.set_defaults(func=cmd_fetch)
 

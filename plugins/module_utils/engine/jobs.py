@@ -3,9 +3,12 @@
 A job is a state machine. Only the session's loop thread moves it (see ``session``);
 everyone else reads the ``JobSnapshot`` the loop publishes::
 
-    fetch:  claimed → downloading ⇄ stalled → flushing → verifying → verified → seeding
-                          ↑                                  │
-                          └──────── repairing (round n) ←────┘  (wrong pieces found)
+    fetch:  claimed → local → downloading ⇄ stalled → flushing → verifying → verified → seeding
+                                  ↑                                  │
+                                  └──────── repairing (round n) ←────┘  (wrong pieces found)
+
+``local``: the pieces this host already holds are taken from its own disks (see ``delta``)
+before the job joins the swarm; a job that resumes with resume data skips it.
     seed:   checking → seeding
     any:    → failed (one line says why) | stopped (asked to)
 
@@ -27,11 +30,11 @@ from .metainfo import Manifest
 
 log = logging.getLogger("p2pfleet.jobs")
 
-CLAIMED, CHECKING, DOWNLOADING, STALLED = "claimed", "checking", "downloading", "stalled"
+CLAIMED, LOCAL, CHECKING, DOWNLOADING, STALLED = "claimed", "local", "checking", "downloading", "stalled"
 FLUSHING, VERIFYING, REPAIRING = "flushing", "verifying", "repairing"
 VERIFIED, SEEDING, FAILED, STOPPED = "verified", "seeding", "failed", "stopped"
 
-STATES = (CLAIMED, CHECKING, DOWNLOADING, STALLED, FLUSHING, VERIFYING, REPAIRING, VERIFIED, SEEDING,
+STATES = (CLAIMED, LOCAL, CHECKING, DOWNLOADING, STALLED, FLUSHING, VERIFYING, REPAIRING, VERIFIED, SEEDING,
           FAILED, STOPPED)
 FINAL = frozenset({VERIFIED, FAILED, STOPPED})
 # States in which a job holds a torrent and a target, and resumes after a restart.
@@ -60,6 +63,11 @@ class JobSnapshot:
     uploaded: int = 0
     downloaded: int = 0
     resumed_bytes: int = 0
+    local_bytes: int = 0  # taken from this host's disks, never fetched: kept + zero + copied
+    kept_bytes: int = 0  # already correct in the target
+    zero_bytes: int = 0  # zero pieces filled locally
+    copied_bytes: int = 0  # copied from another slot
+    rejected_pieces: int = 0  # local candidates that failed their SHA-1 check (fetched instead)
     verify_done: int = 0
     repair_round: int = 0
     bad_pieces: int = 0
@@ -208,6 +216,8 @@ class Job:
         self.claims = []
         self.identity = None
         self.resumed_bytes = 0
+        self.local = None  # the delta.LocalResult of the local phase
+        self.local_counts = {}  # its byte counters, kept in the record
         self.repair_round = 0
         self.bad_pieces = 0
         self.verify_done = 0
@@ -244,6 +254,7 @@ class Job:
             "state": self.state, "error": self.error, "warning": self.warning, "trackers": self.trackers,
             "peers": [list(p) for p in self.peers], "seed_after": self.seed_after, "identity": self.identity,
             "digest": self.digest, "resumed_bytes": self.resumed_bytes, "repair_round": self.repair_round,
+            "local": self.local_counts,
         }
 
     def release_claims(self) -> None:
@@ -263,6 +274,9 @@ class Job:
             up += st.total_payload_upload
         if self.state == VERIFIED:
             done = self.manifest.image_size
+        elif self.state == LOCAL and self.local is not None:
+            done = self.local.local_bytes
+        counts = self.local_counts or (vars(self.local) if self.local is not None else {})
         total = total or self.manifest.image_size
         rate, up_rate = self.rate_now if self.state in RUNNING else (0, 0)
         stalled_for = 0.0
@@ -272,6 +286,9 @@ class Job:
             id=self.id, action=self.action, name=self.manifest.name, info_hash=self.id, path=self.path,
             state=self.state, bytes_done=done, bytes_total=total, download_rate=rate, upload_rate=up_rate,
             peers=peers, seeds=seeds, uploaded=up, downloaded=down, resumed_bytes=self.resumed_bytes,
+            local_bytes=sum(counts.get(k, 0) for k in ("kept_bytes", "zero_bytes", "copied_bytes")),
+            kept_bytes=counts.get("kept_bytes", 0), zero_bytes=counts.get("zero_bytes", 0),
+            copied_bytes=counts.get("copied_bytes", 0), rejected_pieces=counts.get("rejected_pieces", 0),
             verify_done=self.verify_done, repair_round=self.repair_round, bad_pieces=self.bad_pieces,
             seed_after=self.seed_after, digest=self.digest,
             eta=round((total - done) / rate, 1) if rate > 0 and done < total else None,
@@ -296,13 +313,36 @@ class FetchJob(Job):
     action = "fetch"
 
     def __init__(self, manifest, path, trackers=(), peers=(), seed_after=False, stall_timeout=300.0,
-                 require_device=False):
+                 require_device=False, local_sources=True, check_target="auto"):
         super().__init__(manifest, path, trackers, peers, seed_after)
         self.stall_timeout = stall_timeout
         self.require_device = require_device
+        self.local_sources = local_sources
+        self.check_target = check_target
 
     def record(self) -> dict:
-        return dict(super().record(), stall_timeout=self.stall_timeout, require_device=self.require_device)
+        return dict(super().record(), stall_timeout=self.stall_timeout, require_device=self.require_device,
+                    local_sources=self.local_sources, check_target=self.check_target)
+
+    def start_local(self, find) -> None:
+        """Take the pieces this host already holds (``find(cancel, progress)``) in a worker
+        thread; the loop joins the swarm with them when it is done."""
+        self.worker_result = None
+        self.cancel.clear()
+
+        def progress(result):
+            self.local = result
+
+        def work():
+            try:
+                self.worker_result = ("found", find(self.cancel, progress))
+            except Cancelled:
+                self.worker_result = ("cancelled",)
+            except Exception as exc:  # any failure must reach the loop, or the job hangs
+                self.worker_result = ("error", _one_line(exc, self.path))
+
+        self.worker = threading.Thread(target=work, name=f"p2pfleet-local-{self.id[:8]}", daemon=True)
+        self.worker.start()
 
     def start_verify(self, verify_module) -> None:
         """Check the target in a worker thread: the loop must keep serving the swarm."""

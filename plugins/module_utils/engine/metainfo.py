@@ -168,6 +168,10 @@ class Manifest:
     torrent: str
     source: dict = field(default_factory=dict)
     created: str = ""
+    # Pieces of all zeros, as [first, end) index ranges: a fetch fills them locally and
+    # never asks the swarm for them. Derived from the piece hashes (a zero piece's SHA-1
+    # is known), so it costs no read; a manifest that claims otherwise is refused.
+    zero_pieces: list = field(default_factory=list)
     format: int = MANIFEST_FORMAT
     path: str = field(default=None, compare=False, repr=False)
     _torrent_bytes: bytes = field(default=None, compare=False, repr=False)
@@ -189,6 +193,21 @@ class Manifest:
         info = bencode.decode(self.torrent_bytes())[b"info"]
         pieces = info[b"pieces"]
         return [pieces[i:i + 20] for i in range(0, len(pieces), 20)]
+
+    def zero_indexes(self) -> set:
+        """Indexes of the pieces of all zeros (from the hashes: older manifests too)."""
+        ranges = zero_ranges(self.piece_hashes(), self.image_size, self.piece_size)
+        return {index for first, end in ranges for index in range(first, end)}
+
+    @property
+    def zero_bytes(self) -> int:
+        """Bytes of the image in zero pieces (from the recorded ranges)."""
+        total = 0
+        for first, end in self.zero_pieces:
+            total += (end - first) * self.piece_size
+            if end == self.piece_count:
+                total -= self.piece_count * self.piece_size - self.image_size
+        return total
 
     def to_json(self) -> str:
         data = {k: v for k, v in asdict(self).items() if k not in ("path", "_torrent_bytes")}
@@ -229,6 +248,7 @@ class Manifest:
             torrent=_text(data, "torrent", path),
             source=source,
             created=_text(data, "created", path, default=""),
+            zero_pieces=_ranges(data, path),
             path=os.path.abspath(path),
         )
         manifest._check_numbers(runtime=complete)
@@ -294,6 +314,9 @@ class Manifest:
             raise ManifestError(f"{where}: corrupt torrent ({exc})") from None
         if piece_length != self.piece_size or total != self.image_size or pieces_size != 20 * self.piece_count:
             raise ManifestError(f"{where}: torrent disagrees with manifest on size or pieces")
+        hashes = [pieces[i:i + 20] for i in range(0, len(pieces), 20)]
+        if self.zero_pieces and self.zero_pieces != zero_ranges(hashes, self.image_size, self.piece_size):
+            raise ManifestError(f"{self.path}: zero_pieces does not match the torrent's piece hashes")
         # The manifest's offsets are where a split image's files are written: they must
         # tile the image in the torrent's order, or a fetch writes bytes to the wrong place.
         if len(lengths) != len(self.files):
@@ -330,6 +353,48 @@ def _virtual_file(entry, index, path) -> VirtualFile:
     _field({where: entry}, where, dict, path)
     return VirtualFile(_text(entry, "path", path, where + "."), _integer(entry, "offset", path, where + "."),
                        _integer(entry, "size", path, where + "."))
+
+
+def _ranges(data, path) -> list:
+    """``zero_pieces``: sorted, disjoint ``[first, end)`` index pairs."""
+    ranges = _field(data, "zero_pieces", list, path, default=[])
+    start = 0
+    for i, pair in enumerate(ranges):
+        ok = (isinstance(pair, list) and len(pair) == 2
+              and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)
+              and start <= pair[0] < pair[1])
+        if not ok:
+            raise ManifestError(f"{path}: zero_pieces[{i}] must be a pair [first, end) of piece indexes, "
+                                "sorted and apart from the one before")
+        start = pair[1] + 1
+    return ranges
+
+
+def zero_piece_hash(length: int) -> bytes:
+    """The SHA-1 of ``length`` zero bytes (cached: one per piece size)."""
+    digest = _ZERO_HASHES.get(length)
+    if digest is None:
+        digest = _ZERO_HASHES[length] = hashlib.sha1(bytes(length)).digest()
+    return digest
+
+
+_ZERO_HASHES = {}
+
+
+def zero_ranges(hashes, image_size: int, piece_size: int) -> list:
+    """The ``[first, end)`` ranges of pieces whose SHA-1 is that of zeros."""
+    count = len(hashes)
+    if not count:
+        return []
+    full, last = zero_piece_hash(piece_size), zero_piece_hash(image_size - (count - 1) * piece_size)
+    ranges = []
+    for index, digest in enumerate(hashes):
+        if digest == (last if index == count - 1 else full):
+            if ranges and ranges[-1][1] == index:
+                ranges[-1][1] = index + 1
+            else:
+                ranges.append([index, index + 1])
+    return ranges
 
 
 def _integer(data, key, path, prefix="") -> int:
@@ -482,6 +547,7 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
         torrent=name + ".torrent",
         source=source,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        zero_pieces=zero_ranges(hashes, info.size, piece),
         path=os.path.abspath(manifest_path),
     )
     write_atomic(manifest.torrent_path, bencode.encode(torrent), error=ManifestError)

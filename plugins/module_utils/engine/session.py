@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 import libtorrent as lt
 
+from . import delta
 from . import jobs as J
 from . import verify
 from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError
 from .failure_report import REPORT_TIMEOUT, report_failure
 from .files import read_capped, write_atomic
-from .image import SliceMap, Target, claim_target, open_source, overlaps
+from .image import SliceMap, Target, claim_target, open_source, overlaps, probe
 from .metainfo import Manifest, fingerprint
 from .net import format_endpoint, parse_endpoint
 
@@ -56,6 +57,9 @@ class SessionSettings:
     upload_limit: int = 0
     download_limit: int = 0
     allowed_networks: list = field(default_factory=list)  # ip_network objects; empty = everyone
+    # What a terminal's link delivers (bytes/s): the in-place check of a fetch's target goes
+    # on only while the disk reads faster (delta.find_local).
+    link_rate: int = delta.DEFAULT_LINK_RATE
 
 
 def lan_settings(settings: SessionSettings) -> dict:
@@ -130,9 +134,12 @@ class _FdClaim:
 
 
 def target_identity(target: Target) -> dict:
+    return identity_of(target.info)
+
+
+def identity_of(info) -> dict:
     # A device node's inode changes at every boot; its number and size do not, so resume
     # data survives a terminal's reboot mid-download.
-    info = target.info
     return {"path": info.path, "kind": info.kind, "dev": info.dev,
             "ino": 0 if info.is_device else info.ino, "size": info.size}
 
@@ -143,6 +150,7 @@ class Session:
     def __init__(self, settings: SessionSettings = None, store: J.JobStore = None):
         self.settings = settings or SessionSettings()
         self.store = store
+        self.ledger = delta.Ledger(store.root) if store is not None else None
         params = lt.session_params(lan_settings(self.settings))
         params.disk_io_constructor = "posix_disk_io_constructor"
         self._lt = lt.session(params)
@@ -188,12 +196,20 @@ class Session:
         return self._call(self._put_seed, manifest, os.path.abspath(image_path), trackers, peers, super_seeding)
 
     def put_fetch(self, manifest, target, trackers=(), peers=(), seed_after=False, stall_timeout=300.0,
-                  require_device=False):
+                  require_device=False, local_sources=True, check_target="auto"):
         """Fetch an image into ``target`` (a path, or a ``Target`` already claimed, whose
         claim then belongs to the job); ``(snapshot, changed)``. The same fetch again
-        returns the existing job unchanged."""
+        returns the existing job unchanged. ``local_sources``: take the pieces this host
+        already holds from its own disks first; ``check_target``: when to read the target
+        for pieces already there (``auto``, ``always``, ``never``; see ``delta``)."""
+        if check_target not in delta.CHECK_MODES:
+            raise SwarmError(f"check_target must be one of {', '.join(delta.CHECK_MODES)}, got {check_target!r}")
         return self._call(self._put_fetch, manifest, target, trackers, peers, seed_after, stall_timeout,
-                          require_device)
+                          require_device, bool(local_sources), check_target)
+
+    def slot_ledger(self) -> list:
+        """What this host knows its slots hold (``delta.LedgerEntry.as_dict`` each)."""
+        return [entry.as_dict() for entry in self.ledger.entries()] if self.ledger else []
 
     def stop(self, job_id, timeout: float = 60.0) -> J.JobSnapshot:
         """Stop a job (resume data saved, target released); it stays listed as stopped."""
@@ -499,6 +515,12 @@ class Session:
         job.cancel.set()
         if job.stopping is not None:
             return
+        if job.state == J.LOCAL and job.worker is not None:
+            # It writes into the target: the claim is released only once it has stopped
+            # (it looks at the cancel flag between pieces).
+            job.worker.join(60)
+            if job.worker.is_alive():
+                log.error("%s: the local-pieces worker did not stop within 60 s", job.path)
         job.stopping = final or job.state
 
         def done():
@@ -540,6 +562,9 @@ class Session:
                 log.warning("%s: no answer from libtorrent to %s within %g s; going on", job.manifest.name, kind,
                             ALERT_TIMEOUT)
                 self._resolve(job)
+            return
+        if job.state == J.LOCAL and job.stopping is None and job.worker_result is not None:
+            self._local_done(job, job.worker_result)
             return
         if job.handle is None or job.stopping is not None:
             return
@@ -596,6 +621,12 @@ class Session:
         if outcome == "verified":
             job.digest = result[1]
             job.bad_pieces = 0
+            if self.ledger is not None and job.identity:
+                try:
+                    self.ledger.record(job.path, job.identity, job.manifest)
+                except StateError as exc:
+                    log.error("%s", exc)
+                    job.warning = f"slot ledger not written: {exc}"
             if job.seed_after:
                 job.set_state(J.SEEDING)
                 self._record(job)
@@ -738,7 +769,8 @@ class Session:
         job.error = ""
         job.set_state(J.CHECKING)
 
-    def _put_fetch(self, manifest, target, trackers, peers, seed_after, stall_timeout, require_device):
+    def _put_fetch(self, manifest, target, trackers, peers, seed_after, stall_timeout, require_device,
+                   local_sources=True, check_target="auto"):
         if self.store is None:
             raise StateError("a fetch needs a state directory for its resume data")
         claimed = target if isinstance(target, Target) else None
@@ -753,7 +785,8 @@ class Session:
             torrent_info(manifest)  # before the claim: an impossible torrent never grows a target
             protect = own_files(manifest)
             manifest = self.store.keep_manifest(manifest)
-            job = J.FetchJob(manifest, path, trackers, peers, seed_after, stall_timeout, require_device)
+            job = J.FetchJob(manifest, path, trackers, peers, seed_after, stall_timeout, require_device,
+                             local_sources, check_target)
             claim = claimed or claim_target(path, manifest.image_size, require_device=require_device,
                                             protect=protect + own_files(manifest))
         except BaseException:
@@ -786,6 +819,9 @@ class Session:
                 resumed.renamed_files, resumed.trackers = atp.renamed_files, atp.trackers
                 resumed.flags = atp.flags
                 atp = resumed
+            elif job.local_sources and self.ledger is not None:
+                self._start_local(job, identity)
+                return
             # A device reports size 0 to libtorrent, which would throw the resume data
             # away (or, forced to recheck, forget every piece). Integrity is ours: the
             # final digest and per-piece check in verify.
@@ -798,6 +834,60 @@ class Session:
         job.error = ""
         job.cancel.clear()
         job.set_state(J.DOWNLOADING)
+
+    def _start_local(self, job, identity) -> None:
+        """Look for the image's pieces on this host's own disks before joining the swarm."""
+        target_entry = self.ledger.entry(job.path)
+        sources = [entry for entry in self.ledger.entries() if self._usable_source(job, entry)]
+        # From now on the slot is being written: a crash halfway must not leave it "clean".
+        self.ledger.mark_changed(job.path, f"written by the fetch of {job.manifest.name}")
+        settings = self.settings
+
+        def find(cancel, progress):
+            return delta.find_local(job.manifest, job.path, identity, target_entry, sources, job.check_target,
+                                    settings.link_rate, cancel=cancel, progress=progress)
+
+        job.error = ""
+        job.local = None
+        job.set_state(J.LOCAL)
+        job.start_local(find)
+
+    def _usable_source(self, job, entry) -> bool:
+        """A slot to copy pieces from: not the target, not being written, still the same device."""
+        if overlaps(entry.path, job.path):
+            return False
+        for other in self._jobs.values():
+            if other.action == "fetch" and other.state not in J.FINAL and overlaps(entry.path, other.path):
+                return False
+        try:
+            return identity_of(probe(entry.path)) == entry.identity
+        except (OSError, P2PFleetError):
+            return False
+
+    def _local_done(self, job, result) -> None:
+        job.worker_result = None
+        if result[0] == "error":
+            self._fail(job, result[1])
+            return
+        if result[0] != "found":
+            return  # cancelled: the stop that cancelled it finishes the job
+        found = result[1]
+        job.local = found
+        job.local_counts = {"kept_bytes": found.kept_bytes, "zero_bytes": found.zero_bytes,
+                            "copied_bytes": found.copied_bytes, "rejected_pieces": found.rejected_pieces,
+                            "checked_bytes": found.checked_bytes}
+        for note in found.notes:
+            log.info("%s: %s", job.path, note)
+        log.info("%s: %d of %d bytes of %s found locally (kept %d, zero %d, copied %d)", job.path,
+                 found.local_bytes, job.manifest.image_size, job.manifest.name, found.kept_bytes,
+                 found.zero_bytes, found.copied_bytes)
+        atp = self._params(job)
+        atp.have_pieces = found.have
+        atp.flags |= lt.torrent_flags.no_verify_files
+        self._add(job, atp)
+        job.resume_dirty = True  # the bitfield is saved at once: a restart never looks again
+        job.set_state(J.DOWNLOADING)
+        self._record(job)
 
     def _load_resume(self, job, identity):
         """Resume data written for this very target, or None — never dropped silently."""
@@ -885,7 +975,9 @@ class Session:
         if record["action"] == "fetch":
             job = J.FetchJob(manifest, record["path"], record.get("trackers", []), peers,
                              bool(record.get("seed_after")), float(record.get("stall_timeout") or 0),
-                             bool(record.get("require_device")))
+                             bool(record.get("require_device")), bool(record.get("local_sources", True)),
+                             record.get("check_target") if record.get("check_target") in delta.CHECK_MODES
+                             else "auto")
         elif record["action"] == "seed":
             job = J.SeedJob(manifest, record["path"], record.get("trackers", []), peers,
                             bool(record.get("super_seeding")))
@@ -898,6 +990,9 @@ class Session:
         job.digest = str(record.get("digest") or "")
         job.identity = record.get("identity")
         job.repair_round = int(record.get("repair_round") or 0)
+        local = record.get("local")
+        if isinstance(local, dict):
+            job.local_counts = {k: int(v) for k, v in local.items() if isinstance(v, int) and not isinstance(v, bool)}
         return job
 
     def _reconfigure(self, upload_limit, download_limit, allowed_networks) -> None:
