@@ -74,6 +74,33 @@ def build_image(base, path, release, slot_size, broken=False):
     return path
 
 
+def upgrade_image(source, path, release, package_mib=8):
+    """Release ``release`` made the way an admin makes the next release of a golden image: a
+    copy of ``source`` changed in place — /etc/lab-release rewritten and a package of
+    ``package_mib`` MiB (pseudo-random, one per release) installed into its free space. The
+    rest of the block layout stays where it was, so most pieces equal the source's.
+    """
+    if os.path.exists(path):
+        return path
+    import random
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+        image = os.path.join(tmp, "image")
+        run("cp", "--sparse=always", source, image)
+        with open(os.path.join(tmp, "release"), "w") as f:
+            f.write(f"{release}\n")
+        with open(os.path.join(tmp, "package"), "wb") as f:
+            f.write(random.Random(f"lab-package-{release}").randbytes(package_mib * MIB))
+        commands = os.path.join(tmp, "commands")
+        with open(commands, "w") as f:
+            f.write(f"rm /etc/lab-release\nwrite {tmp}/release /etc/lab-release\n"
+                    f"mkdir /opt/lab-package-{release}\nwrite {tmp}/package /opt/lab-package-{release}/payload.bin\n"
+                    f"set_super_value volume_name release-{release}\n")
+        run("debugfs", "-w", "-f", commands, image)
+        run("e2fsck", "-fn", image)
+        os.rename(image, path)
+    return path
+
+
 def images_dir(cache, rootfs_name, slot_size):
     return os.path.join(cache, f"images-{rootfs_name.removeprefix('rootfs-')}-{slot_size // MIB}M")
 

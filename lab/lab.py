@@ -309,6 +309,13 @@ def build_image(state, release, broken=False):
     return disk.build_image(state["rootfs"], os.path.join(state["images"], name), release, state["slot_size"], broken)
 
 
+def upgrade_image(state, source_release, release, package_mib=8):
+    """release-RELEASE.img: release-SOURCE_RELEASE.img with a package upgraded inside (disk.upgrade_image)."""
+    images = state["images"]
+    return disk.upgrade_image(os.path.join(images, f"release-{source_release}.img"),
+                              os.path.join(images, f"release-{release}.img"), release, package_mib)
+
+
 def down(name):
     """Take the lab down: every process, mount, loop device, namespace and file of it.
 

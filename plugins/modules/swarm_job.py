@@ -78,6 +78,18 @@ options:
     description: For V(fetch), refuse unless O(target) is a block device.
     type: bool
     default: true
+  local_sources:
+    description:
+      - For V(fetch), take every piece the host already holds from its own disks before joining the swarm
+        (the target's unchanged pieces, zero pieces, pieces of the other slot); only the rest crosses the network.
+      - Every piece taken locally is checked against the manifest first. Defaults to the agent's config.
+    type: bool
+  check_target:
+    description:
+      - For V(fetch), when to read the target for pieces already there. V(auto) does where no slot ledger
+        vouches for the target and the disk reads faster than the link. Defaults to the agent's config.
+    type: str
+    choices: [auto, always, never]
   super_seeding:
     description: For V(seed), hand each peer distinct pieces.
     type: bool
@@ -129,8 +141,8 @@ job:
       type: str
     state:
       description: >-
-        One of claimed, checking, downloading, stalled, flushing, verifying, repairing, verified, seeding,
-        failed, stopped.
+        One of claimed, local, checking, downloading, stalled, flushing, verifying, repairing, verified,
+        seeding, failed, stopped. V(local) takes the pieces the host already holds from its disks.
       type: str
     percent:
       description: Percent of the image on the target.
@@ -150,6 +162,24 @@ job:
     resumed_bytes:
       description: Bytes found already there when the job started.
       type: int
+    downloaded:
+      description: Bytes of image received from the swarm (what crossed the network).
+      type: int
+    local_bytes:
+      description: Bytes taken from the host's own disks instead of the network (kept + zero + copied).
+      type: int
+    kept_bytes:
+      description: Bytes already correct in the target (its slot ledger, or the in-place check).
+      type: int
+    zero_bytes:
+      description: Bytes of zero pieces filled locally.
+      type: int
+    copied_bytes:
+      description: Bytes copied from another slot of the host, each piece checked first.
+      type: int
+    rejected_pieces:
+      description: Local pieces that failed their check (a slot changed since its ledger was written); fetched instead.
+      type: int
     digest:
       description: Whole-image digest, once verified.
       type: str
@@ -166,7 +196,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS, read_manifest_header
 
-RUNNING = ("claimed", "checking", "downloading", "stalled", "flushing", "verifying", "repairing", "seeding")
+RUNNING = ("claimed", "local", "checking", "downloading", "stalled", "flushing", "verifying", "repairing", "seeding")
 
 
 def _same(job, p):
@@ -178,7 +208,7 @@ def _put(client, p):
     options = dict(trackers=p["trackers"], peers=p["peers"])
     if p["action"] == "fetch":
         options["require_device"] = p["require_device"]
-        for key in ("seed_after", "stall_timeout"):
+        for key in ("seed_after", "stall_timeout", "local_sources", "check_target"):
             if p[key] is not None:
                 options[key] = p[key]
         return client.put_fetch(p["manifest"], p["target"], **options)
@@ -210,6 +240,8 @@ def main():
             seed_after=dict(type="bool"),
             stall_timeout=dict(type="float"),
             require_device=dict(type="bool", default=True),
+            local_sources=dict(type="bool"),
+            check_target=dict(type="str", choices=["auto", "always", "never"]),
             super_seeding=dict(type="bool", default=False),
             wait=dict(type="bool", default=False),
             wait_timeout=dict(type="int", default=600),

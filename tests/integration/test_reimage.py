@@ -8,6 +8,7 @@ A lab of its own (it ends far from release 1, which the session lab's other test
 The tests run in order, each starting from where the one before left the lab."""
 import json
 import os
+import re
 import signal
 import time
 
@@ -101,7 +102,10 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
     from lab import lab as labmod
     labmod.build_image(lab.state, 3)
     assert play(lab, collections, "seed.yml", "release-3.img").rc == 0
-    proc = play(lab, collections, "distribute.yml", "release-3.img", popen=True)
+    # Every byte over the network, so that there is a midway to kill it at (release 3 differs
+    # from the slots' releases in a few pieces: test_release_4_moves_only_what_changed).
+    proc = play(lab, collections, "distribute.yml", "release-3.img", "-e", "p2pfleet_local_sources=false",
+                popen=True)
     seen = []
     deadline = time.monotonic() + 300
     try:
@@ -119,7 +123,7 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
         proc.wait()
     lab.ssh("t01", "kill -KILL $(systemctl show --property=MainPID --value p2pfleet-agent)")   # and one agent with it
 
-    rerun = play(lab, collections, "distribute.yml", "release-3.img")
+    rerun = play(lab, collections, "distribute.yml", "release-3.img", "-e", "p2pfleet_local_sources=false")
     assert rerun.rc == 0, rerun.tail()
     # every job was found where the agents had carried on (t01's after its restart), none put again
     assert "Fetch the release into the target slot (returns at once; the agent does the work)" \
@@ -162,3 +166,25 @@ def test_a_release_that_does_not_boot_is_rolled_back_and_nothing_is_left_unboota
         assert env.get("saved_entry") == "A" and not env.get("next_entry"), (terminal, env)
         assert record(lab, terminal).get("rolled_back") is True, terminal
     assert f"fleet: 0 of {len(lab.terminals)} switched, {len(lab.terminals)} rolled back" in flat, run.tail(3000)
+
+
+def test_release_4_with_a_package_upgraded_inside_moves_only_what_changed(reimage_lab):
+    """Release 4 is release 3 changed in place (a package of 8 MiB installed, /etc/lab-release
+    rewritten): each terminal takes what its slots already hold from its own disks and fetches
+    only the changed pieces; the slot is verified and booted like any other."""
+    lab, collections = reimage_lab
+    from lab import lab as labmod
+    labmod.upgrade_image(lab.state, 3, 4, package_mib=8)
+    run = play(lab, collections, "reimage.yml", "release-4.img")
+    assert run.rc == 0, run.tail()
+    flat = run.flat()
+    size_mib = lab.state["slot_size"] / (1 << 20)
+    rows = dict((m.group(1), (float(m.group(2)), float(m.group(3)))) for m in re.finditer(
+        r"(t\d+)\s+slot \S+\s+release-4\.img\s+fetched\s+([\d.]+) MiB\s+local\s+([\d.]+) MiB", flat))
+    assert sorted(rows) == sorted(lab.terminals), run.tail(3000)
+    for terminal, (fetched, local) in rows.items():
+        # 8 MiB of package and the file system's metadata around it: about 2 % of the image
+        assert fetched <= 0.1 * size_mib, (terminal, fetched, local)
+        assert local >= 0.85 * size_mib, (terminal, fetched, local)
+        assert release_of(lab, terminal) == "4", terminal
+    assert "MiB taken from the terminals' own disks" in flat, run.tail(3000)

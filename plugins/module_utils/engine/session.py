@@ -226,9 +226,10 @@ class Session:
         """Take up every job recorded in the state directory; running ones carry on."""
         return self._call(self._resume_recorded)
 
-    def reconfigure(self, upload_limit: int, download_limit: int, allowed_networks) -> None:
-        """Apply new rate limits and allowed peer networks to the running session."""
-        self._call(self._reconfigure, int(upload_limit), int(download_limit), list(allowed_networks))
+    def reconfigure(self, upload_limit: int, download_limit: int, allowed_networks, link_rate: int = None) -> None:
+        """Apply new rate limits, allowed peer networks and link rate to the running session."""
+        self._call(self._reconfigure, int(upload_limit), int(download_limit), list(allowed_networks),
+                   int(link_rate or self.settings.link_rate))
 
     def jobs(self) -> list:
         with self._cond:
@@ -995,8 +996,9 @@ class Session:
             job.local_counts = {k: int(v) for k, v in local.items() if isinstance(v, int) and not isinstance(v, bool)}
         return job
 
-    def _reconfigure(self, upload_limit, download_limit, allowed_networks) -> None:
+    def _reconfigure(self, upload_limit, download_limit, allowed_networks, link_rate) -> None:
         self.settings.upload_limit, self.settings.download_limit = upload_limit, download_limit
+        self.settings.link_rate = link_rate
         self.settings.allowed_networks = allowed_networks
         self._lt.apply_settings({"upload_rate_limit": upload_limit, "download_rate_limit": download_limit})
         self._lt.set_ip_filter(_ip_filter(allowed_networks))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import P2PFleetError
 from ..files import read_yaml
+from ..delta import CHECK_MODES, DEFAULT_LINK_RATE
 from ..net import parse_endpoint, parse_networks
 
 DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
@@ -33,6 +34,9 @@ class AgentConfig:
     download_limit: int = 0
     seed_after_fetch: bool = True
     stall_timeout: float = 300.0
+    local_sources: bool = True
+    check_target: str = "auto"
+    link_rate: int = DEFAULT_LINK_RATE
     log_level: str = "info"
     source: str = field(default="", compare=False)
 
@@ -80,6 +84,12 @@ def parse(data, source: str = "") -> AgentConfig:
     stall = data.get("stall_timeout", AgentConfig.stall_timeout)
     if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not 0 <= stall <= 86400:
         raise ConfigError(f"stall_timeout: must be seconds in 0..86400 (0 = never), got {stall!r}")
+    local_sources = data.get("local_sources", True)
+    if not isinstance(local_sources, bool):
+        raise ConfigError(f"local_sources: must be true or false, got {local_sources!r}")
+    check_target = data.get("check_target", "auto")
+    if check_target not in CHECK_MODES:
+        raise ConfigError(f"check_target: must be one of {', '.join(CHECK_MODES)}, got {check_target!r}")
     level = data.get("log_level", "info")
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -88,7 +98,8 @@ def parse(data, source: str = "") -> AgentConfig:
         state_dir=data.get("state_dir", DEFAULT_STATE_DIR), trackers=tuple(trackers), host_name=host_name,
         allowed_networks=tuple(networks), upload_limit=_int(data, "upload_limit", 0, 1 << 40),
         download_limit=_int(data, "download_limit", 0, 1 << 40), seed_after_fetch=seed_after,
-        stall_timeout=float(stall), log_level=level, source=source,
+        stall_timeout=float(stall), local_sources=local_sources, check_target=check_target,
+        link_rate=_int(data, "link_rate", 1, 1 << 40), log_level=level, source=source,
     )
 
 

@@ -4,7 +4,7 @@ Modules never move image bytes: they put a job here and read its state back. Onl
 may talk to the agent — the socket is created mode 0600 and every connection's peer
 credentials are checked as well, so a socket made reachable by mistake still refuses.
 
-    GET    /v1/agent            version, listen address, allowed networks, job count
+    GET    /v1/agent            version, listen address, allowed networks, job count, slot ledger
     GET    /v1/jobs             every job with its progress
     PUT    /v1/jobs             put a job (idempotent): {"action": "fetch"|"seed", ...}
     GET    /v1/jobs/{id}        one job
@@ -35,7 +35,7 @@ VERSION = "0.1.0"
 API = "v1"
 MAX_BODY = 64 << 10
 _PUT_KEYS = {"action", "manifest", "target", "image", "trackers", "peers", "seed_after", "stall_timeout",
-             "require_device", "super_seeding"}
+             "require_device", "super_seeding", "local_sources", "check_target"}
 
 
 class BadRequest(P2PFleetError):
@@ -49,7 +49,7 @@ class Agent:
         self.config = config
         self.store = JobStore(config.state_dir)
         self.session = Session(SessionSettings(config.listen, config.upload_limit, config.download_limit,
-                                               list(config.allowed_networks)), self.store)
+                                               list(config.allowed_networks), config.link_rate), self.store)
 
     async def _blocking(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -64,7 +64,9 @@ class Agent:
             "allowed_networks": [str(n) for n in cfg.allowed_networks] or ["any"],
             "upload_limit": cfg.upload_limit, "download_limit": cfg.download_limit,
             "seed_after_fetch": cfg.seed_after_fetch, "stall_timeout": cfg.stall_timeout,
+            "local_sources": cfg.local_sources, "check_target": cfg.check_target, "link_rate": cfg.link_rate,
             "jobs": len(self.session.jobs()), "blocked_peers": self.session.blocked_peers,
+            "slots": self.session.slot_ledger(),
         })
 
     async def list_jobs(self, _request):
@@ -93,12 +95,17 @@ class Agent:
             stall = body.get("stall_timeout", self.config.stall_timeout)
             if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not 0 <= stall <= 86400:
                 raise BadRequest(f"stall_timeout: must be seconds in 0..86400, got {stall!r}")
+            local = _bool(body, "local_sources", self.config.local_sources)
+            check = body.get("check_target", self.config.check_target)
+            if check not in agent_config.CHECK_MODES:
+                raise BadRequest(f"check_target: must be one of {', '.join(agent_config.CHECK_MODES)}, got {check!r}")
             snap, changed = await self._blocking(
                 lambda: self.session.put_fetch(manifest, _path(body, "target"), trackers, peers, seed_after,
-                                               float(stall), _bool(body, "require_device", False)))
+                                               float(stall), _bool(body, "require_device", False), local, check))
         elif action == "seed":
-            if "target" in body or "seed_after" in body or "stall_timeout" in body or "require_device" in body:
-                raise BadRequest("target, seed_after, stall_timeout, require_device: only for action fetch")
+            fetch_only = ("target", "seed_after", "stall_timeout", "require_device", "local_sources", "check_target")
+            if any(key in body for key in fetch_only):
+                raise BadRequest(f"{', '.join(fetch_only)}: only for action fetch")
             snap, changed = await self._blocking(
                 lambda: self.session.put_seed(manifest, _path(body, "image"), trackers, peers,
                                               _bool(body, "super_seeding", False)))
@@ -135,7 +142,7 @@ class Agent:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config: %s changed; it takes effect when the agent restarts", key)
         try:
-            self.session.reconfigure(new.upload_limit, new.download_limit, new.allowed_networks)
+            self.session.reconfigure(new.upload_limit, new.download_limit, new.allowed_networks, new.link_rate)
         except P2PFleetError as exc:
             log.error("config not applied: %s", exc)
             return
