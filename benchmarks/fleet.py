@@ -20,8 +20,16 @@ The agents run from this checkout inside the hosts' network namespaces (same lin
 caps as the hosts' own processes), with their state on the controller: the benchmark needs
 no install on the hosts and restarts them with the code under test every run.
 
+With ``--delta PCT`` and/or ``--zeros PCT`` it measures delta transfer instead, for each
+N, in one run: a full-image distribution into slot B, then release 2 (the same image with
+PCT % of its pieces rewritten) into slot A, where the agents take what slot B holds from
+disk; and an image that is PCT % zero pieces against a random one of the same size. It
+prints the fleet times side by side, their ratio, and the bytes that crossed the network
+(the jobs' payload counters and the terminals' wire counters) against the changed bytes.
+
 Needs root. ``--lab NAME`` reuses a lab that is already up (left up with ``--keep``).
 """
+import random
 import argparse
 import concurrent.futures
 import json
@@ -155,8 +163,8 @@ class Fleet:
     def address(self, name):
         return self.hosts[name]["address"]
 
-    def slot(self, name):
-        return self.hosts[name]["disk"]["system_b"]
+    def slot(self, name, label="system_b"):
+        return self.hosts[name]["disk"][label]
 
     @property
     def announce(self):
@@ -240,8 +248,9 @@ def http_fanout(fleet, image, terminals):
 class Distribution:
     """One image distributed by the swarm to ``terminals``; its measurements."""
 
-    def __init__(self, fleet, manifest, image, terminals, timeout, super_seeding=False):
+    def __init__(self, fleet, manifest, image, terminals, timeout, super_seeding=False, slot="system_b"):
         self.super_seeding = super_seeding
+        self.slot = slot
         self.fleet, self.manifest, self.image, self.terminals = fleet, manifest, image, terminals
         self.timeout = timeout
         self.first, self.downloaded, self.verified = {}, {}, {}
@@ -260,12 +269,13 @@ class Distribution:
         wait_until(self._origin_announced, 60, "the tracker did not see the origin seeder")
         core = fleet.state["hosts"]["server"]["netns"]
         counters = self._uplink_counters()
+        wire_rx = {t: counter(fleet.netns(t), "eth0", "rx") for t in self.terminals}
         origin_wire = counter(core, "eth0", "tx")
         cpu = cpu_ticks()
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(len(self.terminals)) as pool:
             answers = pool.map(lambda t: fleet.clients[t].put_fetch(
-                self.manifest.path, fleet.slot(t), trackers=[], require_device=True, seed_after=True),
+                self.manifest.path, fleet.slot(t, self.slot), trackers=[], require_device=True, seed_after=True),
                 self.terminals)
             for t, answer in zip(self.terminals, answers):
                 self.jobs[t] = answer["job"]["id"]
@@ -299,7 +309,12 @@ class Distribution:
         self.origin_payload = server.job(self.jobs["server"])["uploaded"]
         self.origin_wire = counter(core, "eth0", "tx") - origin_wire
         self.uplinks = {room: self._uplink_bytes(room) - before for room, before in counters.items()}
-        self.uploads = {t: fleet.clients[t].job(self.jobs[t])["uploaded"] for t in self.terminals}
+        finished = {t: fleet.clients[t].job(self.jobs[t]) for t in self.terminals}
+        self.uploads = {t: job["uploaded"] for t, job in finished.items()}
+        self.fetched = {t: job["downloaded"] for t, job in finished.items()}
+        self.local = {t: job["local_bytes"] for t, job in finished.items()}
+        self.rejected = sum(job["rejected_pieces"] for job in finished.values())
+        self.wire_rx = {t: counter(fleet.netns(t), "eth0", "rx") - wire_rx[t] for t in self.terminals}
         return self
 
     def _state(self, name):
@@ -396,6 +411,11 @@ def main():
                              "(default 4, the tracker's)")
     parser.add_argument("--super-seeding", action="store_true", help="the origin seeds in super-seeding mode")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP fan-outs (T_min still measured)")
+    parser.add_argument("--delta", type=float, default=None, metavar="PCT",
+                        help="measure delta transfer: release 2 with PCT %% of its pieces changed, into the other "
+                             "slot, against the full image (replaces the HTTP/P2P comparison)")
+    parser.add_argument("--zeros", type=float, default=None, metavar="PCT",
+                        help="measure an image of PCT %% zero pieces against a random one (with or without --delta)")
     parser.add_argument("--lab", default="fleetbench", help="lab name; a lab already up is reused and kept")
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     args = parser.parse_args()
@@ -432,8 +452,11 @@ def main():
     fleet = Fleet(state, work, counts[-1])
     rate_bytes = rate_bits / 8
     try:
-        results = run(fleet, args, counts, size, http_size, piece_size, rate_bytes)
-        report(results, args, state, size, http_size, rate_bits)
+        if args.delta is not None or args.zeros is not None:
+            report_delta(run_delta(fleet, args, counts, size, piece_size), args, state, size, rate_bits)
+        else:
+            results = run(fleet, args, counts, size, http_size, piece_size, rate_bytes)
+            report(results, args, state, size, http_size, rate_bits)
     except (BenchError, LabError) as exc:
         hint = f"logs in {work}" if args.keep else "run again with --keep to keep the logs and the lab"
         sys.exit(f"fleet benchmark: {exc} ({hint})")
@@ -490,6 +513,120 @@ def run(fleet, args, counts, size, http_size, piece_size, rate_bytes):
         print(f"P2P to {n}: {dist.t_fleet:.1f} s (all verified at {dist.t_verified:.1f} s), origin sent "
               f"{dist.origin_payload / size:.2f} copies", flush=True)
     return results
+
+
+def changed_copy(source, path, fraction, piece_size, seed):
+    """``path``: ``source`` with ``fraction`` of its pieces rewritten; returns the pieces changed."""
+    shutil.copyfile(source, path)
+    count = -(-os.path.getsize(source) // piece_size)
+    changed = sorted(random.Random(seed).sample(range(count), max(1, round(count * fraction))))
+    with open(path, "r+b") as f:
+        for index in changed:
+            f.seek(index * piece_size)
+            f.write(os.urandom(min(piece_size, os.path.getsize(source) - index * piece_size)))
+    return changed
+
+
+def zero_image(path, size, fraction, piece_size, seed):
+    """An image whose pieces are zeros but for a random ``1 - fraction`` of them."""
+    count = -(-size // piece_size)
+    data = set(random.Random(seed).sample(range(count), count - round(count * fraction)))
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for index in sorted(data):
+            f.seek(index * piece_size)
+            f.write(os.urandom(min(piece_size, size - index * piece_size)))
+
+
+def distribute(fleet, manifest, image, terminals, timeout, slot):
+    dist = Distribution(fleet, manifest, image, terminals, timeout=timeout, slot=slot)
+    try:
+        dist.run()
+    finally:
+        dist.cleanup()
+    return dist
+
+
+def run_delta(fleet, args, counts, size, piece_size):
+    """Full image vs. release 2 with --delta % changed pieces; random vs. --zeros % zero image."""
+    fleet.start_tracker(args.origin_fanout, args.other_group_peers)
+    fleet.start_agents()
+    timeout = max(300.0, 40 * size / (lab_net.parse_rate(args.rate) or 1) * 8)
+    results = {"counts": counts, "delta": {}, "zeros": {}}
+    for n in counts:
+        terminals = fleet.terminals[:n]
+        full_image = os.path.join(fleet.work, f"full-{n}.img")
+        make_image(full_image, size)
+        full, _ = metainfo.create_manifest(full_image, fleet.manifest_dir, name=f"full-{n}", piece_size=piece_size)
+        full_run = distribute(fleet, full, full_image, terminals, timeout, "system_b")
+        print(f"N={n}: full image into slot B: {full_run.t_fleet:.1f} s", flush=True)
+        entry = {"full": full_run}
+        if args.delta is not None:
+            release2 = os.path.join(fleet.work, f"release2-{n}.img")
+            changed = changed_copy(full_image, release2, args.delta / 100, full.piece_size, seed=n)
+            second, _ = metainfo.create_manifest(release2, fleet.manifest_dir, name=f"release2-{n}",
+                                                 piece_size=full.piece_size)
+            entry["changed_bytes"] = len(changed) * full.piece_size
+            entry["delta"] = distribute(fleet, second, release2, terminals, timeout, "system_a")
+            os.unlink(release2)
+            print(f"N={n}: release 2 ({args.delta:g} % of pieces changed) into slot A: "
+                  f"{entry['delta'].t_fleet:.1f} s", flush=True)
+        os.unlink(full_image)
+        if args.zeros is not None:
+            zeros_image = os.path.join(fleet.work, f"zeros-{n}.img")
+            zero_image(zeros_image, size, args.zeros / 100, full.piece_size, seed=n)
+            zeros, _ = metainfo.create_manifest(zeros_image, fleet.manifest_dir, name=f"zeros-{n}",
+                                                piece_size=full.piece_size)
+            entry["zero_bytes"] = zeros.zero_bytes
+            # Into slot B, which holds the full image's random bytes: nothing in it matches.
+            entry["zeros"] = distribute(fleet, zeros, zeros_image, terminals, timeout, "system_b")
+            os.unlink(zeros_image)
+            print(f"N={n}: image with {args.zeros:g} % zero pieces into slot B: {entry['zeros'].t_fleet:.1f} s",
+                  flush=True)
+        results["delta"][n] = entry
+        results["piece_size"], results["pieces"] = full.piece_size, full.piece_count
+    return results
+
+
+def report_delta(results, args, state, size, rate_bits):
+    print(f"
+delta benchmark: image {size / MIB:.0f} MiB in {results['pieces']} pieces of "
+          f"{results['piece_size'] // 1024} KiB; links {rate_bits / 1e6:g} Mbit/s; {state['rooms']} room(s); "
+          f"{os.cpu_count()} cores
+")
+    counts = results["counts"]
+    if args.delta is not None:
+        print(f"release 2 = the full image with {args.delta:g} % of its pieces changed, into the other slot:")
+        print(f"{'N':>3} {'T_full':>8} {'T_delta':>8} {'ratio':>6} {'changed':>9} {'fetched':>9} "
+              f"{'/(chg*N)':>9} {'wire rx':>9} {'local/term':>11} {'rejected':>8}")
+        for n in counts:
+            e = results["delta"][n]
+            full, delta = e["full"], e["delta"]
+            fetched = sum(delta.fetched.values())
+            print(f"{n:>3} {full.t_fleet:7.1f}s {delta.t_fleet:7.1f}s {delta.t_fleet / full.t_fleet:6.2f} "
+                  f"{e['changed_bytes'] / MIB:8.1f}M {fetched / MIB:8.1f}M {fetched / (e['changed_bytes'] * n):9.2f} "
+                  f"{sum(delta.wire_rx.values()) / MIB:8.1f}M {sum(delta.local.values()) / n / MIB:10.1f}M "
+                  f"{delta.rejected:8d}")
+    if args.zeros is not None:
+        print(f"
+an image of {args.zeros:g} % zero pieces against a random image of the same size (full fetch):")
+        print(f"{'N':>3} {'T_random':>9} {'T_zeros':>8} {'ratio':>6} {'zero/term':>10} {'fetched':>9} "
+              f"{'data*N':>9}")
+        for n in counts:
+            e = results["delta"][n]
+            full, zeros = e["full"], e["zeros"]
+            fetched = sum(zeros.fetched.values())
+            print(f"{n:>3} {full.t_fleet:8.1f}s {zeros.t_fleet:7.1f}s {zeros.t_fleet / full.t_fleet:6.2f} "
+                  f"{sum(zeros.local.values()) / n / MIB:9.1f}M {fetched / MIB:8.1f}M "
+                  f"{(size - e['zero_bytes']) * n / MIB:8.1f}M")
+    print("
+T_full / T_random = the full random image into fresh slots; ratio = the second fleet time / the "
+          "first;
+fetched = payload the terminals received from the swarm (all of them); /(chg*N) = fetched / "
+          "(changed bytes × N);
+wire rx = bytes the terminals' links received, headers included; local/term = "
+          "bytes each terminal took
+from its own disks; rejected = local pieces that failed their check.")
 
 
 def report(results, args, state, size, http_size, rate_bits):

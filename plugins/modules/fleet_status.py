@@ -62,7 +62,7 @@ swarm:
   type: dict
   contains:
     totals:
-      description: Fleet totals (peers, terminals, complete, downloading, silent, bytes_left, progress, rates).
+      description: Fleet totals (peers, terminals, complete, downloading, silent, bytes_left, bytes_fetched, bytes_local, progress, rates).
       type: dict
     peers:
       description: One entry per peer (host, ip, group, state, left, rates, last seen).

@@ -70,6 +70,22 @@ def test_host_names_from_config_map_or_announce_and_fleet_totals():
     assert totals["progress"] == 0.5 and totals["origins"] == 1
 
 
+def test_the_fleet_page_tells_bytes_fetched_from_bytes_a_terminal_took_from_its_own_disks():
+    tracker, clock = make()
+    tracker.register(HASH, "release-2", SIZE)
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started", up=300)
+    # Took 900 bytes from its own slots before joining, fetched 100: complete.
+    announce(tracker, clock, "10.1.0.2", b"delta", 0, "completed", down=100)
+    # Holds 400 bytes, all fetched.
+    announce(tracker, clock, "10.1.0.3", b"full", 600, "started", down=400)
+    status = tracker.swarms[HASH].status(clock(), 5000.0)
+    rows = peers_of(status)
+    assert (rows["10.1.0.2"]["downloaded"], rows["10.1.0.2"]["local"]) == (100, 900)
+    assert (rows["10.1.0.3"]["downloaded"], rows["10.1.0.3"]["local"]) == (400, 0)
+    assert rows["10.0.0.1"]["local"] == 0
+    assert (status["totals"]["bytes_fetched"], status["totals"]["bytes_local"]) == (500, 900)
+
+
 def test_silent_peers_expire_after_missed_intervals_and_are_forgotten_later():
     tracker, clock = make()
     announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")

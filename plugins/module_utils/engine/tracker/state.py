@@ -237,11 +237,13 @@ class Swarm:
 
     def status(self, now, wall_now, with_peers=True):
         size = self.size
-        rows, bytes_left, terminals = [], 0, 0
+        rows, bytes_left, terminals, fetched, local = [], 0, 0, 0, 0
         for peer in [*self.peers.values(), *self.gone.values()]:
             if not peer.origin:
                 terminals += 1
                 bytes_left += min(peer.left, size) if size else peer.left
+                fetched += peer.downloaded
+                local += _local(peer, size)
             if with_peers:
                 rows.append(self._peer_row(peer, size, now, wall_now))
         active = self.peers.values()
@@ -257,6 +259,8 @@ class Swarm:
             "completed_events": self.completed,
             "bytes_total": size * terminals,
             "bytes_left": bytes_left,
+            "bytes_fetched": fetched,
+            "bytes_local": local,
             "progress": _fraction(size * terminals - bytes_left, size * terminals),
             "upload_rate": sum(p.up_rate for p in active),
             "download_rate": sum(p.down_rate for p in active),
@@ -280,11 +284,17 @@ class Swarm:
             "host": peer.host, "ip": str(peer.ip), "port": peer.port, "group": peer.group,
             "origin": peer.origin, "state": state, "error": peer.error, "left": peer.left,
             "progress": _fraction(size - min(peer.left, size), size) if size else (1.0 if peer.left == 0 else 0.0),
-            "uploaded": peer.uploaded, "downloaded": peer.downloaded,
+            "uploaded": peer.uploaded, "downloaded": peer.downloaded, "local": 0 if peer.origin else _local(peer, size),
             "upload_rate": round(peer.up_rate, 1), "download_rate": round(peer.down_rate, 1),
             "last_seen": round(wall_now - (now - peer.last_seen), 3),
             "seen_ago": round(now - peer.last_seen, 3),
         }
+
+
+def _local(peer, size):
+    """Bytes a terminal holds that it did not download in this swarm: taken from its own disks
+    (delta transfer) or resumed. From its announces: held (size - left) minus downloaded."""
+    return max(0, size - min(peer.left, size) - peer.downloaded) if size else 0
 
 
 def _fraction(part, whole):
