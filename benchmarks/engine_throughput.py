@@ -110,7 +110,8 @@ def transfer(manifest, source, target, workdir):
                 break
         state = tempfile.mkdtemp(dir=workdir)
         proc = subprocess.run(P2PFLEET + ["fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}",
-                                          "--listen", f"127.0.0.1:{fetch_port}", "--state-dir", state],
+                                          "--listen", f"127.0.0.1:{fetch_port}", "--state-dir", state,
+                                          "--no-local"],  # the wire and the disk, not delta transfer
                               capture_output=True, text=True, check=True)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         return result["seconds"]

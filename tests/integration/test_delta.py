@@ -23,6 +23,13 @@ def _release(path, base, changed, seed):
     return str(path)
 
 
+def _served(tmp_path, procs, manifest_of, base, changed, number):
+    """Release ``number``: ``base`` with the pieces ``changed`` rewritten, made and seeded."""
+    path = _release(tmp_path / f"release{number}.img", base, changed, seed=number + 3)
+    manifest = manifest_of(path)
+    return path, manifest, start_seeder(procs, tmp_path, manifest, path)
+
+
 def _fetch(tmp_path, manifest, target, seed_port, state, *extra):
     device = ["--device"] if str(target).startswith("/dev/") else []
     proc = run_cli("--json", "fetch", manifest, target, "--peer", f"127.0.0.1:{seed_port}", *device,
@@ -55,9 +62,7 @@ def test_release_two_downloads_only_the_changed_pieces_then_the_ledger_keeps_the
     base, slot_a, slot_b, state = _first_release(tmp_path, image_factory, loop_factory, manifest_of, procs, size)
     pieces = size // PIECE
     changed = _changed(pieces // 10, pieces)
-    release2 = _release(tmp_path / "release2.img", base, changed, seed=5)
-    manifest2 = manifest_of(release2)
-    seed2 = start_seeder(procs, tmp_path, manifest2, release2)
+    release2, manifest2, seed2 = _served(tmp_path, procs, manifest_of, base, changed, 2)
 
     result = _fetch(tmp_path, manifest2, slot_b, seed2, state)
     changed_bytes = len(changed) * PIECE
@@ -68,9 +73,7 @@ def test_release_two_downloads_only_the_changed_pieces_then_the_ledger_keeps_the
     # Release 3 back into slot A, whose ledger (release 1, verified, untouched) vouches for
     # its own pieces: those unchanged since release 1 are kept without a byte written.
     changed3 = _changed(pieces // 10, pieces, seed=4)
-    release3 = _release(tmp_path / "release3.img", release2, changed3, seed=6)
-    manifest3 = manifest_of(release3)
-    seed3 = start_seeder(procs, tmp_path, manifest3, release3)
+    release3, manifest3, seed3 = _served(tmp_path, procs, manifest_of, release2, changed3, 3)
     result = _fetch(tmp_path, manifest3, slot_a, seed3, state)
     both = set(changed) | set(changed3)
     assert result["kept_bytes"] == (pieces - len(both)) * PIECE, result
@@ -86,9 +89,7 @@ def test_a_drifted_source_slot_costs_a_fetch_of_the_drifted_pieces_never_a_wrong
     base, slot_a, slot_b, state = _first_release(tmp_path, image_factory, loop_factory, manifest_of, procs, size)
     pieces = size // PIECE
     changed = _changed(6, pieces)
-    release2 = _release(tmp_path / "release2.img", base, changed, seed=5)
-    manifest2 = manifest_of(release2)
-    seed2 = start_seeder(procs, tmp_path, manifest2, release2)
+    release2, manifest2, seed2 = _served(tmp_path, procs, manifest_of, base, changed, 2)
     # Slot A was booted and a file in it changed after its ledger entry was written.
     drifted = [i for i in range(pieces) if i not in changed][5:8]
     with open(slot_a, "r+b") as f:
@@ -109,9 +110,7 @@ def test_a_slot_that_matches_its_ledger_by_fingerprint_but_not_by_content_is_rep
     base, slot_a, _slot_b, state = _first_release(tmp_path, image_factory, loop_factory, manifest_of, procs, size)
     pieces = size // PIECE
     changed = _changed(4, pieces)
-    release2 = _release(tmp_path / "release2.img", base, changed, seed=5)
-    manifest2 = manifest_of(release2)
-    seed2 = start_seeder(procs, tmp_path, manifest2, release2)
+    release2, manifest2, seed2 = _served(tmp_path, procs, manifest_of, base, changed, 2)
     # A byte the sampled fingerprint does not read: the ledger still vouches for slot A.
     index = next(i for i in range(3, pieces) if i not in changed)
     with open(slot_a, "r+b") as f:
@@ -162,9 +161,7 @@ def test_without_a_ledger_the_in_place_check_keeps_the_target_s_matching_pieces(
     base = image_factory(size, seed=31, name="release1.img")
     pieces = size // PIECE
     changed = _changed(8, pieces)
-    release2 = _release(tmp_path / "release2.img", base, changed, seed=5)
-    manifest2 = manifest_of(release2)
-    seed2 = start_seeder(procs, tmp_path, manifest2, release2)
+    release2, manifest2, seed2 = _served(tmp_path, procs, manifest_of, base, changed, 2)
     slot = loop_factory(size, fill=base)  # written by something else: no ledger knows it
 
     result = _fetch(tmp_path, manifest2, slot, seed2, tmp_path / "state", "--check-target", "always")

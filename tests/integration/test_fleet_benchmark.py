@@ -42,3 +42,28 @@ def test_fleet_benchmark_runs_http_and_p2p_side_by_side_and_cleans_up():
         assert origin >= 0.9, f"N={n}: the origin sent far less than one copy, so the swarm did not fetch: {cols}"
     assert not os.path.exists(os.path.join(LAB_DIR, name)), "the benchmark left its lab directory"
     assert namespaces(r"pfl\d\d-") <= before, "the benchmark left network namespaces behind"
+
+
+@needs_lab
+def test_fleet_benchmark_delta_mode_fetches_only_changed_and_non_zero_pieces():
+    """``--delta``/``--zeros``: the byte counts are exact consequences of delta transfer (the
+    times are only printed): release 2 costs the network its changed pieces once per terminal,
+    and a 75 %-zero image costs its data pieces only."""
+    name = f"fd{os.getpid()}"
+    env = dict(os.environ, P2PFLEET_LAB_DIR=LAB_DIR)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "fleet.py"), "--lab", name,
+                           "--terminals", "2", "--size", "16M", "--rate", "100mbit", "--delta", "10", "--zeros", "75"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    delta = re.search(r"^\s+2\s+([\d.]+)s\s+([\d.]+)s\s+([\d.]+)\s+([\d.]+)M\s+([\d.]+)M\s+([\d.]+)\s+([\d.]+)M\s+"
+                      r"([\d.]+)M\s+(\d+)$", out, re.M)
+    assert delta, out
+    changed, fetched, per_change, local, rejected = (float(delta.group(i)) for i in (4, 5, 6, 8, 9))
+    assert changed == 1.5 and 0.95 <= per_change <= 1.2, out    # 6 of 64 pieces of 256 KiB
+    assert abs(local - (16 - changed)) < 0.01 and rejected == 0, out
+    zeros = re.search(r"^\s+2\s+([\d.]+)s\s+([\d.]+)s\s+([\d.]+)\s+([\d.]+)M\s+([\d.]+)M\s+([\d.]+)M$", out, re.M)
+    assert zeros, out
+    zero_per_terminal, fetched, data = (float(zeros.group(i)) for i in (4, 5, 6))
+    assert zero_per_terminal == 12.0 and data == 8.0 and 0.95 * data <= fetched <= 1.2 * data, out
+    assert not os.path.exists(os.path.join(LAB_DIR, name)), "the benchmark left its lab directory"

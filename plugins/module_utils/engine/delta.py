@@ -99,15 +99,16 @@ class Ledger:
     def _file(self, path: str, suffix: str) -> str:
         return os.path.join(self.dir, self._key(path) + suffix)
 
-    def record(self, path: str, identity: dict, manifest: Manifest) -> None:
-        """``path`` now holds ``manifest``'s image, proved by its digest."""
+    def record(self, path: str, identity: dict, manifest: Manifest, fingerprint_now: dict) -> None:
+        """``path`` now holds ``manifest``'s image, proved by its digest; ``fingerprint_now``
+        is the slot's ``slot_fingerprint`` read right after the proof."""
         key = self._key(path)
         write_atomic(self._file(path, ".torrent"), manifest.torrent_bytes(), mode=0o600, error=StateError)
         copy = dataclasses.replace(manifest, torrent=key + ".torrent", path=self._file(path, ".manifest.json"))
         write_atomic(copy.path, copy.to_json().encode(), mode=0o600, error=StateError)
         self._write(path, {"path": os.path.abspath(path), "identity": identity, "info_hash": manifest.info_hash,
                            "name": manifest.name, "state": CLEAN, "why": "verified", "recorded": time.time(),
-                           "fingerprint": _fingerprint(path)})
+                           "fingerprint": fingerprint_now})
 
     def mark_changed(self, path: str, why: str) -> None:
         data = self._read(path)
@@ -167,7 +168,8 @@ class Ledger:
         return data if isinstance(data, dict) else None
 
 
-def _fingerprint(path):
+def slot_fingerprint(path) -> dict:
+    """The slot's fingerprint (``metainfo.fingerprint``), or ``{}`` when it cannot be read."""
     try:
         return fingerprint(path)
     except (OSError, ImageError):
@@ -180,7 +182,7 @@ def still_clean(entry: LedgerEntry, identity: dict) -> str:
         return f"the slot may have changed since ({entry.why})"
     if entry.identity != identity:
         return "the slot is another device now"
-    if not entry.fingerprint or entry.fingerprint != _fingerprint(entry.path):
+    if not entry.fingerprint or entry.fingerprint != slot_fingerprint(entry.path):
         return "the slot was written since its image was verified (its fingerprint changed)"
     return ""
 

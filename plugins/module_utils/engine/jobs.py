@@ -327,28 +327,16 @@ class FetchJob(Job):
     def start_local(self, find) -> None:
         """Take the pieces this host already holds (``find(cancel, progress)``) in a worker
         thread; the loop joins the swarm with them when it is done."""
-        self.worker_result = None
-        self.cancel.clear()
 
         def progress(result):
             self.local = result
 
-        def work():
-            try:
-                self.worker_result = ("found", find(self.cancel, progress))
-            except Cancelled:
-                self.worker_result = ("cancelled",)
-            except Exception as exc:  # any failure must reach the loop, or the job hangs
-                self.worker_result = ("error", _one_line(exc, self.path))
+        self._in_worker("local", lambda: ("found", find(self.cancel, progress)))
 
-        self.worker = threading.Thread(target=work, name=f"p2pfleet-local-{self.id[:8]}", daemon=True)
-        self.worker.start()
-
-    def start_verify(self, verify_module) -> None:
-        """Check the target in a worker thread: the loop must keep serving the swarm."""
+    def start_verify(self, verify_module, then=None) -> None:
+        """Check the target in a worker thread: the loop must keep serving the swarm.
+        ``then()``, run there too once the target is proved, adds its result to the answer."""
         self.verify_done = 0
-        self.worker_result = None
-        self.cancel.clear()
 
         def progress(done, _total):
             if self.cancel.is_set():
@@ -357,27 +345,32 @@ class FetchJob(Job):
 
         claims = list(self.claims)  # the loop may release them while this thread reads
 
+        def check():
+            for claim in claims:
+                if hasattr(claim, "sync"):
+                    claim.sync()
+            try:
+                result = verify_module.verify_target(self.manifest, self.path, progress=progress)
+            except VerifyError as exc:
+                return ("wrong", verify_module.bad_pieces(self.manifest, self.path, progress=progress), str(exc))
+            return ("verified", f"{result.algorithm}:{result.value}", then() if then else None)
+
+        self._in_worker("verify", check)
+
+    def _in_worker(self, kind, body) -> None:
+        """Run ``body()`` in a thread; its answer (or why it has none) lands in ``worker_result``."""
+        self.worker_result = None
+        self.cancel.clear()
+
         def work():
             try:
-                for claim in claims:
-                    if hasattr(claim, "sync"):
-                        claim.sync()
-                result = verify_module.verify_target(self.manifest, self.path, progress=progress)
-                self.worker_result = ("verified", f"{result.algorithm}:{result.value}")
-            except VerifyError as exc:
-                try:
-                    bad = verify_module.bad_pieces(self.manifest, self.path, progress=progress)
-                    self.worker_result = ("wrong", bad, str(exc))
-                except Cancelled:
-                    self.worker_result = ("cancelled",)
-                except Exception as inner:  # any failure must reach the loop, or the job hangs
-                    self.worker_result = ("error", _one_line(inner, self.path))
+                self.worker_result = body()
             except Cancelled:
                 self.worker_result = ("cancelled",)
             except Exception as exc:  # any failure must reach the loop, or the job hangs
                 self.worker_result = ("error", _one_line(exc, self.path))
 
-        self.worker = threading.Thread(target=work, name=f"p2pfleet-verify-{self.id[:8]}", daemon=True)
+        self.worker = threading.Thread(target=work, name=f"p2pfleet-{kind}-{self.id[:8]}", daemon=True)
         self.worker.start()
 
 

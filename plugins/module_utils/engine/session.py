@@ -612,7 +612,8 @@ class Session:
         def flushed():
             job.set_state(J.VERIFYING)
             self._record(job)
-            job.start_verify(verify)
+            # The slot's fingerprint for its ledger entry is read there too: not on the loop.
+            job.start_verify(verify, then=(lambda: delta.slot_fingerprint(job.path)) if self.ledger else None)
 
         self._save(job, flush=True, then=flushed)
 
@@ -624,7 +625,7 @@ class Session:
             job.bad_pieces = 0
             if self.ledger is not None and job.identity:
                 try:
-                    self.ledger.record(job.path, job.identity, job.manifest)
+                    self.ledger.record(job.path, job.identity, job.manifest, result[2] or {})
                 except StateError as exc:
                     log.error("%s", exc)
                     job.warning = f"slot ledger not written: {exc}"
