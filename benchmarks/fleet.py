@@ -21,9 +21,10 @@ caps as the hosts' own processes), with their state on the controller: the bench
 no install on the hosts and restarts them with the code under test every run.
 
 With ``--delta PCT`` and/or ``--zeros PCT`` it measures delta transfer instead, for each
-N, in one run: a full-image distribution into slot B, then release 2 (the same image with
-PCT % of its pieces rewritten) into slot A, where the agents take what slot B holds from
-disk; and an image that is PCT % zero pieces against a random one of the same size. It
+N, in one run: a full-image distribution into slot B (the inactive slot: the lab's hosts
+run slot A), then release 2 (the same image with PCT % of its pieces rewritten) into slot B
+again, where the agents keep what the slot's ledger vouches for; and an image that is PCT %
+zero pieces against a random one of the same size. It
 prints the fleet times side by side, their ratio, and the bytes that crossed the network
 (the jobs' payload counters and the terminals' wire counters) against the changed bytes.
 
@@ -412,8 +413,8 @@ def main():
     parser.add_argument("--super-seeding", action="store_true", help="the origin seeds in super-seeding mode")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP fan-outs (T_min still measured)")
     parser.add_argument("--delta", type=float, default=None, metavar="PCT",
-                        help="measure delta transfer: release 2 with PCT %% of its pieces changed, into the other "
-                             "slot, against the full image (replaces the HTTP/P2P comparison)")
+                        help="measure delta transfer: release 2 with PCT %% of its pieces changed, into the slot "
+                             "that holds the full image, against the full image (replaces the HTTP/P2P comparison)")
     parser.add_argument("--zeros", type=float, default=None, metavar="PCT",
                         help="measure an image of PCT %% zero pieces against a random one (with or without --delta)")
     parser.add_argument("--lab", default="fleetbench", help="lab name; a lab already up is reused and kept")
@@ -567,9 +568,9 @@ def run_delta(fleet, args, counts, size, piece_size):
             second, _ = metainfo.create_manifest(release2, fleet.manifest_dir, name=f"release2-{n}",
                                                  piece_size=full.piece_size)
             entry["changed_bytes"] = len(changed) * full.piece_size
-            entry["delta"] = distribute(fleet, second, release2, terminals, timeout, "system_a")
+            entry["delta"] = distribute(fleet, second, release2, terminals, timeout, "system_b")
             os.unlink(release2)
-            print(f"N={n}: release 2 ({args.delta:g} % of pieces changed) into slot A: "
+            print(f"N={n}: release 2 ({args.delta:g} % of pieces changed) into slot B again: "
                   f"{entry['delta'].t_fleet:.1f} s", flush=True)
         os.unlink(full_image)
         if args.zeros is not None:
@@ -578,7 +579,7 @@ def run_delta(fleet, args, counts, size, piece_size):
             zeros, _ = metainfo.create_manifest(zeros_image, fleet.manifest_dir, name=f"zeros-{n}",
                                                 piece_size=full.piece_size)
             entry["zero_bytes"] = zeros.zero_bytes
-            # Into slot B, which holds the full image's random bytes: nothing in it matches.
+            # Into slot B, which holds random bytes (release 2's or the full image's): nothing matches.
             entry["zeros"] = distribute(fleet, zeros, zeros_image, terminals, timeout, "system_b")
             os.unlink(zeros_image)
             print(f"N={n}: image with {args.zeros:g} % zero pieces into slot B: {entry['zeros'].t_fleet:.1f} s",
@@ -589,14 +590,13 @@ def run_delta(fleet, args, counts, size, piece_size):
 
 
 def report_delta(results, args, state, size, rate_bits):
-    print(f"
-delta benchmark: image {size / MIB:.0f} MiB in {results['pieces']} pieces of "
+    print(f"\ndelta benchmark: image {size / MIB:.0f} MiB in {results['pieces']} pieces of "
           f"{results['piece_size'] // 1024} KiB; links {rate_bits / 1e6:g} Mbit/s; {state['rooms']} room(s); "
-          f"{os.cpu_count()} cores
-")
+          f"{os.cpu_count()} cores\n")
     counts = results["counts"]
     if args.delta is not None:
-        print(f"release 2 = the full image with {args.delta:g} % of its pieces changed, into the other slot:")
+        print(f"release 2 = the full image with {args.delta:g} % of its pieces changed, into the slot that holds "
+              "the full image (release N-1 in the inactive slot):")
         print(f"{'N':>3} {'T_full':>8} {'T_delta':>8} {'ratio':>6} {'changed':>9} {'fetched':>9} "
               f"{'/(chg*N)':>9} {'wire rx':>9} {'local/term':>11} {'rejected':>8}")
         for n in counts:
@@ -608,8 +608,7 @@ delta benchmark: image {size / MIB:.0f} MiB in {results['pieces']} pieces of "
                   f"{sum(delta.wire_rx.values()) / MIB:8.1f}M {sum(delta.local.values()) / n / MIB:10.1f}M "
                   f"{delta.rejected:8d}")
     if args.zeros is not None:
-        print(f"
-an image of {args.zeros:g} % zero pieces against a random image of the same size (full fetch):")
+        print(f"\nan image of {args.zeros:g} % zero pieces against a random image of the same size (full fetch):")
         print(f"{'N':>3} {'T_random':>9} {'T_zeros':>8} {'ratio':>6} {'zero/term':>10} {'fetched':>9} "
               f"{'data*N':>9}")
         for n in counts:
@@ -619,14 +618,10 @@ an image of {args.zeros:g} % zero pieces against a random image of the same size
             print(f"{n:>3} {full.t_fleet:8.1f}s {zeros.t_fleet:7.1f}s {zeros.t_fleet / full.t_fleet:6.2f} "
                   f"{sum(zeros.local.values()) / n / MIB:9.1f}M {fetched / MIB:8.1f}M "
                   f"{(size - e['zero_bytes']) * n / MIB:8.1f}M")
-    print("
-T_full / T_random = the full random image into fresh slots; ratio = the second fleet time / the "
-          "first;
-fetched = payload the terminals received from the swarm (all of them); /(chg*N) = fetched / "
-          "(changed bytes × N);
-wire rx = bytes the terminals' links received, headers included; local/term = "
-          "bytes each terminal took
-from its own disks; rejected = local pieces that failed their check.")
+    print("\nT_full / T_random = the full random image into fresh slots; ratio = the second fleet time / the "
+          "first;\nfetched = payload the terminals received from the swarm (all of them); /(chg*N) = fetched / "
+          "(changed bytes × N);\nwire rx = bytes the terminals' links received, headers included; local/term = "
+          "bytes each terminal took\nfrom its own disks; rejected = local pieces that failed their check.")
 
 
 def report(results, args, state, size, http_size, rate_bits):
