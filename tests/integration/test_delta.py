@@ -187,3 +187,34 @@ def test_a_manifest_whose_zero_pieces_disagree_with_its_torrent_is_refused(tmp_p
     assert proc.returncode != 0
     assert "zero_pieces does not match" in proc.stderr
     assert not os.path.exists(tmp_path / "t.img")
+
+
+@needs_loop
+def test_a_slot_mounted_since_its_image_was_verified_is_marked_changed_in_the_ledger(
+        tmp_path, image_factory, loop_factory, manifest_of):
+    import subprocess
+    from engine.delta import Ledger, slot_fingerprint
+    from engine.image import probe
+    from engine.metainfo import Manifest
+    from engine.session import identity_of
+    fs = tmp_path / "fs.img"
+    with open(fs, "wb") as f:
+        f.truncate(16 * MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(fs)], check=True)
+    slot = loop_factory(16 * MIB, fill=fs)
+    manifest = Manifest.load(manifest_of(slot))
+    ledger = Ledger(str(tmp_path / "state"))
+    ledger.record(slot, identity_of(probe(slot)), manifest, slot_fingerprint(slot))
+    ledger.note_in_use()
+    assert ledger.entry(slot).clean
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", slot, str(mnt)], check=True)
+    try:
+        ledger.note_in_use()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    entry = ledger.entry(slot)
+    assert not entry.clean and "is mounted" in entry.why, entry
+    # Mounting wrote the superblock: the fingerprint alone would have caught it too.
+    assert slot_fingerprint(slot) != entry.fingerprint

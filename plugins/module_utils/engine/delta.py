@@ -38,8 +38,9 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .errors import ImageError, ManifestError, StateError
+from .errors import ImageError, ManifestError, StateError, TargetRefused
 from .files import ensure_private_dir, read_capped, write_atomic
+from .image import refuse_device_in_use
 from .jobs import Cancelled
 from .metainfo import Manifest, fingerprint, zero_piece_hash
 
@@ -148,6 +149,21 @@ class Ledger:
         except (ManifestError, KeyError, TypeError, ValueError) as exc:
             log.warning("slot ledger entry of %s ignored: %s", path, exc)
             return None
+
+    def note_in_use(self) -> None:
+        """Mark ``changed`` every slot in use right now: mounted, the running root, swap.
+        (The agent calls this when it starts: a slot booted read-write is found at once.)"""
+        for entry in self.entries():
+            if not entry.clean:
+                continue
+            try:
+                st = os.stat(entry.path)
+                if stat.S_ISBLK(st.st_mode):
+                    refuse_device_in_use(entry.path, st.st_rdev)
+            except TargetRefused as exc:
+                self.mark_changed(entry.path, str(exc).split(": ", 1)[-1].split(";")[0])
+            except OSError:
+                continue
 
     def entries(self) -> list:
         found = []

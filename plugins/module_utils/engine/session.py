@@ -839,6 +839,7 @@ class Session:
 
     def _start_local(self, job, identity) -> None:
         """Look for the image's pieces on this host's own disks before joining the swarm."""
+        self.ledger.note_in_use()
         target_entry = self.ledger.entry(job.path)
         sources = [entry for entry in self.ledger.entries() if self._usable_source(job, entry)]
         # From now on the slot is being written: a crash halfway must not leave it "clean".

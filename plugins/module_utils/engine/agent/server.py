@@ -50,6 +50,11 @@ class Agent:
         self.store = JobStore(config.state_dir)
         self.session = Session(SessionSettings(config.listen, config.upload_limit, config.download_limit,
                                                list(config.allowed_networks), config.link_rate), self.store)
+        # A slot booted since its image was verified (mounted now) is never trusted as is.
+        try:
+            self.session.ledger.note_in_use()
+        except P2PFleetError as exc:
+            log.error("slot ledger: %s", exc)
 
     async def _blocking(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
