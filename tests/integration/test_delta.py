@@ -218,3 +218,37 @@ def test_a_slot_mounted_since_its_image_was_verified_is_marked_changed_in_the_le
     assert not entry.clean and "is mounted" in entry.why, entry
     # Mounting wrote the superblock: the fingerprint alone would have caught it too.
     assert slot_fingerprint(slot) != entry.fingerprint
+
+
+def test_a_job_stopped_or_closed_while_it_takes_local_pieces_lets_its_target_go_and_joins_no_swarm(
+        tmp_path, image_factory):
+    """The local phase writes into the target from a worker thread: a stop (or the session
+    closing) waits for it, releases the target, and a result that comes too late is dropped."""
+    from engine.jobs import JobStore
+    from engine.metainfo import create_manifest
+    from engine.session import Session, SessionSettings
+    size = 256 * MIB
+    image = image_factory(size, seed=41, name="big.img")
+    manifest, _ = create_manifest(image, str(tmp_path))
+    target = tmp_path / "target.img"
+    shutil.copyfile(image, target)  # the in-place check has a whole image to read
+    settings = SessionSettings(listen=f"127.0.0.1:{free_port()}")
+    session = Session(settings, JobStore(str(tmp_path / "state")))
+    try:
+        snap, _ = session.put_fetch(manifest, str(target), peers=[("127.0.0.1", 1)], check_target="always")
+        assert snap.state == "local", snap
+        stopped = session.stop(snap.id)
+        assert stopped.state == "stopped", stopped
+        session.wait_for(lambda jobs: jobs[snap.id].state == "stopped", 30, "the stopped job")
+        # The target was let go: the same fetch can be put again, and it finds the image there.
+        again, changed = session.put_fetch(manifest, str(target), peers=[("127.0.0.1", 1)], check_target="always")
+        assert changed and again.state == "local", again
+        done = session.wait_for(lambda jobs: jobs[snap.id].state not in ("local", "downloading", "flushing",
+                                                                         "verifying"), 60, "the fetch")
+        assert done[snap.id].state == "verified" and done[snap.id].kept_bytes == size, done[snap.id]
+        # Closing in the middle of a local phase returns promptly and leaves the job to resume.
+        session.forget(snap.id)
+        third, _ = session.put_fetch(manifest, str(target), peers=[("127.0.0.1", 1)], check_target="always")
+        assert third.state == "local"
+    finally:
+        session.close(timeout=30)

@@ -58,6 +58,8 @@ CHECK_GIVE_UP_PIECES = 256
 BLKZEROOUT = 0x127F
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 ZERO_CHUNK = 4 << 20
+# Zeroing is cut into runs of at most this much, with a look at the cancel flag between them.
+ZERO_RUN = 256 << 20
 
 
 # -- the ledger ------------------------------------------------------------------------
@@ -117,6 +119,16 @@ class Ledger:
             data.update(state=CHANGED, why=why, recorded=time.time())
             self._write(path, data)
 
+    def forget(self, path: str) -> None:
+        """Remove the entry of ``path`` (best effort: a failure is logged)."""
+        for suffix in (".json", ".manifest.json", ".torrent"):
+            try:
+                os.unlink(self._file(path, suffix))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("%s: cannot remove: %s", self._file(path, suffix), exc.strerror)
+
     def _write(self, path, data) -> None:
         write_atomic(self._file(path, ".json"), json.dumps(dict(data, format=LEDGER_FORMAT)).encode(), mode=0o600,
                      error=StateError)
@@ -142,6 +154,8 @@ class Ledger:
             return None
         try:
             manifest = Manifest.load(self._file(path, ".manifest.json"))
+            if manifest.info_hash != data["info_hash"]:
+                raise ValueError(f"its manifest is {manifest.info_hash}, not {data['info_hash']}")
             return LedgerEntry(path=data["path"], identity=data["identity"], info_hash=data["info_hash"],
                                name=data["name"], state=data["state"], why=str(data.get("why", "")),
                                recorded=float(data["recorded"]), fingerprint=data.get("fingerprint") or {},
@@ -170,7 +184,8 @@ class Ledger:
         for name in sorted(os.listdir(self.dir)):
             if name.endswith(".json") and not name.endswith(".manifest.json"):
                 data = self._read_file(os.path.join(self.dir, name))
-                if data and isinstance(data.get("path"), str):
+                # A slot that is gone (an image file removed) is not loaded.
+                if data and isinstance(data.get("path"), str) and os.path.exists(data["path"]):
                     entry = self.entry(data["path"])
                     if entry is not None:
                         found.append(entry)
@@ -274,12 +289,15 @@ def find_local(manifest: Manifest, target: str, identity: dict, target_entry=Non
         # 2. Zero pieces.
         zero = {index for index in range(count) if not result.have[index]
                 and hashes[index] == zero_piece_hash(length(index))}
+        step = max(1, ZERO_RUN // piece)
         for first, end in _runs(sorted(zero)):
-            tick(result)
-            _zero_out(fd, target, first * piece, min(end * piece, size) - first * piece)
-            for index in range(first, end):
-                result.have[index] = True
-                result.zero_bytes += length(index)
+            for start in range(first, end, step):
+                stop = min(end, start + step)
+                tick(result)
+                _zero_out(fd, start * piece, min(stop * piece, size) - start * piece)
+                for index in range(start, stop):
+                    result.have[index] = True
+                    result.zero_bytes += length(index)
 
         # 3. The in-place check, where no clean ledger vouches for the target.
         if check_target == "always" or (check_target == "auto" and not trusted):
@@ -323,7 +341,7 @@ def _runs(indexes):
         yield first, end
 
 
-def _zero_out(fd, path, offset, length) -> None:
+def _zero_out(fd, offset, length) -> None:
     """Make ``length`` bytes at ``offset`` read as zeros, without writing them where possible."""
     mode = os.fstat(fd).st_mode
     aligned = length - length % 512
@@ -332,23 +350,31 @@ def _zero_out(fd, path, offset, length) -> None:
             fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, aligned))
             offset, length = offset + aligned, length - aligned
         except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+            # Not offered here (or the device is held open exclusively): write the zeros.
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EBUSY):
                 raise
     elif stat.S_ISREG(mode) and _fallocate is not None:
-        if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, ctypes.c_long(offset),
-                      ctypes.c_long(length)) == 0:
+        if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
             return
     zeros = bytes(min(ZERO_CHUNK, length))
     while length > 0:
-        n = os.pwrite(fd, zeros[:min(len(zeros), length)], offset)
+        n = min(len(zeros), length)
+        _write_all(fd, zeros[:n], offset)
         offset, length = offset + n, length - n
+
+
+def _write_all(fd, data, offset) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _load_fallocate():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.fallocate
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        fn = getattr(libc, "fallocate64", None) or libc.fallocate
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         return fn
     except (OSError, AttributeError):
         return None
@@ -363,7 +389,11 @@ def _check_in_place(fd, hashes, piece, length, result, mode, link_rate, tick, no
         if result.have[index]:
             continue
         tick(result)
-        data = os.pread(fd, length(index), index * piece)
+        try:
+            data = os.pread(fd, length(index), index * piece)
+        except OSError as exc:
+            notes.append(f"in-place check stopped at piece {index}: {exc.strerror or exc}")
+            return
         read += len(data)
         looked += 1
         result.checked_bytes += len(data)
@@ -395,7 +425,11 @@ def _copy_from(entry, fd, target, wanted, hashes, piece, length, result, tick, n
         return
     copied = rejected = 0
     try:
-        src_size = os.lseek(src, 0, os.SEEK_END)
+        try:
+            src_size = os.lseek(src, 0, os.SEEK_END)
+        except OSError as exc:
+            notes.append(f"{entry.path}: cannot read ({exc.strerror}); not used as a source")
+            return
         plan = []
         for old_index, digest in enumerate(old.piece_hashes()):
             targets = wanted.get(digest)
@@ -410,19 +444,21 @@ def _copy_from(entry, fd, target, wanted, hashes, piece, length, result, tick, n
             want = length(targets[0])
             if src_offset + want > src_size:
                 continue
-            data = os.pread(src, want, src_offset)
+            try:
+                data = os.pread(src, want, src_offset)
+            except OSError as exc:
+                notes.append(f"{entry.path}: reading stopped ({exc.strerror or exc}); the rest comes from the swarm")
+                break
             if hashlib.sha1(data).digest() != digest:
                 rejected += 1
                 result.rejected_pieces += 1
                 continue
-            for index in targets:
-                os.pwrite(fd, data, index * piece)
+            for index in targets:  # a write error is the target's: it ends the job
+                _write_all(fd, data, index * piece)
                 result.have[index] = True
                 result.copied_bytes += len(data)
                 copied += 1
             del wanted[digest]
-    except OSError as exc:
-        notes.append(f"{entry.path}: reading stopped ({exc.strerror or exc}); the rest comes from the swarm")
     finally:
         os.close(src)
     if rejected:

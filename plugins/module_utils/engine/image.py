@@ -25,6 +25,7 @@ from .errors import ImageError, TargetRefused
 BLKGETSIZE64 = 0x80081272
 SECTOR = 512
 READ_SIZE = 8 << 20
+BLKFLSBUF = 0x1261  # _IO(0x12, 97)
 DIRECT_ALIGN = 4096
 
 
@@ -572,6 +573,13 @@ class SliceMap:
         struct.pack_into("I", status, _LO_FLAGS_OFFSET, flags)
         fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(status))
         return dev
+
+    def drop_caches(self) -> None:
+        """Forget what the slices' own page caches hold (``BLKFLSBUF``): the image was
+        written directly, under them."""
+        for fd in self._fds:
+            os.fsync(fd)
+            fcntl.ioctl(fd, BLKFLSBUF)
 
     def sync(self) -> None:
         """Push what libtorrent wrote through the slices down into the image.

@@ -39,6 +39,8 @@ STATES = (CLAIMED, LOCAL, CHECKING, DOWNLOADING, STALLED, FLUSHING, VERIFYING, R
 FINAL = frozenset({VERIFIED, FAILED, STOPPED})
 # States in which a job holds a torrent and a target, and resumes after a restart.
 RUNNING = frozenset(STATES) - FINAL
+# States in which a fetch writes its target (verifying and seeding only read it).
+WRITING = frozenset({CLAIMED, LOCAL, DOWNLOADING, STALLED, FLUSHING, REPAIRING})
 MAX_REPAIR_ROUNDS = 3
 RECORD_FORMAT = 1
 MAX_RECORD_BYTES = 1 << 20

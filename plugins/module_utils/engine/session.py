@@ -46,6 +46,9 @@ RESUME_SAVE_MIN_INTERVAL = 0.25
 UPDATE_INTERVAL = 0.5
 PEER_RETRY_INTERVAL = 5.0
 ALERT_TIMEOUT = 15.0
+# A local-pieces worker looks at its cancel flag between pieces and zero-out chunks: it
+# stops within seconds. The target is never released while it may still write.
+WORKER_STOP_TIMEOUT = 600.0
 USER_AGENT = "p2pfleet/0.1.0"
 
 
@@ -516,12 +519,6 @@ class Session:
         job.cancel.set()
         if job.stopping is not None:
             return
-        if job.state == J.LOCAL and job.worker is not None:
-            # It writes into the target: the claim is released only once it has stopped
-            # (it looks at the cancel flag between pieces).
-            job.worker.join(60)
-            if job.worker.is_alive():
-                log.error("%s: the local-pieces worker did not stop within 60 s", job.path)
         job.stopping = final or job.state
 
         def done():
@@ -529,11 +526,16 @@ class Session:
             job.status = None
             job.release_claims()
             job.stopping = None
+            if job.state == J.LOCAL:
+                job.worker_result = None  # a result that came too late joins no swarm
             if final:
                 job.set_state(final, error)
             self._record(job)
 
-        if job.handle is None:
+        if job.state == J.LOCAL and job.worker is not None and job.worker.is_alive():
+            # It writes into the target: the claim is released once it has stopped.
+            job.awaiting = ("worker", time.monotonic() + WORKER_STOP_TIMEOUT, done)
+        elif job.handle is None:
             done()
         elif job.action == "fetch" and job.resume_path:
             self._save(job, flush=True, then=lambda: self._remove(job, done))
@@ -559,13 +561,19 @@ class Session:
     def _step(self, job, now) -> None:
         if job.awaiting:
             kind, deadline, _then = job.awaiting
-            if now > deadline:
-                log.warning("%s: no answer from libtorrent to %s within %g s; going on", job.manifest.name, kind,
-                            ALERT_TIMEOUT)
+            if kind == "worker" and not job.worker.is_alive():
+                self._resolve(job)
+            elif now > deadline:
+                log.warning("%s: no answer from %s within %g s; going on", job.manifest.name,
+                            "the local-pieces worker" if kind == "worker" else f"libtorrent to {kind}",
+                            WORKER_STOP_TIMEOUT if kind == "worker" else ALERT_TIMEOUT)
                 self._resolve(job)
             return
-        if job.state == J.LOCAL and job.stopping is None and job.worker_result is not None:
-            self._local_done(job, job.worker_result)
+        if job.state == J.LOCAL and job.stopping is None:
+            if job.worker_result is not None:
+                self._local_done(job, job.worker_result)
+            elif job.worker is not None and not job.worker.is_alive():
+                self._fail(job, f"{job.path}: the search for local pieces ended without a result")
             return
         if job.handle is None or job.stopping is not None:
             return
@@ -807,6 +815,9 @@ class Session:
     def _start_fetch(self, job, claim) -> None:
         """Add the fetch's torrent over its claimed target, resuming where it was."""
         job.resume_path = self.store.resume_path(job.id)
+        # From now on the slot is being written: its ledger must not call it clean, even
+        # when this job stops or crashes halfway (the local phase reads the entry first).
+        target_entry = self._ledger_writing(job)
         slices = SliceMap(claim.path, job.manifest.files, read_only=False)
         job.claims = [claim, slices]
         try:
@@ -822,7 +833,7 @@ class Session:
                 resumed.flags = atp.flags
                 atp = resumed
             elif job.local_sources and self.ledger is not None:
-                self._start_local(job, identity)
+                self._start_local(job, identity, target_entry)
                 return
             # A device reports size 0 to libtorrent, which would throw the resume data
             # away (or, forced to recheck, forget every piece). Integrity is ours: the
@@ -837,13 +848,30 @@ class Session:
         job.cancel.clear()
         job.set_state(J.DOWNLOADING)
 
-    def _start_local(self, job, identity) -> None:
+    def _ledger_writing(self, job):
+        """The target's ledger entry as it was, now marked changed (or removed, when it
+        cannot be marked); None without one. A ledger that cannot be written costs the
+        local phase's knowledge, never the fetch."""
+        if self.ledger is None:
+            return None
+        try:
+            self.ledger.note_in_use()
+            entry = self.ledger.entry(job.path)
+            self.ledger.mark_changed(job.path, f"written by the fetch of {job.manifest.name}")
+            return entry
+        except StateError as exc:
+            log.error("slot ledger: %s", exc)
+            job.warning = f"slot ledger not updated: {exc}"
+            self.ledger.forget(job.path)
+            return None
+
+    def _start_local(self, job, identity, target_entry) -> None:
         """Look for the image's pieces on this host's own disks before joining the swarm."""
-        self.ledger.note_in_use()
-        target_entry = self.ledger.entry(job.path)
-        sources = [entry for entry in self.ledger.entries() if self._usable_source(job, entry)]
-        # From now on the slot is being written: a crash halfway must not leave it "clean".
-        self.ledger.mark_changed(job.path, f"written by the fetch of {job.manifest.name}")
+        try:
+            sources = [entry for entry in self.ledger.entries() if self._usable_source(job, entry)]
+        except (StateError, OSError) as exc:
+            log.error("slot ledger: %s", exc)
+            sources = []
         settings = self.settings
 
         def find(cancel, progress):
@@ -852,6 +880,7 @@ class Session:
 
         job.error = ""
         job.local = None
+        job.local_counts = {}
         job.set_state(J.LOCAL)
         job.start_local(find)
 
@@ -860,7 +889,7 @@ class Session:
         if overlaps(entry.path, job.path):
             return False
         for other in self._jobs.values():
-            if other.action == "fetch" and other.state not in J.FINAL and overlaps(entry.path, other.path):
+            if other.action == "fetch" and other.state in J.WRITING and overlaps(entry.path, other.path):
                 return False
         try:
             return identity_of(probe(entry.path)) == entry.identity
@@ -869,6 +898,8 @@ class Session:
 
     def _local_done(self, job, result) -> None:
         job.worker_result = None
+        if self._closing or not job.claims:
+            return  # the session closes, or the job let its target go: it joins no swarm
         if result[0] == "error":
             self._fail(job, result[1])
             return
@@ -884,6 +915,9 @@ class Session:
         log.info("%s: %d of %d bytes of %s found locally (kept %d, zero %d, copied %d)", job.path,
                  found.local_bytes, job.manifest.image_size, job.manifest.name, found.kept_bytes,
                  found.zero_bytes, found.copied_bytes)
+        for claim in job.claims:
+            if isinstance(claim, SliceMap):
+                claim.drop_caches()  # a slice's own page cache must not hide what was written
         atp = self._params(job)
         atp.have_pieces = found.have
         atp.flags |= lt.torrent_flags.no_verify_files
