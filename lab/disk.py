@@ -10,6 +10,7 @@ A terminal's disk (one loop device, partitions by label):
 """
 import fcntl
 import os
+import random
 import re
 import tempfile
 import time
@@ -82,7 +83,6 @@ def upgrade_image(source, path, release, package_mib=8):
     """
     if os.path.exists(path):
         return path
-    import random
     with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
         image = os.path.join(tmp, "image")
         run("cp", "--sparse=always", source, image)
