@@ -569,10 +569,12 @@ class Session:
                             WORKER_STOP_TIMEOUT if kind == "worker" else ALERT_TIMEOUT)
                 self._resolve(job)
             return
+        # Whether the worker ran is read before its result: a worker that ended had set it.
+        worker_ended = job.worker is not None and not job.worker.is_alive()
         if job.state == J.LOCAL and job.stopping is None:
             if job.worker_result is not None:
                 self._local_done(job, job.worker_result)
-            elif job.worker is not None and not job.worker.is_alive():
+            elif worker_ended:
                 self._fail(job, f"{job.path}: the search for local pieces ended without a result")
             return
         if job.handle is None or job.stopping is not None:
@@ -608,7 +610,7 @@ class Session:
                 self._flush(job)
         elif job.state == J.VERIFYING and job.worker_result is not None:
             self._verified(job, job.worker_result)
-        elif job.state == J.VERIFYING and job.worker is not None and not job.worker.is_alive():
+        elif job.state == J.VERIFYING and worker_ended:
             self._fail(job, f"{job.path}: the verify pass ended without a result")
 
     def _flush(self, job) -> None:
