@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 BIN = os.path.dirname(sys.executable)
 _RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)")
@@ -20,8 +21,11 @@ class Run:
         self.err = proc.stderr
         self.recap = {}
         self.changed = []          # (task, host) for every "changed:" line
+        self.failures = []         # "task: fatal line" for every failure, however early
         task = None
         for line in self.out.splitlines():
+            if line.startswith(("fatal: [", "failed: [")):
+                self.failures.append(f"{task}: {line[:800]}")
             if m := _TASK.match(line):
                 task = m.group(1)
             elif (m := _CHANGED.match(line)) and task:
@@ -31,7 +35,9 @@ class Run:
                                           "unreachable": int(m.group(4)), "failed": int(m.group(5))}
 
     def tail(self, n=6000):
-        return self.out[-n:] + "\n" + self.err[-2000:]
+        """The end of the output, after every failure of the run (a tail alone can miss them)."""
+        failures = "".join(f"FAILURE {f}\n" for f in self.failures[:20])
+        return failures + self.out[-n:] + "\n" + self.err[-2000:]
 
     def changed_tasks(self, host=None):
         return sorted({task for task, h in self.changed if host is None or h == host})
@@ -60,4 +66,11 @@ def run_playbook(inventory, collections, playbook, *args, timeout=1500, popen=Fa
     if popen:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=collections_env(collections), start_new_session=True)
-    return Run(subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=collections_env(collections)))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=collections_env(collections))
+    logs = os.environ.get("P2PFLEET_TEST_LOGS")
+    if logs:  # every run's whole output, for a failure whose assertion shows only the tail
+        os.makedirs(logs, exist_ok=True)
+        name = f"{time.strftime('%H%M%S')}-{os.path.basename(playbook)}.log"
+        with open(os.path.join(logs, name), "w") as f:
+            f.write(proc.stdout + proc.stderr)
+    return Run(proc)

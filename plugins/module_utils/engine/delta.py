@@ -176,8 +176,9 @@ class Ledger:
                     refuse_device_in_use(entry.path, st.st_rdev)
             except TargetRefused as exc:
                 self.mark_changed(entry.path, str(exc).split(": ", 1)[-1].split(";")[0])
-            except OSError:
-                continue
+            except (OSError, ImageError, ValueError) as exc:
+                # Cannot tell: the entry stays as it is (its fingerprint still guards it).
+                log.warning("%s: cannot tell whether the slot is in use: %s", entry.path, exc)
 
     def entries(self) -> list:
         found = []

@@ -53,7 +53,7 @@ class Agent:
         # A slot booted since its image was verified (mounted now) is never trusted as is.
         try:
             self.session.ledger.note_in_use()
-        except P2PFleetError as exc:
+        except (P2PFleetError, OSError, ValueError) as exc:  # the ledger never keeps the agent from starting
             log.error("slot ledger: %s", exc)
 
     async def _blocking(self, fn, *args):
