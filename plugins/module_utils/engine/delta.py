@@ -25,7 +25,6 @@ The fetch then joins the swarm with what it found as its bitfield: it downloads 
 rest, and serves every piece it holds to the other terminals.
 """
 import ctypes
-import dataclasses
 import ctypes.util
 import errno
 import fcntl
@@ -105,10 +104,7 @@ class Ledger:
     def record(self, path: str, identity: dict, manifest: Manifest, fingerprint_now: dict) -> None:
         """``path`` now holds ``manifest``'s image, proved by its digest; ``fingerprint_now``
         is the slot's ``slot_fingerprint`` read right after the proof."""
-        key = self._key(path)
-        write_atomic(self._file(path, ".torrent"), manifest.torrent_bytes(), mode=0o600, error=StateError)
-        copy = dataclasses.replace(manifest, torrent=key + ".torrent", path=self._file(path, ".manifest.json"))
-        write_atomic(copy.path, copy.to_json().encode(), mode=0o600, error=StateError)
+        manifest.copy_to(self.dir, self._key(path), error=StateError)
         self._write(path, {"path": os.path.abspath(path), "identity": identity, "info_hash": manifest.info_hash,
                            "name": manifest.name, "state": CLEAN, "why": "verified", "recorded": time.time(),
                            "fingerprint": fingerprint_now})
@@ -134,7 +130,10 @@ class Ledger:
                      error=StateError)
 
     def _read(self, path):
-        file = self._file(path, ".json")
+        return self._read_file(self._file(path, ".json"))
+
+    @staticmethod
+    def _read_file(file):
         if not os.path.exists(file):
             return None
         try:
@@ -191,13 +190,6 @@ class Ledger:
                     if entry is not None:
                         found.append(entry)
         return found
-
-    def _read_file(self, file):
-        try:
-            data = json.loads(read_capped(file, 1 << 20, "slot ledger entry", error=StateError))
-        except (ValueError, StateError):
-            return None
-        return data if isinstance(data, dict) else None
 
 
 def slot_fingerprint(path) -> dict:

@@ -119,10 +119,7 @@ class JobStore:
         copy_path = self.path(ih, ".manifest.json")
         if os.path.abspath(manifest.path or "") == copy_path:
             return manifest
-        torrent = manifest.torrent_bytes()
-        write_atomic(self.path(ih, ".torrent"), torrent, mode=0o600, error=StateError)
-        copy = dataclasses.replace(manifest, torrent=ih + ".torrent", path=copy_path)
-        write_atomic(copy_path, copy.to_json().encode("utf-8"), mode=0o600, error=StateError)
+        manifest.copy_to(self.jobs_dir, ih, error=StateError)
         return Manifest.load(copy_path)
 
     def write_record(self, record: dict) -> None:

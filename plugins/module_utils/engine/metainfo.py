@@ -20,6 +20,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from . import bencode
@@ -208,6 +209,15 @@ class Manifest:
             if end == self.piece_count:
                 total -= self.piece_count * self.piece_size - self.image_size
         return total
+
+    def copy_to(self, directory: str, stem: str, error=ManifestError) -> "Manifest":
+        """Write ``STEM.torrent`` and ``STEM.manifest.json`` (mode 0600) into ``directory``:
+        a private copy that outlives the files it was made from. Returns the copy, unread."""
+        write_atomic(os.path.join(directory, stem + ".torrent"), self.torrent_bytes(), mode=0o600, error=error)
+        copy = dataclasses.replace(self, torrent=stem + ".torrent",
+                                   path=os.path.join(directory, stem + MANIFEST_SUFFIX))
+        write_atomic(copy.path, copy.to_json().encode("utf-8"), mode=0o600, error=error)
+        return copy
 
     def to_json(self) -> str:
         data = {k: v for k, v in asdict(self).items() if k not in ("path", "_torrent_bytes")}
