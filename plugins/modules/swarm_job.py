@@ -114,6 +114,13 @@ EXAMPLES = r'''
     target: "{{ slots.inactive.device }}"
   become: true
 
+- name: Fetch every byte from the swarm, ignoring what the terminal's disks already hold
+  p2pfleet.imaging.swarm_job:
+    manifest: /var/lib/p2pfleet/manifests/release-2.img.manifest.json
+    target: "{{ slots.inactive.device }}"
+    local_sources: false
+  become: true
+
 - name: Seed release 2 from the server
   p2pfleet.imaging.swarm_job:
     action: seed

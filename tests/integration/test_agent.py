@@ -74,6 +74,10 @@ def test_one_agent_runs_a_seed_and_two_fetches_and_stopping_one_keeps_the_others
     done_c = agent.wait_job(ic, lambda j: j["state"] == "verified", 90, "fetch C verified")
     assert done_c["digest"].split(":")[1] and file_digest(part_c, size) == file_digest(image_c, size)
     assert agent.client.job(seed["job"]["id"])["state"] == "seeding"
+    # The verified slot is in the agent's slot ledger (delta transfer); B, stopped halfway, is not.
+    slots = {s["path"]: s for s in agent.client.info()["slots"]}
+    assert slots[part_c]["state"] == "clean" and slots[part_c]["name"] == "c.img", slots
+    assert part_b not in slots, slots
     agent_port = agent.client.info()["listen_port"]
     run_cli("fetch", ma, tmp_path / "from-agent.img", "--peer", f"127.0.0.1:{agent_port}",
             "--listen", f"127.0.0.1:{free_port()}", "--state-dir", tmp_path / "cli-state", check=True)
@@ -244,6 +248,9 @@ def test_bad_requests_get_one_line_and_the_agent_keeps_serving(tmp_path, image_f
         (lambda: agent.client.put_fetch(manifest, str(tmp_path / "t\0.img"), peers=["127.0.0.1:1"]), 400,
          "must be an absolute path"),
         (lambda: agent.client.put_seed(manifest + "\0", image), 400, "must be an absolute path"),
+        (lambda: agent.client.put_fetch(manifest, str(tmp_path / "t.img"), peers=["127.0.0.1:1"],
+                                        check_target="sometimes"), 400, "check_target: must be one of"),
+        (lambda: agent.client.put_seed(manifest, image, local_sources=False), 400, "only for action fetch"),
         (lambda: agent.client.job("not-a-hash"), 400, "40 hex digits"),
         (lambda: agent.client.stop("0" * 40), 404, "no job"),
     ]

@@ -16,6 +16,7 @@ def test_defaults_and_a_full_config():
     assert cfg.announce_urls() == ["http://10.0.0.1:6969/announce?host=pc-101"]
     assert cfg.announce_urls(["http://t/announce?x=1"]) == ["http://t/announce?x=1&host=pc-101"]
     assert cfg.seed_after_fetch is False and cfg.stall_timeout == 600.0
+    assert (cfg.local_sources, cfg.check_target, cfg.link_rate) == (True, "auto", 125_000_000)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -34,6 +35,9 @@ def test_defaults_and_a_full_config():
     ({"seed_after_fetch": "yes"}, "seed_after_fetch: must be true or false"),
     ({"stall_timeout": -5}, "stall_timeout: must be seconds in 0..86400"),
     ({"log_level": "loud"}, "log_level: must be one of debug, info, warning, error"),
+    ({"local_sources": "no"}, "local_sources: must be true or false"),
+    ({"check_target": "sometimes"}, "check_target: must be one of auto, always, never"),
+    ({"link_rate": 0}, "link_rate: must be an integer in 1.."),
 ])
 def test_each_bad_value_is_refused_naming_its_key(data, message):
     with pytest.raises(ConfigError) as err:
