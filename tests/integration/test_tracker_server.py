@@ -48,12 +48,11 @@ def test_announce_returns_compact_peers_of_own_group_first(tracker):
     assert (reply[b"complete"], reply[b"incomplete"]) == (0, 4)
 
 
-def test_non_compact_reply_lists_dicts_with_peer_ids(tracker):
+def test_non_compact_reply_lists_dicts_without_anyone_elses_peer_id(tracker):
     announce(tracker.url, HASH, pid("a"), 7000, source="127.0.0.2")
-    reply = announce(tracker.url, HASH, pid("b"), 7001, source="127.0.0.3", compact=0)
-    assert reply[b"peers"] == [{b"ip": b"127.0.0.2", b"port": 7000, b"peer id": pid("a")}]
-    reply = announce(tracker.url, HASH, pid("b"), 7001, source="127.0.0.3", compact=0, no_peer_id=1)
-    assert reply[b"peers"] == [{b"ip": b"127.0.0.2", b"port": 7000}]
+    for extra in ({}, {"no_peer_id": 0}, {"no_peer_id": 1}):
+        reply = announce(tracker.url, HASH, pid("b"), 7001, source="127.0.0.3", compact=0, **extra)
+        assert reply[b"peers"] == [{b"ip": b"127.0.0.2", b"port": 7000}]
 
 
 def test_ipv6_peers_come_back_in_peers6(tmp_path):

@@ -25,7 +25,7 @@ def test_valid_announce_keeps_raw_bytes_of_ids():
     assert req.info_hash == INFO_HASH
     assert req.peer_id == PEER_ID
     assert (req.port, req.left, req.event, req.numwant, req.host) == (6881, 1000, "started", 30, "pc-101.lab")
-    assert req.compact and not req.no_peer_id
+    assert req.compact
 
 
 def test_plus_and_unescaped_bytes_decode_like_clients_send_them():

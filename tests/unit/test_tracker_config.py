@@ -19,7 +19,7 @@ allowed_networks: [10.0.0.0/8, "fd00::/8"]
 interval: 20
 manifest_dir: manifests
 admin_token: 0123456789abcdef0123
-hosts: {10.1.0.5: pc-105}
+hosts: {10.1.0.5: pc-105, 10.9.0.1: laptop-7, 10.5.5.5: server-1}
 groups:
   room1: {networks: [10.1.0.0/16], hosts: [laptop-7]}
   room1-front: {networks: [10.1.0.0/24]}
@@ -31,15 +31,14 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
     assert cfg.manifest_dir == str(tmp_path / "manifests")
     assert cfg.min_interval == 10 and cfg.expiry_intervals == 2
     ip = ipaddress.ip_address
-    assert cfg.host_name(ip("10.1.0.5"), "announced") == "pc-105"
-    assert cfg.host_name(ip("10.1.0.6"), "announced") == "announced"
+    assert cfg.hosts[ip("10.1.0.5")] == "pc-105"
     topo = cfg.topology
-    assert topo.group_of(ip("10.1.0.9"), None) == "room1-front"      # most specific network
-    assert topo.group_of(ip("10.1.7.9"), None) == "room1"
-    assert topo.group_of(ip("10.9.0.1"), "laptop-7") == "room1"
-    assert topo.group_of(ip("10.9.0.1"), None) is None
-    assert topo.is_seeder(ip("10.0.0.1"), None) and topo.is_seeder(ip("10.5.5.5"), "server-1")
-    assert not topo.is_seeder(ip("10.0.0.2"), "pc-1")
+    assert topo.group_of(ip("10.1.0.9")) == "room1-front"      # most specific network
+    assert topo.group_of(ip("10.1.7.9")) == "room1"
+    assert topo.group_of(ip("10.9.0.1")) == "room1"            # laptop-7, listed by name
+    assert topo.group_of(ip("10.9.0.2")) is None
+    assert topo.is_seeder(ip("10.0.0.1")) and topo.is_seeder(ip("10.5.5.5"))   # by address, by name
+    assert not topo.is_seeder(ip("10.0.0.2"))
     assert cfg.allows(ip("10.200.0.1")) and cfg.allows(ip("fd00::1"))
     assert not cfg.allows(ip("192.168.1.1")) and not cfg.allows(ip("::1"))
 
@@ -56,7 +55,14 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
     (with_(hosts={"not-an-ip": "pc"}), "hosts.not-an-ip: 'not-an-ip' is not an IP address"),
     (with_(groups={"room1": ["10.0.0.0/8"]}), "groups.room1: must be a mapping"),
     (with_(groups={"room1": {"subnets": []}}), "groups.room1.subnets: unknown key"),
-    (with_(groups={"a": {"hosts": ["pc"]}, "b": {"hosts": ["pc"]}}), "groups.b.hosts: pc is already in group a"),
+    (with_(hosts={"10.0.0.9": "pc"}, groups={"a": {"hosts": ["pc"]}, "b": {"hosts": ["pc"]}}),
+     "groups.b.hosts: pc is already in group a"),
+    (with_(hosts={"fd00::1": "a", "FD00::1": "b"}), "hosts.FD00::1: fd00::1 is given twice"),
+    # A name nothing binds to an address would let any peer's host= pick a group or an origin.
+    (with_(groups={"annex": {"hosts": ["laptop-7"]}}),
+     "groups.annex.hosts: laptop-7 is not bound to an address under hosts"),
+    (with_(hosts={"10.0.0.9": "pc-9"}, policy={"seeders": ["server"]}),
+     "policy.seeders: server is not bound to an address under hosts"),
     (with_(policy={"origin_fanout": 0}), "policy.origin_fanout: must be an integer in 1..10000, got 0"),
     (with_(policy={"seeder_slots": 4}), "policy.seeder_slots: renamed; use policy.origin_fanout instead"),
     (with_(policy={"fetch_from": {"room9": ["room1"]}}), "policy.fetch_from.room9: room9 is not a group"),
@@ -161,4 +167,4 @@ def test_a_config_file_is_read_as_bounded_input(tmp_path, loader, make, words):
 def test_a_config_nested_within_the_bound_still_loads(tmp_path):
     path = tmp_path / "ok.yml"
     path.write_text("allowed_networks: [10.0.0.0/8]\ngroups:\n  room1:\n    networks: [10.1.0.0/16]\n")
-    assert load(str(path)).topology.group_of(ipaddress.ip_address("10.1.2.3"), None) == "room1"
+    assert load(str(path)).topology.group_of(ipaddress.ip_address("10.1.2.3")) == "room1"

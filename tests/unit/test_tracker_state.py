@@ -1,8 +1,11 @@
 import ipaddress
 import random
 
+import pytest
+
 from engine.tracker import config
 from engine.tracker.announce import Announce
+from engine.tracker.hostnames import HostRefused
 from engine.tracker.state import Tracker
 
 HASH = b"h" * 20
@@ -17,10 +20,10 @@ class Clock:
         return self.now
 
 
-def make(**policy):
+def make(hosts=None, **policy):
     cfg = config.parse({
         "allowed_networks": ["10.0.0.0/8"], "interval": 10, "info_hashes": [HASH.hex()],
-        "hosts": {"10.1.0.9": "pc-9"},
+        "hosts": hosts or {"10.1.0.9": "pc-9"},
         "groups": {"room1": {"networks": ["10.1.0.0/24"]}, "room2": {"networks": ["10.2.0.0/24"]}},
         "policy": {"seeders": ["10.0.0.1"], **policy},
     })
@@ -32,9 +35,8 @@ def make(**policy):
 def announce(tracker, clock, ip, peer, left, event="", up=0, down=0, host=None, numwant=50, error=None):
     req = Announce(info_hash=HASH, peer_id=peer.ljust(20, b".")[:20], port=6881, uploaded=up,
                    downloaded=down, left=left, event=event, numwant=numwant, compact=True,
-                   no_peer_id=False, host=host, error=error)
-    return tracker.swarms[HASH].announce(req, ipaddress.ip_address(ip), tracker.config,
-                                         tracker.rng, clock())
+                   host=host, error=error)
+    return tracker.announce(tracker.swarms[HASH], req, ipaddress.ip_address(ip))
 
 
 def peers_of(status):
@@ -58,13 +60,14 @@ def test_host_names_from_config_map_or_announce_and_fleet_totals():
     tracker, clock = make()
     tracker.register(HASH, "lab-image", SIZE)
     announce(tracker, clock, "10.0.0.1", b"origin", 0, "started", host="server")
-    announce(tracker, clock, "10.1.0.9", b"nine", 250, "started", host="ignored")
+    announce(tracker, clock, "10.1.0.9", b"nine", 250, "started")
     announce(tracker, clock, "10.2.0.3", b"three", 750, "started", host="pc-3")
     status = tracker.swarms[HASH].status(clock(), 5000.0)
     rows = peers_of(status)
     assert rows["server"]["state"] == "seeding" and rows["server"]["origin"]
     assert rows["pc-9"]["progress"] == 0.75 and rows["pc-9"]["group"] == "room1"
     assert rows["pc-3"]["progress"] == 0.25 and rows["pc-3"]["group"] == "room2"
+    assert rows["pc-9"]["verified"] and not rows["pc-3"]["verified"]
     totals = status["totals"]
     assert (totals["terminals"], totals["bytes_total"], totals["bytes_left"]) == (2, 2000, 1000)
     assert totals["progress"] == 0.5 and totals["origins"] == 1
@@ -179,3 +182,59 @@ def test_origin_assignment_is_released_when_the_downloader_completes():
 
 def _chunks(compact):
     return [compact[i:i + 6] for i in range(0, len(compact), 6)]
+
+
+def test_a_host_name_is_taken_only_from_the_address_it_belongs_to():
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    # Bound by the config's hosts map: another name from its address, its name from another.
+    with pytest.raises(HostRefused, match="host pc-3 refused: this address, 10.1.0.9, is pc-9 in the"):
+        announce(tracker, clock, "10.1.0.9", b"nine", 0, host="pc-3")
+    with pytest.raises(HostRefused, match="the tracker's hosts map binds pc-9 to 10.1.0.9, not to 10.1.0.66"):
+        announce(tracker, clock, "10.1.0.66", b"forger", 0, "completed", host="pc-9")
+    # Not in the map: the first address to announce the name holds it.
+    announce(tracker, clock, "10.2.0.3", b"three", SIZE, "started", host="pc-3")
+    with pytest.raises(HostRefused, match="pc-3 announces from 10.2.0.3, not 10.1.0.66"):
+        announce(tracker, clock, "10.1.0.66", b"forger", 0, "completed", host="pc-3")
+    rows = swarm.status(clock(), 5000.0)["peers"]
+    assert [(r["host"], r["ip"], r["left"], r["verified"]) for r in rows] == [("pc-3", "10.2.0.3", SIZE, False)]
+    assert swarm.completed == 0
+    # ... while a row of it can exist: stopped, it is held until it would be forgotten.
+    announce(tracker, clock, "10.2.0.3", b"three", SIZE, "stopped", host="pc-3")
+    clock.now += tracker.config.forget_after
+    tracker.expire()
+    with pytest.raises(HostRefused):
+        announce(tracker, clock, "10.1.0.66", b"forger", 0, host="pc-3")
+    clock.now += 1
+    tracker.expire()
+    announce(tracker, clock, "10.1.0.66", b"moved", 0, host="pc-3")
+    assert [(r["host"], r["ip"]) for r in swarm.status(clock(), 5000.0)["peers"]] == [("pc-3", "10.1.0.66")]
+
+
+def test_a_peer_id_sent_from_another_address_never_touches_the_row_it_belongs_to():
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    announce(tracker, clock, "10.1.0.9", b"victim", SIZE, "started", down=0)
+    for event in ("started", "completed", "stopped"):
+        announce(tracker, clock, "10.1.0.66", b"victim", 0, event)
+    announce(tracker, clock, "10.1.0.66", b"victim", 0, "stopped", error="fetch failed: forged")
+    rows = peers_of(swarm.status(clock(), 5000.0))
+    assert (rows["pc-9"]["state"], rows["pc-9"]["left"], rows["pc-9"]["error"]) == ("downloading", SIZE, None)
+    assert rows["10.1.0.66"]["state"] == "failed"        # the sender's own row, at its own address
+    # Still handed out to the others.
+    victim = ipaddress.ip_address("10.1.0.9").packed + (6881).to_bytes(2, "big")
+    assert victim in _chunks(announce(tracker, clock, "10.1.0.3", b"other", SIZE, "started")["peers"])
+
+
+def test_an_origin_is_an_address_never_a_name_a_peer_announces():
+    tracker, clock = make(hosts={"10.0.0.1": "server", "10.1.0.9": "pc-9"}, seeders=["server"])
+    swarm = tracker.swarms[HASH]
+    with pytest.raises(HostRefused, match="host server refused: this address, 10.1.0.9, is pc-9"):
+        announce(tracker, clock, "10.1.0.9", b"nine", 0, "started", host="server")
+    with pytest.raises(HostRefused, match="binds server to 10.0.0.1, not to 10.1.0.5"):
+        announce(tracker, clock, "10.1.0.5", b"five", 0, "started", host="server")
+    announce(tracker, clock, "10.1.0.5", b"five", 0, "started", host="origin")
+    announce(tracker, clock, "10.0.0.1", b"real", 0, "started")
+    rows = peers_of(swarm.status(clock(), 5000.0))
+    assert rows["server"]["origin"] and rows["server"]["verified"]
+    assert not rows["origin"]["origin"] and swarm.status(clock(), 5000.0)["totals"]["origins"] == 1

@@ -43,7 +43,6 @@ class Announce:
     event: str
     numwant: int | None
     compact: bool
-    no_peer_id: bool
     host: str | None
     error: str | None = None
 
@@ -88,7 +87,6 @@ def parse_announce(raw, max_numwant: int) -> Announce:
         event=event,
         numwant=numwant,
         compact=_text(params, "compact", default="1") != "0",
-        no_peer_id=_text(params, "no_peer_id", default="0") == "1",
         host=_host(params),
         error=_error(params, event),
     )

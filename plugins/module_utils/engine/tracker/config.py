@@ -22,28 +22,32 @@ class ConfigError(P2PFleetError):
 
 @dataclass(frozen=True)
 class Topology:
-    """Which group each peer belongs to and who the origin seeders are."""
+    """Which group each peer belongs to and who the origin seeders are, by address alone.
 
-    group_hosts: dict          # host name -> group
+    Host names in ``groups.*.hosts`` and ``policy.seeders`` are turned into the addresses
+    ``hosts`` binds them to when the config is read, so the ``host=`` a peer announces never
+    picks its group or makes it an origin (hostnames.py).
+    """
+
+    group_addresses: dict      # address -> group, for hosts listed by name
     group_networks: tuple      # (network, group), most specific network first
-    seeder_hosts: frozenset
+    seeder_addresses: frozenset
     seeder_networks: tuple
     fetch_from: dict           # group -> frozenset of groups it may fetch from
     other_group_peers: int
     origin_fanout: int
 
-    def group_of(self, ip, host):
-        if host is not None and host in self.group_hosts:
-            return self.group_hosts[host]
+    def group_of(self, ip):
+        group = self.group_addresses.get(ip)
+        if group is not None:
+            return group
         for network, group in self.group_networks:
             if ip.version == network.version and ip in network:
                 return group
         return None
 
-    def is_seeder(self, ip, host):
-        if host is not None and host in self.seeder_hosts:
-            return True
-        return any(ip.version == net.version and ip in net for net in self.seeder_networks)
+    def is_seeder(self, ip):
+        return ip in self.seeder_addresses or _in_any(ip, self.seeder_networks)
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class TrackerConfig:
     info_hashes: tuple = ()
     admin_token: str | None = None
     admin_networks: tuple = ()
-    hosts: dict = field(default_factory=dict)   # ip address -> host name
+    hosts: dict = field(default_factory=dict)   # ip address -> host name (hostnames.py)
     log_level: str = "info"
     idle_timeout: int = 15
     max_connections: int | None = None          # None: as many as the descriptor limit allows
@@ -72,9 +76,6 @@ class TrackerConfig:
 
     def allows_admin(self, ip) -> bool:
         return _in_any(ip, self.admin_networks)
-
-    def host_name(self, ip, announced):
-        return self.hosts.get(ip, announced)
 
 
 def _in_any(ip, networks):
@@ -126,14 +127,14 @@ def parse(raw, base_dir=".") -> TrackerConfig:
         raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
     if "allowed_networks" not in raw:
         raise ConfigError("allowed_networks: missing; list the CIDR networks peers may announce from")
-    hosts = _mapping(raw, "hosts")
+    hosts = _hosts(raw)
     max_connections = raw.get("max_connections")
     if max_connections is not None:
         max_connections = _int(raw, "max_connections", None, 16, 1_000_000)
     return TrackerConfig(
         listen=_listen(raw.get("listen", "0.0.0.0:6969")),
         allowed_networks=_networks(raw["allowed_networks"], "allowed_networks"),
-        topology=_topology(raw),
+        topology=_topology(raw, hosts),
         interval=interval,
         min_interval=_int(raw, "min_interval", min(10, interval), 1, interval),
         expiry_intervals=_int(raw, "expiry_intervals", 2, 1, 100),
@@ -145,16 +146,30 @@ def parse(raw, base_dir=".") -> TrackerConfig:
         info_hashes=tuple(_info_hash(v, f"info_hashes[{i}]") for i, v in enumerate(_list(raw, "info_hashes"))),
         admin_token=token,
         admin_networks=_networks(raw.get("admin_networks", DEFAULT_ADMIN_NETWORKS), "admin_networks"),
-        hosts={_ip(ip, f"hosts.{ip}"): _name(name, f"hosts.{ip}") for ip, name in hosts.items()},
+        hosts=hosts,
         log_level=log_level,
         idle_timeout=_int(raw, "idle_timeout", 15, 1, 3600),
         max_connections=max_connections,
     )
 
 
-def _topology(raw) -> Topology:
+def _hosts(raw):
+    """address -> host name; two spellings of one address (fd00::1, FD00::1) are refused."""
+    hosts = {}
+    for text, name in _mapping(raw, "hosts").items():
+        address = _ip(text, f"hosts.{text}")
+        if address in hosts:
+            raise ConfigError(f"hosts.{text}: {address} is given twice")
+        hosts[address] = _name(name, f"hosts.{text}")
+    return hosts
+
+
+def _topology(raw, hosts) -> Topology:
+    addresses = {}
+    for address, name in hosts.items():
+        addresses.setdefault(name, []).append(address)
     groups = _mapping(raw, "groups")
-    group_hosts, group_networks = {}, []
+    group_hosts, group_addresses, group_networks = {}, {}, []
     for group, spec in groups.items():
         where = f"groups.{group}"
         _name(group, where)
@@ -166,18 +181,20 @@ def _topology(raw) -> Topology:
             if host in group_hosts:
                 raise ConfigError(f"{where}.hosts: {host} is already in group {group_hosts[host]}")
             group_hosts[host] = group
+            for address in _bound(addresses, host, f"{where}.hosts"):
+                group_addresses[address] = group
         for network in _networks(spec.get("networks", []), f"{where}.networks"):
             group_networks.append((network, group))
     group_networks.sort(key=lambda pair: pair[0].prefixlen, reverse=True)
 
     policy = _mapping(raw, "policy")
     _no_unknown(policy, _POLICY_KEYS, "policy.")
-    seeder_hosts, seeder_networks = set(), []
+    seeder_addresses, seeder_networks = set(), []
     for entry in _list(policy, "seeders", "policy."):
         try:
             seeder_networks.append(ipaddress.ip_network(entry, strict=False))
         except (TypeError, ValueError):
-            seeder_hosts.add(_name(entry, "policy.seeders"))
+            seeder_addresses.update(_bound(addresses, _name(entry, "policy.seeders"), "policy.seeders"))
     fetch_from = {}
     for group, sources in _mapping(policy, "fetch_from", "policy.").items():
         where = f"policy.fetch_from.{group}"
@@ -190,14 +207,24 @@ def _topology(raw) -> Topology:
                 raise ConfigError(f"{where}: {source!r} is not a group defined under groups")
         fetch_from[group] = frozenset(sources)
     return Topology(
-        group_hosts=group_hosts,
+        group_addresses=group_addresses,
         group_networks=tuple(group_networks),
-        seeder_hosts=frozenset(seeder_hosts),
+        seeder_addresses=frozenset(seeder_addresses),
         seeder_networks=tuple(seeder_networks),
         fetch_from=fetch_from,
         other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
         origin_fanout=_int(policy, "origin_fanout", 4, 1, 10000, "policy."),
     )
+
+
+def _bound(addresses, name, where):
+    """The addresses ``hosts`` binds ``name`` to; a name bound to none could be claimed by
+    anyone's ``host=``, so it cannot place a peer in a group or make it an origin."""
+    if name not in addresses:
+        raise ConfigError(f"{where}: {name} is not bound to an address under hosts; a peer's group and "
+                          f"origin role follow its address, so add ADDRESS: {name} to hosts or list its "
+                          f"address or network here")
+    return addresses[name]
 
 
 def _no_unknown(mapping, known, prefix):

@@ -16,6 +16,7 @@ from .aggregate_log import AggregatedLog, describe, one_line
 from .announce import AnnounceError, parse_announce, parse_scrape
 from .config import ConfigError
 from .connections import ConnectionGate, GatedSite, connection_cap, raise_descriptor_limit
+from .hostnames import HostRefused
 from .state import Tracker, client_ip, manifest_fields, parse_manifest_json
 
 log = logging.getLogger("p2pfleet.tracker")
@@ -67,7 +68,13 @@ async def announce(request):
     if swarm is None:
         tracker.counters["announce_failed"] += 1
         return _failure(f"info_hash {req.info_hash.hex()} is not registered on this tracker")
-    response = swarm.announce(req, ip, tracker.config, tracker.rng, tracker.clock())
+    try:
+        response = tracker.announce(swarm, req, ip)
+    except HostRefused as exc:
+        tracker.counters["announce_failed"] += 1
+        request.app[ERRORS_KEY].report("announces refused for a host name of another address",
+                                       logging.WARNING, f"announce from {ip} refused: {exc}")
+        return _failure(str(exc))
     tracker.counters["announce_ok"] += 1
     return web.Response(body=encode(response), content_type=_BENCODE)
 

@@ -10,6 +10,7 @@ import time
 
 from ..errors import ManifestError
 from .aggregate_log import one_line
+from .hostnames import HostNames
 from .policy import select_peers
 
 log = logging.getLogger("p2pfleet.tracker")
@@ -25,10 +26,14 @@ MAX_IMAGE_SIZE = 2**63 - 1
 
 
 class Peer:
-    """One peer of one swarm. Identity (not value) equality: the policy keeps peers in sets."""
+    """One peer of one swarm. Identity (not value) equality: the policy keeps peers in sets.
+
+    ``key`` is (address, peer id): a peer id is 20 bytes anyone can send, so the same id
+    from another address is another peer and never touches this one's row.
+    """
 
     __slots__ = (
-        "key", "ip", "port", "host", "group", "origin", "compact", "uploaded", "downloaded",
+        "key", "ip", "port", "host", "verified", "group", "origin", "compact", "uploaded", "downloaded",
         "left", "up_rate", "down_rate", "first_seen", "last_seen", "state", "counted", "error",
         "_sample_time", "_sample_up", "_sample_down",
     )
@@ -44,7 +49,7 @@ class Peer:
         self._sample_time = None
         self._sample_up = self._sample_down = 0
         self.host = self.group = None
-        self.origin = False
+        self.verified = self.origin = False
         self.move(ip, port)
 
     def move(self, ip, port):
@@ -71,12 +76,12 @@ class Swarm:
         self.name = name or info_hash.hex()
         self.image_size = image_size
         self.source = source
-        self.peers = {}            # peer_id -> Peer, active only
+        self.peers = {}            # (ip, peer_id) -> Peer, active only
         self.by_addr = {}          # (ip, port) -> Peer
-        self.groups = {}           # group -> {peer_id: Peer}, active non-origin peers
-        self.origins = {}          # peer_id -> Peer, active origin seeders
-        self.origin_assignments = {}   # origin peer_id -> set of downloaders assigned to it
-        self.gone = {}             # peer_id -> Peer that stopped or went silent
+        self.groups = {}           # group -> {key: Peer}, active non-origin peers
+        self.origins = {}          # key -> Peer, active origin seeders
+        self.origin_assignments = {}   # origin key -> set of downloaders assigned to it
+        self.gone = {}             # key -> Peer that stopped or went silent
         self.completed = 0
         self.largest_left = 0
 
@@ -111,11 +116,16 @@ class Swarm:
         for assigned in self.origin_assignments.values():
             assigned.discard(peer)
 
-    def announce(self, req, ip, config, rng, now):
-        """Apply one parsed announce from ``ip`` and return the bencodable response."""
-        peer = self.peers.get(req.peer_id)
+    def announce(self, req, ip, name, config, rng, now):
+        """Apply one parsed announce from ``ip`` and return the bencodable response.
+
+        ``name`` is (host, verified) as hostnames.py resolved it. Every row this touches is
+        keyed or looked up by ``ip``: an announce changes only rows of its own address.
+        """
+        key = (ip, req.peer_id)
+        peer = self.peers.get(key)
         if req.error is not None:
-            self._failed(req, ip, config, now)
+            self._failed(req, ip, name, config, now)
             return self._response(config, [], req)
         if req.event == "stopped":
             if peer is not None:
@@ -123,9 +133,9 @@ class Swarm:
                 log.debug("%s: %s stopped", self.name, _label(peer))
             return self._response(config, [], req)
 
-        host = config.host_name(ip, req.host)
+        host, verified = name
         topology = config.topology
-        if peer is None or peer.ip != ip or peer.port != req.port or peer.host != host:
+        if peer is None or peer.port != req.port or peer.host != host:
             if peer is not None:
                 self._remove(peer, "moved")
             stale = self.by_addr.get((ip, req.port))
@@ -133,16 +143,16 @@ class Swarm:
                 # Same address, new peer id: the client restarted; forget its old self.
                 self._remove(stale, "restarted")
                 self.gone.pop(stale.key, None)
-            previous = self.gone.pop(req.peer_id, None)
+            previous = self.gone.pop(key, None)
             for key in [k for k, p in self.gone.items()
                         if p.state == "failed" and p.ip == ip and p.port == req.port]:
                 del self.gone[key]      # the failed job at this address was started again
-            peer = Peer(req.peer_id, ip, req.port, now)
+            peer = Peer(key, ip, req.port, now)
             if previous is not None:
                 peer.first_seen, peer.counted = previous.first_seen, previous.counted
-            peer.host = host
-            peer.group = topology.group_of(ip, host)
-            peer.origin = topology.is_seeder(ip, host)
+            peer.host, peer.verified = host, verified
+            peer.group = topology.group_of(ip)
+            peer.origin = topology.is_seeder(ip)
             self._add(peer)
             log.debug("%s: new peer %s group=%s origin=%s", self.name, _label(peer),
                       peer.group, peer.origin)
@@ -169,27 +179,27 @@ class Swarm:
                       peer.group, peer.left, decision.explain())
         return self._response(config, decision.peers, req)
 
-    def _failed(self, req, ip, config, now):
+    def _failed(self, req, ip, name, config, now):
         """A p2pfleet job reports (event=stopped, p2pfleet_error) that it failed, and why.
 
         Its libtorrent announces used another, random peer id, so the peer is found by id or
         else by the address and port it announced from; its own event=stopped may come first.
         """
-        host = config.host_name(ip, req.host)
-        peer = self.peers.get(req.peer_id) or self.by_addr.get((ip, req.port))
+        key = (ip, req.peer_id)
+        peer = self.peers.get(key) or self.by_addr.get((ip, req.port))
         if peer is not None:
             self._remove(peer, "failed")
         else:
-            peer = self.gone.get(req.peer_id)
+            peer = self.gone.get(key)
             if peer is None:
                 same = [p for p in self.gone.values() if p.ip == ip and p.port == req.port]
                 peer = max(same, key=lambda p: p.last_seen, default=None)
             if peer is None:
                 # Never announced before (or forgotten): keep one failed row for the address.
-                peer = Peer(req.peer_id, ip, req.port, now)
-                peer.host = host
-                peer.group = config.topology.group_of(ip, host)
-                peer.origin = config.topology.is_seeder(ip, host)
+                peer = Peer(key, ip, req.port, now)
+                peer.host, peer.verified = name
+                peer.group = config.topology.group_of(ip)
+                peer.origin = config.topology.is_seeder(ip)
                 peer.left = req.left
                 self.gone[peer.key] = peer
             peer.state = "failed"
@@ -209,13 +219,9 @@ class Swarm:
             response["peers"] = b"".join(p.compact for p in peers if p.ip.version == 4)
             response["peers6"] = b"".join(p.compact for p in peers if p.ip.version == 6)
         else:
-            entries = []
-            for p in peers:
-                entry = {"ip": str(p.ip), "port": p.port}
-                if not req.no_peer_id:
-                    entry["peer id"] = p.key
-                entries.append(entry)
-            response["peers"] = entries
+            # BEP 3's "peer id" is left out (BEP 23 makes it optional; clients check the id
+            # in the handshake anyway): echoed, it would let anyone announce as someone else.
+            response["peers"] = [{"ip": str(p.ip), "port": p.port} for p in peers]
         return response
 
     def expire(self, now, silent_after, forget_after):
@@ -281,7 +287,7 @@ class Swarm:
         else:
             state = "complete" if peer.left == 0 else "downloading"
         return {
-            "host": peer.host, "ip": str(peer.ip), "port": peer.port, "group": peer.group,
+            "host": peer.host, "verified": peer.verified, "ip": str(peer.ip), "port": peer.port, "group": peer.group,
             "origin": peer.origin, "state": state, "error": peer.error, "left": peer.left,
             "progress": _fraction(size - min(peer.left, size), size) if size else (1.0 if peer.left == 0 else 0.0),
             "uploaded": peer.uploaded, "downloaded": peer.downloaded, "local": 0 if peer.origin else _local(peer, size),
@@ -314,10 +320,25 @@ class Tracker:
         self.clock = clock
         self.wall_clock = wall_clock
         self.swarms = {}
+        self.names = HostNames(config.hosts, self.hold_names_for(config))
         self.counters = {"announce_ok": 0, "announce_failed": 0, "scrape": 0}
         for info_hash in config.info_hashes:
             self.register(info_hash, source="config")
         self.rescan()
+
+    @staticmethod
+    def hold_names_for(config):
+        """Seconds a first-come host name stays with its address after its last announce: as
+        long as a row of that host can exist (active, then silent or stopped until forgotten),
+        so no other address can put up a row under its name next to it."""
+        return max(config.interval * config.expiry_intervals, config.forget_after)
+
+    def announce(self, swarm, req, ip):
+        """Apply one announce from ``ip`` to ``swarm``; HostRefused if its ``host=`` belongs
+        to another address (then nothing changes)."""
+        now = self.clock()
+        name = self.names.resolve(ip, req.host, now)
+        return swarm.announce(req, ip, name, self.config, self.rng, now)
 
     def register(self, info_hash, name=None, image_size=None, source="admin"):
         swarm = self.swarms.get(info_hash)
@@ -364,6 +385,7 @@ class Tracker:
         silent_after = self.config.interval * self.config.expiry_intervals
         for swarm in self.swarms.values():
             swarm.expire(now, silent_after, self.config.forget_after)
+        self.names.expire(now)
 
     def status(self, with_peers=False):
         now, wall = self.clock(), self.wall_clock()
