@@ -40,7 +40,7 @@ def swarm(tmp_path):
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     s.tracker = TrackerProcess(tmp_path, {"manifest_dir": str(s.manifests), "interval": 1, "min_interval": 1,
-                                          "policy": {"seeders": ["origin"]}})
+                                          "hosts": {"127.0.0.2": "origin"}, "policy": {"seeders": ["origin"]}})
     s.procs, s.peers = [], []
     yield s
     for p in s.peers:

@@ -111,7 +111,7 @@ def chromium(*args, timeout=60):
 def test_page_renders_progress_bars_for_a_live_swarm_in_chromium(lab):
     lab.start_tracker(interval=1, min_interval=1, groups={
         "room101": {"networks": ["127.0.0.3/32"]}, "room102": {"networks": ["127.0.0.4/32"]}},
-        policy={"seeders": ["origin"]})
+        hosts={"127.0.0.2": "origin"}, policy={"seeders": ["origin"]})
     # The origin is a session that re-announces every second too, so it stays listed as seeding.
     lab.peer("127.0.0.2", "origin", origin=True)
     lab.peer("127.0.0.3", "pc-101", download_limit=512 * 1024)
@@ -146,7 +146,7 @@ def test_policy_in_a_real_swarm_bounds_origin_fanout_and_keeps_fixed_relations(l
     lab.start_tracker(interval=1, min_interval=1, groups={
         "room1": {"networks": ["127.0.0.16/29"]}, "room2": {"networks": ["127.0.0.24/29"]},
         "room3": {"networks": ["127.0.0.32/29"]}},
-        policy={"seeders": ["origin"], "origin_fanout": 1, "other_group_peers": 4,
+        hosts={"127.0.0.2": "origin"}, policy={"seeders": ["origin"], "origin_fanout": 1, "other_group_peers": 4,
                 "fetch_from": {"room2": ["room1"]}})
     origin = lab.peer("127.0.0.2", "origin", origin=True)
     wait_until(origin.is_seed, 20, "origin seeding")
@@ -175,7 +175,7 @@ def test_policy_in_a_real_swarm_bounds_origin_fanout_and_keeps_fixed_relations(l
 def test_tracker_restart_mid_swarm_agents_reannounce_and_the_swarm_completes(lab):
     """Our own seed and fetch jobs (bin/p2pfleet), found only through the tracker."""
     from swarm_helpers import Proc, ready_seeder
-    tracker = lab.start_tracker(interval=2, min_interval=2, policy={"seeders": ["origin"]})
+    tracker = lab.start_tracker(interval=2, min_interval=2, hosts={"127.0.0.2": "origin"}, policy={"seeders": ["origin"]})
     announce = f"{tracker.url}/announce?host="
 
     def job(name, *args):
