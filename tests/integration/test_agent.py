@@ -251,6 +251,13 @@ def test_bad_requests_get_one_line_and_the_agent_keeps_serving(tmp_path, image_f
         (lambda: agent.client.put_fetch(manifest, str(tmp_path / "t.img"), peers=["127.0.0.1:1"],
                                         check_target="sometimes"), 400, "check_target: must be one of"),
         (lambda: agent.client.put_seed(manifest, image, local_sources=False), 400, "only for action fetch"),
+        # The config file's rule for trackers holds for a job's trackers too.
+        (lambda: agent.client.put_fetch(manifest, str(tmp_path / "t.img"), trackers=["file:///etc/shadow"]), 400,
+         "trackers: must be a list of http(s):// announce URLs, got ['file:///etc/shadow']"),
+        (lambda: agent.client.put_seed(manifest, image, trackers=["udp://10.0.0.1:6969"]), 400,
+         "trackers: must be a list of http(s):// announce URLs"),
+        (lambda: agent.client.put_seed(manifest, image, trackers="http://10.0.0.1:6969/announce"), 400,
+         "trackers: must be a list of http(s):// announce URLs"),
         (lambda: agent.client.job("not-a-hash"), 400, "40 hex digits"),
         (lambda: agent.client.stop("0" * 40), 404, "no job"),
     ]
@@ -258,7 +265,7 @@ def test_bad_requests_get_one_line_and_the_agent_keeps_serving(tmp_path, image_f
         with pytest.raises(AgentError) as err:
             call()
         assert err.value.status == status and words in str(err.value), (status, str(err.value))
-    assert not (tmp_path / "t.img").exists()
+    assert not (tmp_path / "t.img").exists() and agent.client.jobs() == []
     # The loop survived: a good job still works.
     assert agent.client.put_seed(manifest, image)["job"]["state"] in ("checking", "seeding")
     assert "Traceback" not in agent.log()

@@ -27,6 +27,8 @@ def test_defaults_and_a_full_config():
     ({"state_dir": 7}, "state_dir: must be an absolute path"),
     ({"trackers": "http://t/announce"}, "trackers: must be a list of http(s):// announce URLs"),
     ({"trackers": ["udp://t:80"]}, "trackers: must be a list"),
+    ({"trackers": ["file:///etc/shadow"]}, "trackers: must be a list of http(s):// announce URLs"),
+    ({"trackers": ["http:///announce"]}, "trackers: must be a list of http(s):// announce URLs"),
     ({"host_name": "pc 101<script>"}, "host_name: must be a host name"),
     ({"allowed_networks": "10.0.0.0/8"}, "allowed_networks: must be a list of networks"),
     ({"allowed_networks": ["10.0.0.0/33"]}, "allowed_networks: '10.0.0.0/33' is not an IP network"),

@@ -1,5 +1,6 @@
 """Network addresses as administrators write them: ``HOST:PORT`` endpoints and networks."""
 import ipaddress
+from urllib.parse import urlsplit
 
 from .errors import P2PFleetError
 
@@ -47,3 +48,27 @@ def parse_networks(entries, what: str, error=P2PFleetError) -> list:
         except ValueError:
             raise error(f"{what}: {entry!r} is not an IP network (e.g. 10.0.0.0/8)") from None
     return networks
+
+
+def parse_announce_urls(value, what: str = "trackers", error=P2PFleetError) -> list:
+    """Tracker announce URLs: a list of ``http://`` or ``https://`` URLs that name a host.
+
+    The one rule for the agent's config and for a job's ``trackers``: libtorrent would also
+    take other schemes (``udp://``, ``file://``...), which the LAN tracker does not speak and
+    a job handed over the agent's socket must not make it open. Printable ASCII only, since
+    the URL goes into an HTTP request line.
+    """
+    if isinstance(value, list) and all(isinstance(url, str) and _announce_url(url) for url in value):
+        return list(value)
+    raise error(f"{what}: must be a list of http(s):// announce URLs, got {value!r}")
+
+
+def _announce_url(url: str) -> bool:
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port           # ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0

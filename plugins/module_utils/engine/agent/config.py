@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ..errors import P2PFleetError
 from ..files import read_yaml
 from ..delta import CHECK_MODES, DEFAULT_LINK_RATE
-from ..net import parse_endpoint, parse_networks
+from ..net import parse_announce_urls, parse_endpoint, parse_networks
 
 DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet"
@@ -70,10 +70,7 @@ def parse(data, source: str = "") -> AgentConfig:
         value = data.get(key, getattr(AgentConfig, key))
         if not isinstance(value, str) or not os.path.isabs(value):
             raise ConfigError(f"{key}: must be an absolute path, got {value!r}")
-    trackers = data.get("trackers", [])
-    if isinstance(trackers, str) or not isinstance(trackers, list) or not all(
-            isinstance(t, str) and t.startswith(("http://", "https://")) for t in trackers):
-        raise ConfigError(f"trackers: must be a list of http(s):// announce URLs, got {trackers!r}")
+    trackers = parse_announce_urls(data.get("trackers", []), "trackers", error=ConfigError)
     host_name = data.get("host_name", "")
     if not isinstance(host_name, str) or not all(c.isalnum() or c in "-_." for c in host_name) or len(host_name) > 253:
         raise ConfigError(f"host_name: must be a host name (letters, digits, - _ .), got {host_name!r}")

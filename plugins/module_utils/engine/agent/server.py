@@ -25,7 +25,7 @@ from aiohttp import web
 from ..errors import JobConflict, P2PFleetError
 from ..jobs import JobStore
 from ..metainfo import Manifest
-from ..net import parse_peer
+from ..net import parse_announce_urls, parse_peer
 from ..session import Session, SessionSettings
 from . import config as agent_config
 
@@ -91,7 +91,7 @@ class Agent:
             raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_PUT_KEYS))})")
         action = body.get("action")
         manifest = Manifest.load(_path(body, "manifest"))
-        trackers = self.config.announce_urls(_list(body, "trackers", str))
+        trackers = self.config.announce_urls(parse_announce_urls(body.get("trackers", []), error=BadRequest))
         peers = [parse_peer(p, error=BadRequest) for p in _list(body, "peers", str)]
         if action == "fetch":
             if "image" in body or "super_seeding" in body:
