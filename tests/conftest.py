@@ -75,6 +75,44 @@ def loop_factory(tmp_path):
 
 
 @pytest.fixture
+def gpt_disks(tmp_path):
+    """Make loop disks with a GPT of two slot partitions, named uniquely per call (labs on this
+    machine use the usual names), their nodes made by partx as there is no udev here.
+
+    ``make(sizes_mib=(16, 24))`` returns ``(disk, [partition, ...], labels)``;
+    ``make(clone_of=disk)`` attaches a byte copy of that disk: same labels, same partition
+    UUIDs, as a cloned disk or a stick made from a terminal's image. Detached afterwards.
+    """
+    if LOOP_SKIP_REASON:
+        pytest.skip(LOOP_SKIP_REASON)
+    made = {}
+
+    def make(sizes_mib=(16, 24), clone_of=None):
+        backing = tmp_path / f"gpt{len(made)}.bin"
+        if clone_of is not None:
+            shutil.copyfile(made[clone_of][0], backing)
+            labels = made[clone_of][1]
+        else:
+            tag = os.urandom(4).hex()
+            labels = [f"sys_{chr(ord('a') + i)}_{tag}" for i in range(len(sizes_mib))]
+            with open(backing, "wb") as f:
+                f.truncate((sum(sizes_mib) + 2) * MIB)
+            layout = "label: gpt\n" + "".join(f"size={size}M, name={label}\n"
+                                              for size, label in zip(sizes_mib, labels))
+            subprocess.run(["sfdisk", "-q", str(backing)], input=layout, text=True, check=True, capture_output=True)
+        disk = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        made[disk] = (backing, labels)
+        subprocess.run(["partx", "-a", disk], check=True, capture_output=True)
+        return disk, [f"{disk}p{i + 1}" for i in range(len(labels))], labels
+
+    yield make
+    for disk in made:
+        subprocess.run(["partx", "-d", disk], capture_output=True)
+        subprocess.run(["losetup", "-d", disk], capture_output=True)
+
+
+@pytest.fixture
 def manifest_of(tmp_path):
     def make(image, *extra):
         out = tmp_path / "manifests"

@@ -12,6 +12,16 @@ DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
 
 AGENT_ARGS = dict(socket=dict(type="path", default=DEFAULT_SOCKET))
 
+# The inventory's p2pfleet_slots, as slot_info and boot_slot take it (doc fragment: slots).
+SLOTS_ARG = dict(type="list", elements="dict", required=True, options=dict(
+    name=dict(type="str", required=True), partlabel=dict(type="str"), partuuid=dict(type="str"),
+    device=dict(type="path"), boot_entry=dict(type="str")))
+
+
+def slot_definitions(slots):
+    """The slot definitions as the engine takes them: the options that are set."""
+    return [{k: v for k, v in d.items() if v is not None} for d in slots]
+
 
 def read_manifest_header(path):
     """Name, info-hash and size of a manifest (for modules that only hand the manifest to

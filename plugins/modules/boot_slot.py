@@ -18,9 +18,16 @@ description:
     empty or damaged block still boots the confirmed slot), UEFI (C(efibootmgr) C(BootNext) and C(BootOrder))
     and U-Boot (C(fw_setenv)). The backend is detected, or set per host.
   - Refuses to reject the confirmed slot, so a terminal always keeps a bootable default.
+  - Refuses V(confirmed) for a slot that is not the one booted now (the slot holding the running root file system,
+    as M(p2pfleet.imaging.slot_info) reports it): a default that never booted leaves the terminal one reboot away
+    from unbootable. O(force) overrides this.
+  - Refuses V(next) and V(confirmed) when a slot's partition is missing, or its label is found on two partitions;
+    V(rejected) is allowed even then, as it only drops a pending one-shot boot.
+  - A refusal is one line naming the slot and why, and the boot environment is left as it was.
 author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
+  - p2pfleet.imaging.slots
 attributes:
   check_mode:
     support: full
@@ -34,14 +41,6 @@ options:
   slot:
     description: Name of the slot, as in O(slots).
     type: str
-    required: true
-  slots:
-    description:
-      - The slot definitions (usually the inventory's C(p2pfleet_slots)); each slot's C(boot_entry) is the boot
-        loader's entry for it (GRUB menu entry id, UEFI boot entry label or number, U-Boot slot name).
-      - Without C(boot_entry), the slot's name is the entry.
-    type: list
-    elements: dict
     required: true
   state:
     description: V(next) boots the slot once; V(confirmed) makes it the default; V(rejected) drops a pending try.
@@ -60,6 +59,15 @@ options:
   uboot_config:
     description: The C(fw_env.config) of U-Boot's environment (default, the tools' own).
     type: path
+  force:
+    description:
+      - With O(state=confirmed), confirm the slot even though it is not the slot booted now.
+      - B(Dangerous.) The terminal's next boot, and every boot after a failed one-shot try, goes to that slot;
+        if its image does not boot, nothing falls back and the terminal needs hands at the console. Meant for
+        a rescue system, on a slot known to boot. A missing or ambiguous partition is refused even so.
+    type: bool
+    default: false
+    version_added: 0.1.0
 seealso:
   - module: p2pfleet.imaging.slot_info
 '''
@@ -75,11 +83,19 @@ EXAMPLES = r'''
 - name: Reboot into it
   ansible.builtin.reboot:
 
-- name: It came back healthy on B; keep it
+- name: It came back healthy on B; keep it (refused unless B is the slot running now)
   p2pfleet.imaging.boot_slot:
     slot: B
     slots: "{{ p2pfleet_slots }}"
     state: confirmed
+  become: true
+
+- name: From a rescue system, make A the default although it is not running (dangerous)
+  p2pfleet.imaging.boot_slot:
+    slot: A
+    slots: "{{ p2pfleet_slots }}"
+    state: confirmed
+    force: true
   become: true
 '''
 
@@ -106,8 +122,10 @@ after:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import SLOTS_ARG, slot_definitions
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.slots import boot_entry, check_definitions
 
 ACTIONS = {"next": "try_next", "confirmed": "confirm", "rejected": "reject"}
 
@@ -124,20 +142,24 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             slot=dict(type="str", required=True),
-            slots=dict(type="list", elements="dict", required=True),
+            slots=SLOTS_ARG,
             state=dict(type="str", choices=list(ACTIONS), required=True),
-            backend=dict(type="str", choices=["auto", "grub", "efi", "uboot"], default="auto"),
+            backend=dict(type="str", choices=list(boot.BACKENDS), default="auto"),
             grubenv=dict(type="path", default=boot.DEFAULT_GRUBENV),
             uboot_config=dict(type="path"),
+            force=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     p = module.params
-    named = [s for s in p["slots"] if str(s.get("name")) == p["slot"]]
-    if len(named) != 1:
-        module.fail_json(msg=f"slot: {p['slot']!r} is not one of the slots ({', '.join(str(s.get('name')) for s in p['slots'])})")
-    entry = str(named[0].get("boot_entry") or named[0]["name"])
+    definitions = slot_definitions(p["slots"])
     try:
+        check_definitions(definitions)
+        named = [d for d in definitions if d["name"] == p["slot"]]
+        if not named:
+            module.fail_json(msg=f"slot: {p['slot']!r} is not one of the slots ({', '.join(d['name'] for d in definitions)})")
+        entry = boot_entry(named[0])
+        boot.check_change(definitions, p["slot"], p["state"], force=p["force"])
         backend = boot.backend(p["backend"], grubenv=p["grubenv"], uboot_config=p["uboot_config"])
         before = backend.query().as_dict()
         changed = getattr(backend, ACTIONS[p["state"]])(entry, dry_run=module.check_mode)

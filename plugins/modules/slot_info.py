@@ -13,38 +13,17 @@ description:
   - Finds each slot's partition from the inventory's slot definitions (partition label, partition UUID or
     device path), with its size, tells which slot holds the running root file system (booted) and which
     one is inactive, and reads what the boot environment will boot next.
-  - Refuses definitions that do not match the disk, naming the slot; a label that resolves to nothing, two
-    slots on one partition, a slot that is not a block device; and, with O(target), a target slot that is
-    the running root or smaller than O(image_size).
-  - Partition labels are found through C(/dev/disk/by-partlabel) or, where there is no udev, by reading the
-    GPT of every disk.
+  - Refuses definitions that do not match the disk, naming the slot; a label that resolves to nothing, a label
+    or UUID found on two partitions (naming both devices), two slots on one partition, a slot that is not a block
+    device; and, with O(target), a target slot that is the running root or smaller than O(image_size).
+  - Partition labels are found through C(/dev/disk/by-partlabel) and by reading the GPT of every disk (the
+    link names only one of two partitions with the same label, and there is none where udev does not run).
 author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
   - p2pfleet.imaging.attributes.INFO_MODULE
+  - p2pfleet.imaging.slots
 options:
-  slots:
-    description: The slot definitions, usually the inventory's C(p2pfleet_slots).
-    type: list
-    elements: dict
-    required: true
-    suboptions:
-      name:
-        description: The slot's name, for example V(A).
-        type: str
-        required: true
-      partlabel:
-        description: GPT partition label (name).
-        type: str
-      partuuid:
-        description: GPT partition unique GUID.
-        type: str
-      device:
-        description: Device path.
-        type: path
-      boot_entry:
-        description: The boot loader's entry for this slot (for the GRUB backend, the menu entry id).
-        type: str
   boot:
     description: Where the boot environment is, usually the inventory's C(p2pfleet_boot).
     type: dict
@@ -122,13 +101,14 @@ next_boot:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import SLOTS_ARG, slot_definitions
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot, slots as engine_slots
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.image import refuse_too_small
 
 
 def _next_boot(found, env):
-    entries = {str(s.definition.get("boot_entry") or s.name): s.name for s in found}
+    entries = {s.entry: s.name for s in found}
     for key in ("next_entry", "saved_entry"):
         if env.get(key) in entries:
             return entries[env[key]]
@@ -138,9 +118,7 @@ def _next_boot(found, env):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            slots=dict(type="list", elements="dict", required=True, options=dict(
-                name=dict(type="str", required=True), partlabel=dict(type="str"), partuuid=dict(type="str"),
-                device=dict(type="path"), boot_entry=dict(type="str"))),
+            slots=SLOTS_ARG,
             boot=dict(type="dict", options=dict(
                 backend=dict(type="str", choices=["grub"], default="grub"),
                 grubenv=dict(type="path", default="/boot/grub/grubenv"))),
@@ -150,7 +128,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    definitions = [{k: v for k, v in d.items() if v is not None} for d in p["slots"]]
+    definitions = slot_definitions(p["slots"])
     try:
         found = engine_slots.resolve_slots(definitions)
         booted, inactive = engine_slots.booted_and_inactive(found)

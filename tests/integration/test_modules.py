@@ -139,24 +139,9 @@ def test_swarm_job_modules_refuse_manifest_numbers_out_of_range_with_one_line(co
 
 
 @pytest.fixture
-def gpt_disk(tmp_path):
-    """A loop disk with a GPT of two slots named uniquely (other labs on this machine use
-    the usual names), partition nodes made by partx as there is no udev here."""
-    tag = uuid.uuid4().hex[:8]
-    labels = {"A": f"sys_a_{tag}", "B": f"sys_b_{tag}"}
-    backing = tmp_path / "disk.bin"
-    with open(backing, "wb") as f:
-        f.truncate(48 * MIB)
-    layout = f"label: gpt\nsize=16M, name={labels['A']}\nsize=24M, name={labels['B']}\n"
-    subprocess.run(["sfdisk", "-q", str(backing)], input=layout, text=True, check=True, capture_output=True)
-    disk = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    try:
-        subprocess.run(["partx", "-a", disk], check=True, capture_output=True)
-        yield disk, labels
-    finally:
-        subprocess.run(["partx", "-d", disk], capture_output=True)
-        subprocess.run(["losetup", "-d", disk], capture_output=True)
+def gpt_disk(gpt_disks):
+    disk, _parts, labels = gpt_disks()
+    return disk, dict(zip("AB", labels))
 
 
 @needs_loop
@@ -218,15 +203,40 @@ def test_image_verify_passes_an_identical_slot_and_counts_wrong_pieces(collectio
     assert shorter["failed"] and "expected" in shorter["msg"], shorter
 
 
-def test_boot_slot_next_confirm_reject_with_check_and_diff(collections, tmp_path):
-    grubenv = tmp_path / "grub" / "grubenv"
-    grubenv.parent.mkdir()
-    subprocess.run(["grub-editenv", str(grubenv), "create"], check=True)
-    slots = [{"name": "A", "boot_entry": "A"}, {"name": "B", "boot_entry": "B"}]
+def running_root():
+    """The running root's device node, which stands for the slot booted now (as slot_info
+    tells it), or None where '/' is not on a block device with a node."""
+    root = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "/"], capture_output=True, text=True).stdout.strip()
+    return root if root.startswith("/dev/") and os.path.exists(root) else None
 
-    def call(state, slot="B", check=False):
+
+def grub_env(tmp_path, *assignments):
+    grubenv = tmp_path / "grub" / "grubenv"
+    grubenv.parent.mkdir(exist_ok=True)
+    subprocess.run(["grub-editenv", str(grubenv), "create"], check=True)
+    if assignments:
+        subprocess.run(["grub-editenv", str(grubenv), "set", *assignments], check=True)
+    return grubenv
+
+
+def boot_files(grubenv):
+    """The boot environment's bytes: the block and the default file beside it."""
+    return {p.name: p.read_bytes() for p in sorted(grubenv.parent.iterdir())}
+
+
+@needs_loop
+def test_boot_slot_next_confirm_reject_with_check_and_diff(collections, tmp_path, gpt_disks):
+    root = running_root()
+    if root is None:
+        pytest.skip("'/' is not on a block device: no slot can be the one booted now")
+    _disk, parts, _labels = gpt_disks()
+    grubenv = grub_env(tmp_path)
+    # A is the slot running now (this machine's root), B a partition of a loop disk.
+    slots = [{"name": "A", "device": root, "boot_entry": "A"}, {"name": "B", "device": parts[1], "boot_entry": "B"}]
+
+    def call(state, slot="B", check=False, **extra):
         return run_module(collections, "boot_slot", {"slot": slot, "slots": slots, "state": state,
-                                                     "backend": "grub", "grubenv": str(grubenv)},
+                                                     "backend": "grub", "grubenv": str(grubenv), **extra},
                           check=check, diff=True)
 
     assert call("confirmed", "A")["changed"] is True
@@ -238,11 +248,57 @@ def test_boot_slot_next_confirm_reject_with_check_and_diff(collections, tmp_path
     assert "next_entry=B" in grubenv.read_text()
     assert call("next")["changed"] is False and call("next", check=True)["changed"] is False
 
-    confirmed = call("confirmed")
+    # B never ran here: only force confirms it.
+    assert call("confirmed", check=True, force=True)["changed"] is True
+    confirmed = call("confirmed", force=True)
     assert confirmed["changed"] is True and confirmed["after"] == {"backend": "grub", "default": "B",
                                                                    "pending": None, "current": None}, confirmed
-    assert call("confirmed")["changed"] is False and call("confirmed", check=True)["changed"] is False
+    assert call("confirmed", force=True)["changed"] is False
     refused = call("rejected")
     assert refused["failed"] and "is the confirmed default" in refused["msg"], refused
     unknown = call("next", slot="C")
     assert unknown["failed"] and "'C' is not one of the slots (A, B)" in unknown["msg"], unknown
+    back = call("confirmed", "A")
+    assert back["changed"] is True and back["after"]["default"] == "A", back
+
+
+@needs_loop
+def test_boot_slot_refusals_name_the_slot_and_leave_the_boot_environment_alone(collections, tmp_path, gpt_disks):
+    disk, parts, labels = gpt_disks()
+    grubenv = grub_env(tmp_path, "saved_entry=A", "next_entry=B")
+    (tmp_path / "grub" / "p2pfleet-default.cfg").write_text('set p2pfleet_default="A"\n')
+    slots = [{"name": "A", "partlabel": labels[0]}, {"name": "B", "partlabel": labels[1]}]
+    missing = [slots[0], {"name": "B", "device": "/dev/p2pfleet-no-such-slot-" + labels[1]}]
+
+    def refused(slot, state, words, definitions=slots, **extra):
+        before = boot_files(grubenv)
+        for check in (True, False):
+            result = run_module(collections, "boot_slot", {"slot": slot, "slots": definitions, "state": state,
+                                                           "backend": "grub", "grubenv": str(grubenv), **extra},
+                                check=check)
+            assert result["failed"] and words in result["msg"], (slot, state, result)
+            assert "\n" not in result["msg"].strip(), result
+        assert boot_files(grubenv) == before, f"a refused {state} of {slot} changed the boot environment"
+
+    # Neither slot holds this machine's root: confirming either would make a slot that never
+    # booted the default (and GRUB's fallback).
+    refused("B", "confirmed", "slot B: not confirmed, as it is not the slot booted now (no slot holds the running "
+                              "root file system)")
+    refused("A", "confirmed", "slot A: not confirmed, as it is not the slot booted now")
+    refused("B", "confirmed", "force: true overrides")
+    root = running_root()
+    if root is not None:
+        refused("B", "confirmed", "(the running system is slot A)", [{"name": "A", "device": root}, slots[1]])
+    # A slot whose partition is gone is neither tried nor confirmed, even forced.
+    refused("B", "next", "does not exist", missing)
+    refused("B", "confirmed", "does not exist", missing, force=True)
+    # A label on two partitions (a cloned disk plugged in): which one would boot is anyone's guess.
+    _clone, clone_parts, _ = gpt_disks(clone_of=disk)
+    refused("B", "next", f"slot A: partlabel {labels[0]!r} is on 2 partitions, {parts[0]} and {clone_parts[0]}")
+    info = run_module(collections, "slot_info", {"slots": slots})
+    assert info["failed"] and f"{parts[0]} and {clone_parts[0]}" in info["msg"], info
+
+    # Dropping the pending try of B is allowed even with B's partition gone: it only makes the terminal safer.
+    dropped = run_module(collections, "boot_slot", {"slot": "B", "slots": missing, "state": "rejected",
+                                                    "backend": "grub", "grubenv": str(grubenv)})
+    assert dropped["changed"] is True and dropped["after"]["pending"] is None, dropped

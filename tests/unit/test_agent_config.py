@@ -17,6 +17,17 @@ def test_defaults_and_a_full_config():
     assert cfg.announce_urls(["http://t/announce?x=1"]) == ["http://t/announce?x=1&host=pc-101"]
     assert cfg.seed_after_fetch is False and cfg.stall_timeout == 600.0
     assert (cfg.local_sources, cfg.check_target, cfg.link_rate) == (True, "auto", 125_000_000)
+    assert (cfg.slots, cfg.boot) == ((), {})
+
+
+def test_slots_and_boot_settings_for_the_boot_slot_guard():
+    slots = [{"name": "A", "partlabel": "system_a", "boot_entry": "A"}, {"name": "B", "partuuid": "0f1e-b"}]
+    cfg = config.parse({"slots": slots, "boot": {"backend": "grub", "grubenv": "/boot/grub/grubenv"}})
+    assert cfg.slots == tuple(slots) and cfg.boot == {"backend": "grub", "grubenv": "/boot/grub/grubenv"}
+    assert config.parse({"slots": slots}).boot == {}  # the backend is detected
+    assert config.parse({"slots": slots, "boot": {"backend": "uboot", "uboot_config": "/etc/fw_env.config",
+                                                  "grubenv": None}}).boot == {
+        "backend": "uboot", "uboot_config": "/etc/fw_env.config"}
 
 
 @pytest.mark.parametrize("data, message", [
@@ -40,6 +51,25 @@ def test_defaults_and_a_full_config():
     ({"local_sources": "no"}, "local_sources: must be true or false"),
     ({"check_target": "sometimes"}, "check_target: must be one of auto, always, never"),
     ({"link_rate": 0}, "link_rate: must be an integer in 1.."),
+    ({"slots": "system_a"}, "slots: define at least two slots"),
+    ({"slots": [{"name": "A", "partlabel": "a"}]}, "slots: define at least two slots"),
+    ({"slots": [{"name": "A", "partlabel": "a"}, {"partlabel": "b"}]}, "slots[1]: every slot needs a name"),
+    ({"slots": [{"name": "A", "partlabel": "a"}, {"name": "B", "partlabel": "b", "size": 5}]},
+     "slots[1]: size: unknown key"),
+    ({"slots": [{"name": "A", "partlabel": "a"}, {"name": "B", "partlabel": ["b"]}]},
+     "slots[1]: partlabel: must be a string"),
+    ({"slots": [{"name": "A", "partlabel": "a"}, {"name": "A", "partlabel": "b"}]}, "slots[1]: two slots are named A"),
+    ({"slots": [{"name": "A", "partlabel": "a"}, {"name": "B", "partlabel": "b", "device": "/dev/sda3"}]},
+     "slots: slot B: give exactly one of partlabel, partuuid, device"),
+    ({"boot": {"backend": "grub"}}, "boot: given without slots"),
+    ({"slots": [{"name": "A", "device": "/a"}, {"name": "B", "device": "/b"}], "boot": "grub"},
+     "boot: must be a mapping of backend, grubenv, uboot_config"),
+    ({"slots": [{"name": "A", "device": "/a"}, {"name": "B", "device": "/b"}], "boot": {"backend": "lilo"}},
+     "boot.backend: must be one of auto, grub, efi, uboot"),
+    ({"slots": [{"name": "A", "device": "/a"}, {"name": "B", "device": "/b"}], "boot": {"grubenv": "grubenv"}},
+     "boot.grubenv: must be an absolute path"),
+    ({"slots": [{"name": "A", "device": "/a"}, {"name": "B", "device": "/b"}], "boot": {"grub_env": "/x"}},
+     "boot.grub_env: unknown key"),
 ])
 def test_each_bad_value_is_refused_naming_its_key(data, message):
     with pytest.raises(ConfigError) as err:

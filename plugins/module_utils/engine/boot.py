@@ -13,7 +13,10 @@ Each change takes ``dry_run`` and then only says whether it would change anythin
 mode).
 
 So a switch is: ``try_next(new)``, reboot, check health, ``confirm(new)``. Nothing here
-can leave a terminal without a bootable default.
+can leave a terminal without a bootable default: ``check_change`` refuses to confirm a slot
+that is not the one running now, or to arm a slot whose partition is missing; and
+``refuse_fallback_target`` keeps every writer (the agent) off the slot a failed boot would
+return to, as each backend's ``fallback()`` reads it, and off the slot running now.
 
 Backends: GRUB (environment block, ``grub-editenv``), UEFI (``efibootmgr``: ``BootNext``
 and ``BootOrder``) and U-Boot (``fw_setenv``/``fw_printenv``).
@@ -21,16 +24,20 @@ and ``BootOrder``) and U-Boot (``fw_setenv``/``fw_printenv``).
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import asdict, dataclass
 
-from .errors import P2PFleetError
+from . import slots as slot_defs
+from .errors import P2PFleetError, TargetRefused
 from .files import read_capped, write_atomic
+from .image import _related_devices, backing_files
 
 GRUBENV_SIZE = 1024
 GRUBENV_HEADER = "# GRUB Environment Block\n"
 DEFAULT_GRUBENV = "/boot/grub/grubenv"
 DEFAULT_GRUB_DEFAULT_CFG = "/boot/grub/p2pfleet-default.cfg"
+BACKENDS = ("auto", "grub", "efi", "uboot")
 
 
 class BootError(P2PFleetError):
@@ -146,6 +153,24 @@ class GrubBackend:
         return BootState(self.name, default=env.get("saved_entry") or self._file_default(),
                          pending=env.get("next_entry") or None)
 
+    def fallback(self, entries) -> list:
+        """The entries a boot without a one-shot may end in, each with where it is written.
+
+        The configuration boots ``saved_entry``, and sets GRUB's ``fallback`` to the default
+        file's entry, or to the first slot when there is no such file: a saved entry whose
+        kernel cannot load ends there.
+        """
+        found = []
+        saved = self._env().get("saved_entry")
+        if saved:
+            found.append((saved, "GRUB saved_entry"))
+        file_default = self._file_default()
+        if file_default:
+            found.append((file_default, f"GRUB {os.path.basename(self.default_cfg)}"))
+        else:
+            found.append((entries[0], f"GRUB's first slot, as no {os.path.basename(self.default_cfg)} names one"))
+        return found
+
     def try_next(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         if self.query().pending == entry:
@@ -225,6 +250,22 @@ class EfiBackend:
                          pending=self._label(info, (info.get("BootNext") or "").upper() or None),
                          current=self._label(info, (info.get("BootCurrent") or "").upper() or None))
 
+    def fallback(self, entries) -> list:
+        """The first slot's entry in ``BootOrder``: the firmware tries the order's entries in
+        turn, so one that is no slot (a network boot) ahead of it does not protect it."""
+        info = self._state()
+        numbers = {}
+        for entry in entries:
+            try:
+                numbers[self._number(info, entry)] = entry
+            except BootError:
+                continue  # a slot without a boot entry is never booted
+        order = [n.upper() for n in info.get("BootOrder", "").split(",") if n]
+        for position, number in enumerate(order):
+            if number in numbers:
+                return [(numbers[number], "EFI BootOrder" + (f", its first slot entry Boot{number}" if position else ""))]
+        return []
+
     def try_next(self, entry, dry_run=False) -> bool:
         info = self._state()
         number = self._number(info, entry)
@@ -283,6 +324,11 @@ class UBootBackend:
         env = self._env()
         return BootState(self.name, default=env.get(self.DEFAULT) or None, pending=env.get(self.NEXT) or None)
 
+    def fallback(self, _entries) -> list:
+        """``p2pfleet_default``: the boot script's choice whenever no one-shot is pending."""
+        default = self.query().default
+        return [(default, f"U-Boot {self.DEFAULT}")] if default else []
+
     def try_next(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
         if self.query().pending == entry:
@@ -331,4 +377,108 @@ def backend(name: str, grubenv: str = DEFAULT_GRUBENV, uboot_config: str = None)
         return EfiBackend()
     if name == "uboot":
         return UBootBackend(uboot_config)
-    raise BootError(f"unknown boot backend {name!r}: use grub, efi, uboot or auto")
+    raise BootError(f"unknown boot backend {name!r}: use {', '.join(BACKENDS)}")
+
+
+# -- what the boot environment means for the slots -----------------------------------------
+def fallback_slots(found, backend_) -> list:
+    """``(slot, where)`` for every slot a boot goes to when no one-shot is pending (the
+    confirmed default, and where the backend has one, the entry a failed default ends in).
+
+    A pending one-shot is not among them: every backend clears it before booting it, so a
+    failed try returns here. Raises BootError when the boot environment names no slot: then
+    nobody can say which slot must be kept.
+    """
+    by_entry = {slot.entry: slot for slot in found}
+    pairs = backend_.fallback(list(by_entry))
+    if not pairs:
+        raise BootError(f"the {backend_.name} boot environment names none of the slots' entries "
+                        f"({', '.join(by_entry)}) as its default")
+    result = []
+    for entry, where in pairs:
+        if entry not in by_entry:
+            raise BootError(f"{where} is {entry!r}, which is no slot's boot entry ({', '.join(by_entry)})")
+        result.append((by_entry[entry], where))
+    return result
+
+
+def check_change(definitions, name, state, force=False):
+    """Refuse a boot change that could leave the terminal one reboot away from unbootable.
+
+    ``next`` and ``confirmed`` need every slot's partition to be there, and found once (a
+    label on two disks is refused by ``slots.resolve_slots``); ``confirmed`` also needs the
+    slot to be the one running now — a default that never booted is a terminal that may
+    never boot again — unless ``force``. ``rejected`` only ever drops a pending one-shot, so
+    it is allowed even when the slot's partition is gone: that is when it is needed most.
+    Returns the slot (None for ``rejected``).
+    """
+    if state == "rejected":
+        return None
+    found = slot_defs.resolve_slots(definitions)
+    slot = next(s for s in found if s.name == name)
+    if state == "confirmed" and not slot.booted and not force:
+        booted, _inactive = slot_defs.booted_and_inactive(found)
+        running = (f"the running system is slot {booted.name}" if booted
+                   else "no slot holds the running root file system")
+        raise BootError(f"slot {name}: not confirmed, as it is not the slot booted now ({running}); confirm a slot "
+                        "only once it runs and is healthy (force: true overrides, at the risk of an unbootable "
+                        "terminal)")
+    return slot
+
+
+def refuse_fallback_target(path, definitions, settings) -> None:
+    """Refuse to write ``path`` when it is, or holds, the slot running now or a slot the
+    boot environment falls back to (``fallback_slots``), whoever asks.
+
+    ``definitions`` are the terminal's slots, ``settings`` its boot settings (``backend``,
+    ``grubenv``, ``uboot_config``: the modules' ``boot`` option). What cannot be told is
+    refused: slots that do not match the disk, or a boot environment naming no slot, when
+    ``path`` is a slot. Raises TargetRefused, before anything is opened for writing.
+    """
+    try:
+        found = slot_defs.resolve_slots(definitions)
+    except P2PFleetError as exc:
+        raise TargetRefused(f"{path}: cannot tell whether it is a slot this terminal boots ({exc}); "
+                            "refusing to write it") from None
+    written = [slot for slot in found if _writes_into(path, slot)]
+    for slot in written:
+        if slot.booted:
+            raise TargetRefused(f"{path}: {_is_or_holds(path, slot)} slot {slot.name}, the slot running now (it holds "
+                                "the running root file system); refusing to write it")
+    if not written:
+        return
+    try:
+        fallbacks = fallback_slots(found, backend(settings.get("backend") or "auto",
+                                                  grubenv=settings.get("grubenv") or DEFAULT_GRUBENV,
+                                                  uboot_config=settings.get("uboot_config")))
+    except P2PFleetError as exc:
+        raise TargetRefused(f"{path}: {_is_or_holds(path, written[0])} slot {written[0].name}, and which slot this "
+                            f"terminal falls back to cannot be told ({exc}); refusing to write it") from None
+    for slot, where in fallbacks:
+        if slot in written:
+            raise TargetRefused(f"{path}: {_is_or_holds(path, slot)} slot {slot.name}, the slot this terminal falls "
+                                f"back to ({where}); refusing to write it")
+
+
+def _writes_into(path, slot) -> bool:
+    """Whether writing ``path`` changes the slot: the slot's own device, a disk or device it
+    lies on, a device stacked on it, or the file behind its loop device.
+
+    Not ``image.overlaps``: that one also counts two partitions of one loop-backed disk as
+    overlapping (they share its file), which would keep the virtual lab's terminals from
+    ever writing their inactive slot once the other one is the fallback.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False  # nothing there to be a slot; the claim refuses what does not exist
+    if stat.S_ISBLK(st.st_mode):
+        return st.st_rdev in _related_devices(slot.devno) or slot.devno in _related_devices(st.st_rdev)
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in backing_files(slot.devno)
+
+
+def _is_or_holds(path, slot) -> str:
+    try:
+        return "is" if os.stat(path).st_rdev == slot.devno else "holds"
+    except OSError:
+        return "holds"

@@ -4,7 +4,10 @@ A slot is defined by its partition label (``partlabel``), its partition UUID (``
 or a device path (``device``). Labels are what a lab's inventory should use: they survive
 disks being renumbered. They are looked up the way udev names them
 (``/dev/disk/by-partlabel``) and, where there is no udev (containers, initramfs), by reading
-the GPT of every disk directly — the labels live there.
+the GPT of every disk directly — the labels live there. A label or UUID that two partitions
+carry (a cloned disk, a USB stick made from a terminal's image) is an error naming both:
+udev's link names only one of them, and which one is a matter of probe order, so the GPT of
+every disk is read for duplicates even where the link exists.
 
 Which slot is *booted* is a fact of the running system, not of any configuration: the slot
 whose partition holds the running root file system. The other one is *inactive*, the only
@@ -20,6 +23,8 @@ from .errors import ImageError, TargetRefused
 from .image import SECTOR, device_size, running_root_devices
 
 GPT_SIGNATURE = b"EFI PART"
+LOCATORS = ("partlabel", "partuuid", "device")
+DEFINITION_KEYS = ("name",) + LOCATORS + ("boot_entry",)
 
 
 class SlotError(ImageError):
@@ -35,28 +40,59 @@ class Slot:
     booted: bool
     definition: dict
 
+    @property
+    def entry(self) -> str:
+        """The boot loader's entry for this slot (see ``boot_entry``)."""
+        return boot_entry(self.definition)
+
     def as_dict(self) -> dict:
         return {"name": self.name, "device": self.device, "size": self.size, "booted": self.booted,
                 **{k: v for k, v in self.definition.items() if k not in ("name",)}}
 
 
-def resolve_slots(definitions, dev_root: str = "/dev") -> list:
-    """Find every slot's device. Raises SlotError naming the definition that is wrong."""
+def boot_entry(definition: dict) -> str:
+    """A slot's entry in the boot environment: its ``boot_entry``, else its name."""
+    return str(definition.get("boot_entry") or definition["name"])
+
+
+def check_definitions(definitions) -> None:
+    """Refuse slot definitions that cannot describe an A/B pair, before any disk is looked at.
+
+    The modules' ``slots`` option and the agent's ``slots`` key are both checked here.
+    """
     if not isinstance(definitions, (list, tuple)) or len(definitions) < 2:
         raise SlotError("slots: define at least two slots (A and B)")
-    roots = running_root_devices()
-    slots, seen_names, seen_devices = [], set(), {}
+    seen_names = set()
     for index, definition in enumerate(definitions):
         if not isinstance(definition, dict) or not definition.get("name"):
             raise SlotError(f"slots[{index}]: every slot needs a name")
+        unknown = sorted(str(k) for k in definition if k not in DEFINITION_KEYS)
+        if unknown:
+            raise SlotError(f"slots[{index}]: {unknown[0]}: unknown key (known: {', '.join(DEFINITION_KEYS)})")
+        bad = [k for k, v in definition.items() if v is not None and not isinstance(v, (str, int))]
+        if bad:
+            raise SlotError(f"slots[{index}]: {bad[0]}: must be a string, got {definition[bad[0]]!r}")
         name = str(definition["name"])
         if name in seen_names:
             raise SlotError(f"slots[{index}]: two slots are named {name}")
         seen_names.add(name)
-        keys = [k for k in ("partlabel", "partuuid", "device") if definition.get(k)]
+        keys = [k for k in LOCATORS if definition.get(k)]
         if len(keys) != 1:
             raise SlotError(f"slot {name}: give exactly one of partlabel, partuuid, device")
-        device = _find(keys[0], str(definition[keys[0]]), name, dev_root)
+
+
+def resolve_slots(definitions, dev_root: str = "/dev") -> list:
+    """Find every slot's device. Raises SlotError naming the definition that is wrong."""
+    check_definitions(definitions)
+    roots = running_root_devices()
+    partitions = None  # every disk's GPT, read once, and only if a label or UUID is asked for
+    slots, seen_devices = [], {}
+    for definition in definitions:
+        name = str(definition["name"])
+        key = next(k for k in LOCATORS if definition.get(k))
+        if key != "device" and partitions is None:
+            partitions = _gpt_partitions(dev_root)
+        device = _find(key, str(definition[key]), name, dev_root, partitions)
         devno = os.stat(device).st_rdev
         if devno in seen_devices:
             raise SlotError(f"slot {name}: {device} is also slot {seen_devices[devno]}; each slot needs its own "
@@ -80,16 +116,13 @@ def refuse_booted(slot) -> None:
                             "write the inactive slot")
 
 
-def _find(key, value, name, dev_root) -> str:
+def _find(key, value, name, dev_root, partitions) -> str:
     if key == "device":
         path = value
         if not os.path.exists(path):
             raise SlotError(f"slot {name}: device {path} does not exist")
     else:
-        link = os.path.join(dev_root, "disk", "by-" + key, value)
-        path = link if os.path.exists(link) else _scan_gpt(key, value, dev_root)
-        if path is None:
-            raise SlotError(f"slot {name}: no partition has {key} {value!r} on this host")
+        path = _find_partition(key, value, name, dev_root, partitions)
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -99,9 +132,29 @@ def _find(key, value, name, dev_root) -> str:
     return os.path.realpath(path)
 
 
-def _scan_gpt(key, value, dev_root):
-    """Find a partition by GPT name or unique GUID by reading every disk's table."""
+def _find_partition(key, value, name, dev_root, partitions) -> str:
+    """The one partition carrying the label or UUID: udev's link, and every disk's GPT."""
     wanted = value.lower() if key == "partuuid" else value
+    found = {}  # device number -> node, the link's node first (the name udev gives it)
+    link = os.path.join(dev_root, "disk", "by-" + key, value)
+    for node in [link] + [node for node, label, part_uuid in partitions
+                          if (label if key == "partlabel" else part_uuid) == wanted]:
+        try:
+            found.setdefault(os.stat(node).st_rdev, node)
+        except OSError:
+            continue
+    if not found:
+        raise SlotError(f"slot {name}: no partition has {key} {value!r} on this host")
+    if len(found) > 1:
+        nodes = sorted(os.path.realpath(n) for n in found.values())
+        raise SlotError(f"slot {name}: {key} {value!r} is on {len(nodes)} partitions, {' and '.join(nodes)} "
+                        "(a cloned disk? a stick made from an image?); remove the other disk or relabel it")
+    return next(iter(found.values()))
+
+
+def _gpt_partitions(dev_root) -> list:
+    """``(node, partlabel, partuuid)`` of every GPT partition of every disk with a node here."""
+    partitions = []
     for disk in sorted(os.listdir("/sys/block")):
         node = os.path.join(dev_root, disk)
         if not os.path.exists(node):
@@ -111,13 +164,12 @@ def _scan_gpt(key, value, dev_root):
                 block = int(f.read())
             entries = _gpt_entries(node, block)
         except (OSError, ValueError):
-            continue
+            continue  # unreadable or no GPT: holds no slot this host could name
         for start, part_name, part_uuid in entries:
-            if (part_name if key == "partlabel" else part_uuid) == wanted:
-                found = _partition_node(disk, start * block // SECTOR, dev_root)
-                if found:
-                    return found
-    return None
+            found = _partition_node(disk, start * block // SECTOR, dev_root)
+            if found:
+                partitions.append((found, part_name, part_uuid))
+    return partitions
 
 
 def _gpt_entries(node, block):

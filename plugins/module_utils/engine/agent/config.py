@@ -6,10 +6,12 @@ config must not silently fall back to a default.
 import os
 from dataclasses import dataclass, field
 
+from ..boot import BACKENDS
 from ..errors import P2PFleetError
 from ..files import read_yaml
 from ..delta import CHECK_MODES, DEFAULT_LINK_RATE
 from ..net import parse_announce_urls, parse_endpoint, parse_networks
+from ..slots import check_definitions
 
 DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet"
@@ -38,6 +40,10 @@ class AgentConfig:
     check_target: str = "auto"
     link_rate: int = DEFAULT_LINK_RATE
     log_level: str = "info"
+    # The terminal's slots and boot settings (the modules' ``slots`` and ``boot``): with
+    # them, the agent refuses to write the slot running now or the one it falls back to.
+    slots: tuple = ()
+    boot: dict = field(default_factory=dict)
     source: str = field(default="", compare=False)
 
     def announce_urls(self, trackers=None) -> list:
@@ -53,6 +59,39 @@ def _int(data, key, low, high):
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{key}: must be an integer in {low}..{high}, got {value!r}")
     return value
+
+
+BOOT_KEYS = ("backend", "grubenv", "uboot_config")
+
+
+def _slots(data) -> tuple:
+    definitions = data.get("slots", [])
+    if definitions == []:
+        return ()
+    try:
+        check_definitions(definitions)
+    except P2PFleetError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith("slots") else f"slots: {message}") from None
+    return tuple(dict(d) for d in definitions)
+
+
+def _boot(data, slots) -> dict:
+    boot = data.get("boot", {})
+    if not isinstance(boot, dict):
+        raise ConfigError(f"boot: must be a mapping of {', '.join(BOOT_KEYS)}, got {boot!r}")
+    if boot and not slots:
+        raise ConfigError("boot: given without slots; the boot settings only serve to protect the slots")
+    unknown = sorted(str(k) for k in boot if k not in BOOT_KEYS)
+    if unknown:
+        raise ConfigError(f"boot.{unknown[0]}: unknown key (known: {', '.join(BOOT_KEYS)})")
+    if boot.get("backend", "auto") not in BACKENDS:
+        raise ConfigError(f"boot.backend: must be one of {', '.join(BACKENDS)}, got {boot['backend']!r}")
+    for key in ("grubenv", "uboot_config"):
+        value = boot.get(key)
+        if value is not None and (not isinstance(value, str) or not os.path.isabs(value)):
+            raise ConfigError(f"boot.{key}: must be an absolute path, got {value!r}")
+    return {k: v for k, v in boot.items() if v is not None}
 
 
 def parse(data, source: str = "") -> AgentConfig:
@@ -90,13 +129,15 @@ def parse(data, source: str = "") -> AgentConfig:
     level = data.get("log_level", "info")
     if level not in LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    slots = _slots(data)
+    boot = _boot(data, slots)
     return AgentConfig(
         listen=str(listen), socket=data.get("socket", DEFAULT_SOCKET),
         state_dir=data.get("state_dir", DEFAULT_STATE_DIR), trackers=tuple(trackers), host_name=host_name,
         allowed_networks=tuple(networks), upload_limit=_int(data, "upload_limit", 0, 1 << 40),
         download_limit=_int(data, "download_limit", 0, 1 << 40), seed_after_fetch=seed_after,
         stall_timeout=float(stall), local_sources=local_sources, check_target=check_target,
-        link_rate=_int(data, "link_rate", 1, 1 << 40), log_level=level, source=source,
+        link_rate=_int(data, "link_rate", 1, 1 << 40), log_level=level, slots=slots, boot=boot, source=source,
     )
 
 
