@@ -194,9 +194,8 @@ def test_a_slot_mounted_since_its_image_was_verified_is_marked_changed_in_the_le
         tmp_path, image_factory, loop_factory, manifest_of):
     import subprocess
     from engine.delta import Ledger, slot_fingerprint
-    from engine.image import probe
+    from engine.identity import of_path
     from engine.metainfo import Manifest
-    from engine.session import identity_of
     fs = tmp_path / "fs.img"
     with open(fs, "wb") as f:
         f.truncate(16 * MIB)
@@ -204,7 +203,7 @@ def test_a_slot_mounted_since_its_image_was_verified_is_marked_changed_in_the_le
     slot = loop_factory(16 * MIB, fill=fs)
     manifest = Manifest.load(manifest_of(slot))
     ledger = Ledger(str(tmp_path / "state"))
-    ledger.record(slot, identity_of(probe(slot)), manifest, slot_fingerprint(slot))
+    ledger.record(slot, of_path(slot), manifest, slot_fingerprint(slot))
     ledger.note_in_use()
     assert ledger.entry(slot).clean
     mnt = tmp_path / "mnt"

@@ -216,7 +216,7 @@ def cmd_fetch(args) -> int:
     # refused whatever else is wrong, and an impossible torrent never grows a target.
     torrent_info(manifest)
     target = claim_target(args.target, manifest.image_size, require_device=args.device,
-                          protect=own_files(manifest))
+                          protect=own_files(manifest), private_dirs=(args.state_dir,))
     with _session_for(target, args) as session:
         snap, _changed = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
                                            seed_after=args.keep_seeding, stall_timeout=args.stall_timeout,

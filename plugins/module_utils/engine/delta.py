@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from .errors import ImageError, ManifestError, StateError, TargetRefused
 from .files import ensure_private_dir, read_capped, write_atomic
+from .identity import difference as identity_difference
 from .image import refuse_device_in_use
 from .jobs import Cancelled
 from .metainfo import Manifest, fingerprint, zero_piece_hash
@@ -200,13 +201,14 @@ def slot_fingerprint(path) -> dict:
         return {}
 
 
-def still_clean(entry: LedgerEntry, identity: dict) -> str:
-    """``""`` when ``entry`` can be trusted for its slot as it is now, else why not."""
+def still_clean(entry: LedgerEntry, identity: dict, io_path: str = None) -> str:
+    """``""`` when ``entry`` can be trusted for its slot as it is now (read at ``io_path``,
+    its claim's held path, when given), else why not."""
     if not entry.clean:
         return f"the slot may have changed since ({entry.why})"
-    if entry.identity != identity:
+    if identity_difference(entry.identity, identity):
         return "the slot is another device now"
-    if not entry.fingerprint or entry.fingerprint != slot_fingerprint(entry.path):
+    if not entry.fingerprint or entry.fingerprint != slot_fingerprint(io_path or entry.path):
         return "the slot was written since its image was verified (its fingerprint changed)"
     return ""
 
@@ -242,8 +244,9 @@ class _Progress:
 
 def find_local(manifest: Manifest, target: str, identity: dict, target_entry=None, sources=(),
                check_target: str = "auto", link_rate: int = DEFAULT_LINK_RATE, cancel=None,
-               progress=None) -> LocalResult:
-    """Fill ``target`` with every piece of ``manifest`` this host already has.
+               progress=None, io_path: str = None) -> LocalResult:
+    """Fill ``target`` (written at ``io_path``, its claim's held path, when given) with every
+    piece of ``manifest`` this host already has.
 
     ``target_entry``: the target slot's ledger entry (or None); ``sources``: ledger entries
     of other slots to copy from. Returns what was found; the pieces in ``have`` are in the
@@ -263,7 +266,7 @@ def find_local(manifest: Manifest, target: str, identity: dict, target_entry=Non
     # 1. Kept, by the ledger.
     trusted = False
     if target_entry is not None:
-        why_not = still_clean(target_entry, identity)
+        why_not = still_clean(target_entry, identity, io_path)
         if not why_not and target_entry.manifest.piece_size != piece:
             why_not = "its image has another piece size"
         if why_not:
@@ -277,7 +280,7 @@ def find_local(manifest: Manifest, target: str, identity: dict, target_entry=Non
                     result.have[index] = True
                     result.kept_bytes += length(index)
 
-    fd = _open_target(target)
+    fd = _open_target(io_path or target, target)
     try:
         # 2. Zero pieces.
         zero = {index for index in range(count) if not result.have[index]
@@ -313,9 +316,9 @@ def find_local(manifest: Manifest, target: str, identity: dict, target_entry=Non
     return result
 
 
-def _open_target(path):
+def _open_target(io_path, path):
     try:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return os.open(io_path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
         raise ImageError(f"{path}: cannot open to write local pieces: {exc.strerror}") from None
 

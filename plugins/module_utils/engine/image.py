@@ -16,10 +16,11 @@ import os
 import queue
 import stat
 import struct
-import subprocess
 import threading
+import time
 from dataclasses import dataclass
 
+from . import identity as ident
 from .errors import ImageError, TargetRefused
 
 BLKGETSIZE64 = 0x80081272
@@ -369,37 +370,99 @@ def _refuse_loop_backing(path: str, st) -> None:
             raise TargetRefused(f"{path}: is attached to /dev/{name}; detach it (losetup -d) first")
 
 
+def held_path(fd: int) -> str:
+    """The path through which ``fd``'s own file is opened again, whatever its name means now.
+
+    libtorrent and the verify pass open a target by path for every access; given this path,
+    each access reaches the very device or file the claim checked and holds, even when the
+    name the administrator gave is retargeted, re-made or given to another device meanwhile.
+    """
+    return f"/proc/self/fd/{fd}"
+
+
+_RETIRED = []  # (descriptor number kept on /dev/null, when)
+_RETIRED_LOCK = threading.Lock()
+RETIRED_KEEP = 120.0
+
+
+def retire_fd(fd: int) -> None:
+    """Close what ``fd`` holds but keep its number taken, on /dev/null, for a while.
+
+    A held path (``held_path``) names a descriptor *number*. An access that libtorrent had
+    queued before its torrent was taken out may still open it; it must find /dev/null there,
+    never the file that the next ``open`` in this process would get under that number.
+    """
+    now = time.monotonic()
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.dup2(null, fd)  # atomically: the device (and its O_EXCL) is let go, the number stays taken
+    finally:
+        os.close(null)
+    with _RETIRED_LOCK:
+        _RETIRED.append((fd, now))
+        while _RETIRED and now - _RETIRED[0][1] > RETIRED_KEEP:
+            os.close(_RETIRED.pop(0)[0])
+
+
 class Target:
     """A claimed place to write an image. Use as a context manager around the whole job.
 
-    ``claim_target`` has already refused anything dangerous; while the claim is held a
-    device target stays exclusively opened by this process.
+    ``claim_target`` has already refused anything dangerous; while the claim is held the
+    target stays open in this process (a device exclusively), ``identity`` says what it is,
+    and every access goes through ``io_path``, which reaches that object and nothing else.
     """
 
-    def __init__(self, info: ImageInfo, fd: int, created: bool = False, path: str = None, holds=()):
+    def __init__(self, info: ImageInfo, fd: int, created: bool = False, path: str = None, holds=(),
+                 identity: dict = None):
         self.info = info
         self._fd = fd
         self._holds = list(holds)  # locks on the files behind a loop device target
         self.created = created
         self._path = path
+        self.identity = identity
 
     @property
     def path(self) -> str:
         return self.info.path if self.info is not None else self._path
 
+    @property
+    def io_path(self) -> str:
+        if self._fd is None:
+            raise ImageError(f"{self.path}: the claim on it was released")
+        return held_path(self._fd)
+
+    def open(self, flags: int) -> int:
+        """A new descriptor of the held object (e.g. read-write, or for a loop device)."""
+        try:
+            return os.open(self.io_path, flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ImageError(f"{self.path}: cannot open: {exc.strerror}") from None
+
+    def renamed(self, strict: bool = False) -> str:
+        """Why the target's name no longer names the held object, or ``""``. A name that is
+        gone for a moment (udev making a link again) counts only when ``strict``."""
+        if self.identity is None or ident.same_object(self.identity, self.path):
+            return ""
+        try:
+            now = ident.describe(ident.of_path(self.path))
+        except OSError as exc:
+            if not strict:
+                return ""
+            now = f"nothing ({exc.strerror.lower()})"
+        return (f"{self.path}: now names {now}, not the {ident.describe(self.identity)} this job checked "
+                "and holds; stopped, nothing was written anywhere else")
+
     def sync(self) -> None:
         """Flush written data to stable storage; buffered write errors surface here."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            os.fsync(fd)
-        except OSError as exc:
-            raise ImageError(f"{self.path}: flushing written data failed: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+            os.fsync(self._fd)
+        except (OSError, TypeError) as exc:
+            raise ImageError(f"{self.path}: flushing written data failed: "
+                             f"{getattr(exc, 'strerror', None) or 'the claim was released'}") from None
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            retire_fd(self._fd)
             self._fd = None
         for fd in self._holds:
             os.close(fd)
@@ -422,20 +485,27 @@ class Target:
         self.release()
 
 
-def claim_target(path: str, needed: int, require_device: bool = False, protect=()) -> Target:
+def claim_target(path: str, needed: int, require_device: bool = False, protect=(), private_dirs=()) -> Target:
     """Check ``path`` can safely receive an image of ``needed`` bytes and claim it.
 
     A path under ``/dev/`` (or any path when ``require_device``) must already be a block
     device: a typo there would otherwise become a regular file in RAM. A regular-file
     target is created if missing and grown to the image size (an image file may grow;
     a partition cannot), never shrunk. ``protect`` names files the job itself reads — its
-    manifest and torrent — which are refused as targets before anything is opened.
+    manifest and torrent — and ``private_dirs`` directories whose files are never targets
+    (the agent's state directory); both are refused before anything is written.
+
+    The checks are made on what the claim opened, not on the name: a name that changes
+    meaning between the check and the open is refused, and the returned claim's
+    ``io_path`` reaches the checked object for as long as the claim is held.
     """
     path = os.path.abspath(path)
     for own in protect:
         if own and overlaps(path, own):
             what = "is" if os.path.realpath(path) == os.path.realpath(own) else "would overwrite"
             raise TargetRefused(f"{path}: {what} {own}, which this job reads; choose another target")
+    for private in private_dirs:
+        refuse_inside(path, private)
     # realpath, not the spelling: "//dev/sdb" or a symlink into /dev is still /dev.
     require_device = require_device or os.path.realpath(path).startswith("/dev/")
     try:
@@ -448,20 +518,32 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
     if st is not None and stat.S_ISBLK(st.st_mode):
         # In-use checks first: the running root is refused without even being opened.
         refuse_device_in_use(path, st.st_rdev)
-        refuse_partition_table(path, st.st_rdev)
-        size = device_size(path)
-        refuse_too_small(path, size, needed)
-        holds = _lock_backing_files(path, st.st_rdev)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
-            for held in holds:
-                os.close(held)
             if exc.errno == errno.EBUSY:
                 raise TargetRefused(f"{path}: device is busy (mounted, or seeded or written by another "
                                     "program)") from None
             raise TargetRefused(f"{path}: cannot open device: {exc.strerror}") from None
-        return Target(ImageInfo(path, "device", size, st.st_rdev, st.st_ino, st.st_mtime_ns), fd, holds=holds)
+        holds = []
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISBLK(opened.st_mode) or opened.st_rdev != st.st_rdev:
+                raise TargetRefused(f"{path}: changed while it was being checked (now "
+                                    f"{ident.describe(ident.of_fd(path, fd))}); try again")
+            refuse_partition_table(path, st.st_rdev)
+            identity = ident.of_fd(path, fd)
+            refuse_too_small(path, identity["size"], needed)
+            for private in private_dirs:
+                refuse_private_backing(path, st.st_rdev, private)
+            holds = _lock_backing_files(path, st.st_rdev)
+        except BaseException:
+            os.close(fd)
+            for held in holds:
+                os.close(held)
+            raise
+        info = ImageInfo(path, "device", identity["size"], st.st_rdev, st.st_ino, st.st_mtime_ns)
+        return Target(info, fd, holds=holds, identity=identity)
 
     if require_device:
         what = "does not exist" if st is None else "is not a block device"
@@ -475,9 +557,19 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
         _refuse_loop_backing(path, st)
     created = st is None
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if created else 0), 0o600)
     except OSError as exc:
         raise TargetRefused(f"{path}: cannot open for writing: {exc.strerror}") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (
+                not created and (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino)):
+            raise TargetRefused(f"{path}: changed while it was being checked; try again")
+        for private in private_dirs:
+            refuse_private_file(path, opened, private)
+    except BaseException:
+        Target(None, fd, created, path).discard()
+        raise
     try:
         # Locked so two fetch jobs cannot write the same image file at once.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -495,7 +587,45 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
         Target(None, fd, created, path).discard()
         raise TargetRefused(f"{path}: cannot grow the file to the image size of {needed} bytes: "
                             f"{exc.strerror}") from None
-    return Target(ImageInfo(path, "file", st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns), fd, created)
+    info = ImageInfo(path, "file", st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns)
+    return Target(info, fd, created, identity=ident.of_fd(path, fd))
+
+
+def refuse_inside(path: str, directory: str) -> None:
+    """Refuse a target that is, or is inside, ``directory`` (followed through symlinks)."""
+    real, private = os.path.realpath(path), os.path.realpath(directory)
+    if real == private or real.startswith(private.rstrip("/") + "/"):
+        raise TargetRefused(f"{path}: is inside the agent's state directory {directory} (its job records, "
+                            "manifests and resume data); choose another target")
+
+
+def _files_in(directory: str) -> dict:
+    found = {}
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[(st.st_dev, st.st_ino)] = os.path.join(root, name)
+    return found
+
+
+def refuse_private_file(path: str, st, directory: str) -> None:
+    """Refuse a file target that is one of ``directory``'s files under another name (a hard link)."""
+    own = _files_in(directory).get((st.st_dev, st.st_ino))
+    if own:
+        raise TargetRefused(f"{path}: is {own} of the agent's state directory under another name; "
+                            "choose another target")
+
+
+def refuse_private_backing(path: str, devno: int, directory: str) -> None:
+    """Refuse a loop device target over a file of ``directory``."""
+    own = backing_files(devno).keys() & _files_in(directory).keys()
+    if own:
+        raise TargetRefused(f"{path}: is a loop device over {backing_files(devno)[min(own)]}, a file of the "
+                            "agent's state directory; choose another target")
 
 
 def open_source(path: str) -> tuple:
@@ -523,56 +653,71 @@ def open_source(path: str) -> tuple:
     return fd, info
 
 
-LOOP_GET_STATUS64 = 0x4C05
-LOOP_SET_STATUS64 = 0x4C04
-LO_FLAGS_AUTOCLEAR = 4
-_LO_FLAGS_OFFSET = 52  # struct loop_info64: 5 x u64, then lo_number, encrypt_type, key_size
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR = 1, 4
+# struct loop_config: u32 fd, u32 block_size, struct loop_info64 (232 bytes), u64 reserved[8].
+# In loop_info64: lo_offset at 24, lo_sizelimit at 32, lo_flags at 52, lo_file_name[64] at 56.
+_LOOP_CONFIG = struct.Struct("=II24xQQ12xI64s112x64x")
 
 
 class SliceMap:
     """The paths libtorrent opens for each file of a torrent laid over one image.
 
+    ``io_path`` is the held path of the job's own descriptor of the image (its claim): every
+    path handed out here leads to what that descriptor holds, never to what a name means later.
     A single-file torrent maps onto the image itself. A split image (virtual files at
     offsets) maps each file onto a loop device that shows exactly that slice of the
     image, so every write lands at its offset in the one partition without a custom
-    storage in libtorrent (the Python binding cannot take one). The loop devices are set
-    to clear themselves when their last user closes them, and this map holds them open:
-    a killed job leaves no loop device behind.
+    storage in libtorrent (the Python binding cannot take one). Each loop device is bound
+    to the job's descriptor itself (``LOOP_CONFIGURE``), not to a path, and set to clear
+    itself when its last user closes it; this map holds them open: a killed job leaves no
+    loop device behind.
     """
 
-    def __init__(self, path: str, files, read_only: bool):
+    def __init__(self, path: str, files, read_only: bool, io_path: str):
         self.path = os.path.abspath(path)
         self._fds = []
         if len(files) == 1:
-            self.paths = [self.path]
+            self.paths = [io_path]
             return
         self.paths = []
         try:
+            backing = os.open(io_path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ImageError(f"{self.path}: cannot open to map its slices: {exc.strerror}") from None
+        try:
             for vf in files:
-                dev = self._attach(vf.offset, vf.size, read_only)
-                self.paths.append(dev)
+                self._fds.append(self._attach(backing, vf.offset, vf.size, read_only))
+                self.paths.append(held_path(self._fds[-1]))
         except BaseException:
             self.release()
             raise
+        finally:
+            os.close(backing)  # each loop device keeps its own reference to the image
 
-    def _attach(self, offset, size, read_only):
-        cmd = ["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit", str(size)]
-        if read_only:
-            cmd.append("--read-only")
-        try:
-            out = subprocess.run(cmd + [self.path], check=True, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise ImageError("a split image needs losetup (util-linux), which is not installed") from None
-        except subprocess.CalledProcessError as exc:
-            raise ImageError(f"{self.path}: cannot map a slice at {offset}: {exc.stderr.strip()}") from None
-        dev = out.stdout.strip()
-        fd = os.open(dev, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
-        self._fds.append(fd)
-        status = bytearray(fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(232)))
-        flags = struct.unpack_from("I", status, _LO_FLAGS_OFFSET)[0] | LO_FLAGS_AUTOCLEAR
-        struct.pack_into("I", status, _LO_FLAGS_OFFSET, flags)
-        fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(status))
-        return dev
+    def _attach(self, backing, offset, size, read_only) -> int:
+        flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if read_only else 0)
+        config = _LOOP_CONFIG.pack(backing, 0, offset, size, flags, os.fsencode(self.path)[-63:])
+        for _attempt in range(16):
+            try:
+                control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+                finally:
+                    os.close(control)
+                fd = os.open(f"/dev/loop{number}", (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+            except OSError as exc:
+                raise ImageError(f"{self.path}: cannot map a slice at {offset}: no free loop device "
+                                 f"({exc.strerror})") from None
+            try:
+                fcntl.ioctl(fd, LOOP_CONFIGURE, config)
+                return fd
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno != errno.EBUSY:  # EBUSY: another program took it first; take the next
+                    raise ImageError(f"{self.path}: cannot map a slice at {offset}: {exc.strerror}") from None
+        raise ImageError(f"{self.path}: cannot map a slice at {offset}: every free loop device was taken first")
 
     def drop_caches(self) -> None:
         """Forget what the slices' own page caches hold (``BLKFLSBUF``): the image was
@@ -592,7 +737,7 @@ class SliceMap:
 
     def release(self) -> None:
         for fd in self._fds:
-            os.close(fd)
+            retire_fd(fd)
         self._fds = []
 
 

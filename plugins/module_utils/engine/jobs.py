@@ -151,6 +151,15 @@ class JobStore:
                     found.append(record)
         return found
 
+    def forget_record(self, info_hash: str) -> None:
+        """Remove a job's record only (a job whose target could not be taken)."""
+        try:
+            os.unlink(self.path(info_hash, ".json"))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StateError(f"{self.path(info_hash, '.json')}: cannot remove: {exc.strerror}") from None
+
     def forget(self, info_hash: str) -> None:
         for suffix in (".json", ".manifest.json", ".torrent", ".resume", ".resume.rejected"):
             try:
@@ -211,6 +220,8 @@ class Job:
         self.handle = None
         self.status = None
         self.paths = []  # what libtorrent opens for each file of the torrent
+        self.io_path = None  # the held path of a fetch's claimed target: every read and write goes there
+        self.last_name_check = 0.0
         self.resume_path = None
         self.claims = []
         self.identity = None
@@ -343,15 +354,17 @@ class FetchJob(Job):
             self.verify_done = done
 
         claims = list(self.claims)  # the loop may release them while this thread reads
+        io_path = self.io_path
 
         def check():
             for claim in claims:
                 if hasattr(claim, "sync"):
                     claim.sync()
             try:
-                result = verify_module.verify_target(self.manifest, self.path, progress=progress)
+                result = verify_module.verify_target(self.manifest, self.path, progress=progress, io_path=io_path)
             except VerifyError as exc:
-                return ("wrong", verify_module.bad_pieces(self.manifest, self.path, progress=progress), str(exc))
+                return ("wrong", verify_module.bad_pieces(self.manifest, self.path, progress=progress,
+                                                          io_path=io_path), str(exc))
             return ("verified", f"{result.algorithm}:{result.value}", then() if then else None)
 
         self._in_worker("verify", check)
@@ -367,15 +380,18 @@ class FetchJob(Job):
             except Cancelled:
                 self.worker_result = ("cancelled",)
             except Exception as exc:  # any failure must reach the loop, or the job hangs
-                self.worker_result = ("error", _one_line(exc, self.path))
+                self.worker_result = ("error", _one_line(exc, self.path, self.io_path))
 
         self.worker = threading.Thread(target=work, name=f"p2pfleet-{kind}-{self.id[:8]}", daemon=True)
         self.worker.start()
 
 
-def _one_line(exc, path) -> str:
+def _one_line(exc, path, io_path=None) -> str:
+    """One line naming the target as the administrator named it, never by its held path."""
     if isinstance(exc, P2PFleetError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{path}: {exc.strerror or exc}"
-    return f"{path}: {type(exc).__name__}: {exc}"
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        text = f"{path}: {exc.strerror or exc}"
+    else:
+        text = f"{path}: {type(exc).__name__}: {exc}"
+    return text.replace(io_path, path) if io_path else text

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 import libtorrent as lt
 
 from . import delta
+from . import identity as ident
 from . import jobs as J
 from . import verify
-from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError
+from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError, TargetRefused
 from .failure_report import REPORT_TIMEOUT, report_failure
 from .files import read_capped, write_atomic
-from .image import SliceMap, Target, claim_target, open_source, overlaps, probe
+from .image import SliceMap, Target, claim_target, held_path, open_source, overlaps, retire_fd
 from .metainfo import Manifest, fingerprint
 from .net import format_endpoint, parse_endpoint
 
@@ -45,6 +46,8 @@ RESUME_SAVE_PIECES = 16
 RESUME_SAVE_MIN_INTERVAL = 0.25
 UPDATE_INTERVAL = 0.5
 PEER_RETRY_INTERVAL = 5.0
+# How often a fetch looks whether its target's name still names the device it holds.
+NAME_CHECK_INTERVAL = 1.0
 ALERT_TIMEOUT = 15.0
 # A local-pieces worker looks at its cancel flag between pieces and zero-out chunks: it
 # stops within seconds. The target is never released while it may still write.
@@ -132,27 +135,20 @@ class _FdClaim:
 
     def release(self):
         if self.fd is not None:
-            os.close(self.fd)
+            retire_fd(self.fd)
             self.fd = None
-
-
-def target_identity(target: Target) -> dict:
-    return identity_of(target.info)
-
-
-def identity_of(info) -> dict:
-    # A device node's inode changes at every boot; its number and size do not, so resume
-    # data survives a terminal's reboot mid-download.
-    return {"path": info.path, "kind": info.kind, "dev": info.dev,
-            "ino": 0 if info.is_device else info.ino, "size": info.size}
 
 
 class Session:
     """A libtorrent session for one host and the jobs in it. Every method is thread-safe."""
 
-    def __init__(self, settings: SessionSettings = None, store: J.JobStore = None):
+    def __init__(self, settings: SessionSettings = None, store: J.JobStore = None, target_guard=None):
+        """``target_guard(path)``: raises ``TargetRefused`` for a fetch target this host must
+        never write (the agent's: the slot the boot environment falls back to); asked before
+        a target is claimed, when a job is put and when a recorded job is taken up again."""
         self.settings = settings or SessionSettings()
         self.store = store
+        self.target_guard = target_guard
         self.ledger = delta.Ledger(store.root) if store is not None else None
         params = lt.session_params(lan_settings(self.settings))
         params.disk_io_constructor = "posix_disk_io_constructor"
@@ -579,6 +575,12 @@ class Session:
             return
         if job.handle is None or job.stopping is not None:
             return
+        if job.action == "fetch" and now - job.last_name_check >= NAME_CHECK_INTERVAL:
+            job.last_name_check = now
+            renamed = self._renamed(job)
+            if renamed:
+                self._fail(job, renamed)
+                return
         if job.resume_dirty and job.resume_path:
             since = now - job.last_resume_save
             if since >= RESUME_SAVE_INTERVAL or (job.pieces_since_save >= RESUME_SAVE_PIECES
@@ -613,6 +615,14 @@ class Session:
         elif job.state == J.VERIFYING and worker_ended:
             self._fail(job, f"{job.path}: the verify pass ended without a result")
 
+    @staticmethod
+    def _renamed(job, strict=False) -> str:
+        """Why the fetch's target name stopped naming the device it holds, or ``""``."""
+        for claim in job.claims:
+            if isinstance(claim, Target):
+                return claim.renamed(strict)
+        return ""
+
     def _flush(self, job) -> None:
         if job.stopping is not None or job.awaiting or job.state not in (J.DOWNLOADING, J.STALLED):
             return  # being stopped, or already on its way: the stop's own save comes first
@@ -623,7 +633,8 @@ class Session:
             job.set_state(J.VERIFYING)
             self._record(job)
             # The slot's fingerprint for its ledger entry is read there too: not on the loop.
-            job.start_verify(verify, then=(lambda: delta.slot_fingerprint(job.path)) if self.ledger else None)
+            io_path = job.io_path
+            job.start_verify(verify, then=(lambda: delta.slot_fingerprint(io_path)) if self.ledger else None)
 
         self._save(job, flush=True, then=flushed)
 
@@ -631,6 +642,10 @@ class Session:
         job.worker_result = None
         outcome = result[0]
         if outcome == "verified":
+            renamed = self._renamed(job, strict=True)
+            if renamed:
+                self._fail(job, renamed)
+                return
             job.digest = result[1]
             job.bad_pieces = 0
             if self.ledger is not None and job.identity:
@@ -762,9 +777,9 @@ class Session:
             if info.size < job.manifest.image_size:
                 raise ManifestError(f"{job.path}: holds {info.size} bytes but manifest {job.manifest.name} "
                                     f"describes {job.manifest.image_size}")
-            if job.manifest.source.get("fingerprint") != _fingerprint_or_none(job.path):
+            if job.manifest.source.get("fingerprint") != _fingerprint_or_none(held_path(fd)):
                 verify.spot_check(job.manifest, fd, job.path)
-            slices = SliceMap(job.path, job.manifest.files, read_only=True)
+            slices = SliceMap(job.path, job.manifest.files, read_only=True, io_path=held_path(fd))
             claims.append(slices)
             job.paths = slices.paths
             atp = self._params(job)
@@ -799,32 +814,67 @@ class Session:
             manifest = self.store.keep_manifest(manifest)
             job = J.FetchJob(manifest, path, trackers, peers, seed_after, stall_timeout, require_device,
                              local_sources, check_target)
-            claim = claimed or claim_target(path, manifest.image_size, require_device=require_device,
-                                            protect=protect + own_files(manifest))
+            claim = claimed or self._claim(job, protect)
         except BaseException:
             if claimed:
                 claimed.discard()
             raise
+        # Before a byte is written: no older job of this target may ever take it up again,
+        # and a crash from here on finds this job's record.
+        self._supersede(job)
+        job.identity = claim.identity
+        self._record(job)
         try:
             self._start_fetch(job, claim)
         except BaseException:
             claim.discard()
+            previous = self._jobs.get(job.id)
+            if previous is not None:
+                self._record(previous)
+            else:
+                self.store.forget_record(job.id)
             raise
         self._jobs[job.id] = job
         self._record(job)
         return job.snapshot(time.monotonic()), True
 
-    def _start_fetch(self, job, claim) -> None:
-        """Add the fetch's torrent over its claimed target, resuming where it was."""
+    def _claim(self, job, protect=()) -> Target:
+        """Claim a fetch's target: the guard's refusals first, then every check of ``claim_target``."""
+        if self.target_guard is not None:
+            self.target_guard(job.path)
+        return claim_target(job.path, job.manifest.image_size, require_device=job.require_device,
+                            protect=tuple(protect) + own_files(job.manifest), private_dirs=(self.store.root,))
+
+    def _supersede(self, job) -> None:
+        """Mark every other finished fetch of ``job``'s target superseded: what it verified
+        or left there is gone, and it never writes again unless it is put again."""
+        for other in self._jobs.values():
+            if other.id == job.id or other.action != "fetch" or other.state not in J.FINAL:
+                continue
+            if overlaps(other.path, job.path):
+                other.set_state(J.STOPPED, f"superseded: {job.path} is written by the fetch of {job.manifest.name}")
+                self._record(other)
+
+    def _start_fetch(self, job, claim, resuming=False) -> None:
+        """Add the fetch's torrent over its claimed target, resuming where it was. Every
+        access goes through the claim (``io_path``): the device checked, whatever its name
+        means later. A recorded job (``resuming``) goes on only on the very target it was
+        writing: same device, partition, disk and backing file."""
         job.resume_path = self.store.resume_path(job.id)
+        if resuming:
+            changed = ident.difference(job.identity, claim.identity)
+            if changed:
+                raise TargetRefused(f"{job.path}: is not the target this job was writing ({changed}); nothing "
+                                    f"was written: put the job again to start over on what {job.path} is now")
         # From now on the slot is being written: its ledger must not call it clean, even
         # when this job stops or crashes halfway (the local phase reads the entry first).
         target_entry = self._ledger_writing(job)
-        slices = SliceMap(claim.path, job.manifest.files, read_only=False)
+        slices = SliceMap(claim.path, job.manifest.files, read_only=False, io_path=claim.io_path)
         job.claims = [claim, slices]
+        job.io_path = claim.io_path
         try:
             job.paths = slices.paths
-            identity = target_identity(claim)
+            identity = claim.identity
             atp = self._params(job)
             resumed = self._load_resume(job, identity)
             job.identity = identity
@@ -878,7 +928,7 @@ class Session:
 
         def find(cancel, progress):
             return delta.find_local(job.manifest, job.path, identity, target_entry, sources, job.check_target,
-                                    settings.link_rate, cancel=cancel, progress=progress)
+                                    settings.link_rate, cancel=cancel, progress=progress, io_path=job.io_path)
 
         job.error = ""
         job.local = None
@@ -894,7 +944,7 @@ class Session:
             if other.action == "fetch" and other.state in J.WRITING and overlaps(entry.path, other.path):
                 return False
         try:
-            return identity_of(probe(entry.path)) == entry.identity
+            return not ident.difference(entry.identity, ident.of_path(entry.path))
         except (OSError, P2PFleetError):
             return False
 
@@ -972,8 +1022,12 @@ class Session:
                 self.store.forget(job_id)
 
     def _resume_recorded(self) -> list:
-        resumed = []
-        for record in self.store.records():
+        """Take up the recorded jobs, newest first. A running fetch goes on only when nothing
+        newer claimed its target since (a newer job's record, or a newer verified image in
+        the slot ledger) and its target is the very one it was writing; otherwise it is
+        recorded failed or superseded and never writes again unless it is put again."""
+        resumed, newer = [], []
+        for record in sorted(self.store.records(), key=lambda r: r.get("updated") or 0, reverse=True):
             ih = record["info_hash"]
             if ih in self._jobs:
                 continue
@@ -985,29 +1039,49 @@ class Session:
                 continue
             self._jobs[ih] = job
             if job.state in J.RUNNING:
-                try:
-                    if job.action == "fetch":
-                        torrent_info(manifest)
-                        claim = claim_target(job.path, manifest.image_size, require_device=job.require_device,
-                                             protect=own_files(manifest))
-                        try:
-                            self._start_fetch(job, claim)
-                        except BaseException:
-                            claim.release()
-                            raise
-                    else:
-                        self._start_seed(job)
-                    log.info("resumed %s job of %s on %s", job.action, manifest.name, job.path)
+                why = self._superseded(job, record, newer) if job.action == "fetch" else ""
+                if why:
+                    log.warning("job %s (%s on %s) not resumed: %s", ih[:12], job.action, job.path, why)
+                    job.set_state(J.STOPPED, why)
                     self._record(job)
-                except (P2PFleetError, OSError, ValueError, TypeError, RuntimeError) as exc:
-                    # Shown as failed, but the record keeps its state: the next start (or
-                    # the same job put again) tries again; a slot may come back.
-                    log.error("job %s (%s on %s) cannot resume: %s", ih[:12], job.action, job.path, exc)
-                    job.release_claims()
-                    job.handle = None
-                    job.set_state(J.FAILED, f"cannot resume: {exc}")
+                else:
+                    self._resume(job)
+            if job.action == "fetch":
+                newer.append(job)
             resumed.append(job.snapshot(time.monotonic()))
         return resumed
+
+    def _superseded(self, job, record, newer) -> str:
+        """Why a recorded running fetch must not take its target up again, or ``""``."""
+        for other in newer:
+            if overlaps(other.path, job.path):
+                return f"superseded: {job.path} was claimed later by the fetch of {other.manifest.name}"
+        entry = self.ledger.entry(job.path) if self.ledger is not None else None
+        if entry is not None and entry.info_hash != job.id and entry.recorded > float(record.get("updated") or 0):
+            return f"superseded: {job.path} holds {entry.name}, verified after this job last ran"
+        return ""
+
+    def _resume(self, job) -> None:
+        try:
+            torrent_info(job.manifest)
+            if job.action == "fetch":
+                claim = self._claim(job)
+                try:
+                    self._start_fetch(job, claim, resuming=True)
+                except BaseException:
+                    claim.release()
+                    raise
+            else:
+                self._start_seed(job)
+            log.info("resumed %s job of %s on %s", job.action, job.manifest.name, job.path)
+        except (P2PFleetError, OSError, ValueError, TypeError, RuntimeError) as exc:
+            # Recorded failed: a job that could not take its target up never comes back by
+            # itself (its target may hold a newer image by then); putting it again does.
+            log.error("job %s (%s on %s) cannot resume: %s", job.id[:12], job.action, job.path, exc)
+            job.release_claims()
+            job.handle = None
+            job.set_state(J.FAILED, f"cannot resume: {exc}")
+        self._record(job)
 
     def _job_from_record(self, manifest, record):
         peers = [tuple(p) for p in record.get("peers", [])]

@@ -33,9 +33,10 @@ def digest_image(path: str, size: int, algorithm: str = DEFAULT_ALGORITHM, progr
     return DigestResult(algorithm, h.hexdigest(), size)
 
 
-def verify_target(manifest, path: str, progress=None) -> DigestResult:
-    """Prove ``path`` holds the manifest's image. Raises VerifyError if it does not."""
-    result = digest_image(path, manifest.image_size, manifest.digest_algorithm, progress)
+def verify_target(manifest, path: str, progress=None, io_path: str = None) -> DigestResult:
+    """Prove ``path`` holds the manifest's image. Raises VerifyError if it does not.
+    ``io_path``: where to read it (a claim's held path); ``path`` names it in errors."""
+    result = digest_image(io_path or path, manifest.image_size, manifest.digest_algorithm, progress)
     if result.value != manifest.digest:
         raise VerifyError(
             f"{path}: {manifest.digest_algorithm} digest {result.value[:16]}… does not match "
@@ -44,10 +45,10 @@ def verify_target(manifest, path: str, progress=None) -> DigestResult:
     return result
 
 
-def bad_pieces(manifest, path: str, progress=None) -> list:
-    """Indexes of the pieces whose SHA-1 on ``path`` differs from the torrent's."""
+def bad_pieces(manifest, path: str, progress=None, io_path: str = None) -> list:
+    """Indexes of the pieces whose SHA-1 on ``path`` (read at ``io_path``) differs from the torrent's."""
     expected = manifest.piece_hashes()
-    found = hash_pieces(path, manifest.image_size, manifest.piece_size, progress=progress)
+    found = hash_pieces(io_path or path, manifest.image_size, manifest.piece_size, progress=progress)
     return [index for index, (want, got) in enumerate(zip(expected, found)) if want != got]
 
 

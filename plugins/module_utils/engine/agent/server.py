@@ -22,6 +22,7 @@ import struct
 
 from aiohttp import web
 
+from .. import boot
 from ..errors import JobConflict, P2PFleetError
 from ..jobs import JobStore
 from ..metainfo import Manifest
@@ -49,12 +50,21 @@ class Agent:
         self.config = config
         self.store = JobStore(config.state_dir)
         self.session = Session(SessionSettings(config.listen, config.upload_limit, config.download_limit,
-                                               list(config.allowed_networks), config.link_rate), self.store)
+                                               list(config.allowed_networks), config.link_rate), self.store,
+                               target_guard=self._refuse_boot_slots)
         # A slot booted since its image was verified (mounted now) is never trusted as is.
         try:
             self.session.ledger.note_in_use()
         except (P2PFleetError, OSError, ValueError) as exc:  # the ledger never keeps the agent from starting
             log.error("slot ledger: %s", exc)
+
+    def _refuse_boot_slots(self, path: str) -> None:
+        """The session's target guard: never write the slot running now or the slot this
+        terminal falls back to, whoever puts the job. It reads the config of the moment, so
+        a reload that adds the slots protects them; without slots it has nothing to protect."""
+        config = self.config
+        if config.slots:
+            boot.refuse_fallback_target(path, config.slots, config.boot)
 
     async def _blocking(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -72,6 +82,7 @@ class Agent:
             "local_sources": cfg.local_sources, "check_target": cfg.check_target, "link_rate": cfg.link_rate,
             "jobs": len(self.session.jobs()), "blocked_peers": self.session.blocked_peers,
             "slots": self.session.slot_ledger(),
+            "slot_definitions": [dict(d) for d in cfg.slots], "boot": dict(cfg.boot),
         })
 
     async def list_jobs(self, _request):
