@@ -13,6 +13,7 @@ import time
 
 import libtorrent as lt
 import pytest
+import yaml
 
 from _agent_client import AgentError
 from agent_helpers import AgentProc
@@ -269,3 +270,103 @@ def test_bad_requests_get_one_line_and_the_agent_keeps_serving(tmp_path, image_f
     # The loop survived: a good job still works.
     assert agent.client.put_seed(manifest, image)["job"]["state"] in ("checking", "seeding")
     assert "Traceback" not in agent.log()
+
+
+def boot_guarded_agent(agents, tmp_path, gpt_disks, saved_entry="A", **config):
+    """An agent on a terminal whose slots are the partitions of a GPT loop disk, by label, with
+    its boot environment (a GRUB block and default file) in tmp_path, the default ``saved_entry``."""
+    disk, parts, labels = gpt_disks()
+    grub_dir = tmp_path / "boot" / "grub"
+    grub_dir.mkdir(parents=True)
+    grubenv = grub_dir / "grubenv"
+    subprocess.run(["grub-editenv", str(grubenv), "create"], check=True)
+    subprocess.run(["grub-editenv", str(grubenv), "set", f"saved_entry={saved_entry}"], check=True)
+    (grub_dir / "p2pfleet-default.cfg").write_text(f'set p2pfleet_default="{saved_entry}"\n')
+    slots = [{"name": "A", "partlabel": labels[0], "boot_entry": "A"},
+             {"name": "B", "partlabel": labels[1], "boot_entry": "B"}]
+    agent = new_agent(agents, tmp_path, slots=slots, boot={"backend": "grub", "grubenv": str(grubenv)}, **config)
+    return agent, disk, parts, grub_dir
+
+
+def reload_with(agent, **changes):
+    """Rewrite the agent's config with ``changes`` and reload it (SIGHUP)."""
+    agent.config_path.write_text(yaml.safe_dump(dict(agent.config, **changes)))
+    agent.popen.send_signal(signal.SIGHUP)
+    wanted = dict(agent.config, **changes)["slots"]
+    deadline = time.monotonic() + 10
+    while agent.client.info()["slot_definitions"] != wanted:
+        assert time.monotonic() < deadline, f"the agent did not reload its slots:\n{agent.log()[-2000:]}"
+        time.sleep(0.05)
+
+
+def boot_files(grub_dir):
+    return {p.name: p.read_bytes() for p in sorted(grub_dir.iterdir())}
+
+
+@needs_loop
+def test_the_agent_refuses_to_fetch_into_the_slot_its_terminal_falls_back_to(
+        tmp_path, image_factory, manifest_of, procs, agents, gpt_disks):
+    size = 8 * MIB
+    image = image_factory(size, seed=41)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    origin = seeder_endpoint(procs, tmp_path, manifest, image)
+    agent, disk, parts, grub_dir = boot_guarded_agent(agents, tmp_path, gpt_disks, seed_after_fetch=False)
+    info = agent.client.info()
+    assert [s["name"] for s in info["slot_definitions"]] == ["A", "B"] and info["boot"]["backend"] == "grub", info
+    link = tmp_path / "system_a"
+    link.symlink_to(parts[0])
+    before_env, before_a = boot_files(grub_dir), file_digest(parts[0], 16 * MIB)
+
+    # Whoever asks, and by whatever name: the slot GRUB falls back to is not written.
+    for target, words in ((parts[0], f"{parts[0]}: is slot A, the slot this terminal falls back to (GRUB saved_entry); "
+                                     "refusing to write it"),
+                          (str(link), f"{link}: is slot A, the slot this terminal falls back to"),
+                          (disk, f"{disk}: holds slot A, the slot this terminal falls back to")):
+        with pytest.raises(AgentError) as err:
+            agent.client.put_fetch(manifest, target, peers=[origin], require_device=True)
+        assert err.value.status == 400 and words in str(err.value), str(err.value)
+        assert "\n" not in str(err.value)
+    assert agent.client.jobs() == []
+    assert file_digest(parts[0], 16 * MIB) == before_a and boot_files(grub_dir) == before_env
+
+    root = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "/"], capture_output=True, text=True).stdout.strip()
+    if root.startswith("/dev/") and os.path.exists(root):
+        # The slot running now (this machine's root as slot A) is refused by the guard itself;
+        # slots given by a reload (SIGHUP) are guarded at once.
+        running = [{"name": "A", "device": root}, agent.config["slots"][1]]
+        reload_with(agent, slots=running)
+        with pytest.raises(AgentError, match=f"{root}: is slot A, the slot running now"):
+            agent.client.put_fetch(manifest, root, peers=[origin], require_device=True)
+        reload_with(agent)
+
+    # The other slot takes the release as ever.
+    job = agent.client.put_fetch(manifest, parts[1], peers=[origin], require_device=True)["job"]
+    agent.wait_job(job["id"], lambda j: j["state"] == "verified", 60, "fetch into slot B verified")
+    assert file_digest(parts[1], size) == file_digest(image, size)
+    assert file_digest(parts[0], 16 * MIB) == before_a and boot_files(grub_dir) == before_env
+
+
+@needs_loop
+def test_a_recorded_fetch_is_not_resumed_into_a_slot_that_became_the_fallback(
+        tmp_path, image_factory, manifest_of, procs, agents, gpt_disks):
+    size = 16 * MIB
+    image = image_factory(size, seed=42)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    origin = seeder_endpoint(procs, tmp_path, manifest, image, "--upload-limit", str(2 * MIB))
+    agent, _disk, parts, grub_dir = boot_guarded_agent(agents, tmp_path, gpt_disks, seed_after_fetch=True)
+    job_id = agent.client.put_fetch(manifest, parts[1], peers=[origin], require_device=True)["job"]["id"]
+    agent.wait_job(job_id, lambda j: j["percent"] >= 25, 60, "fetch into B at 25 %")
+    agent.stop(signal.SIGKILL)
+
+    # Meanwhile B became the default (a confirm outside the playbook's flow, forced from a
+    # rescue system): the recorded job must not take it up again.
+    subprocess.run(["grub-editenv", str(grub_dir / "grubenv"), "set", "saved_entry=B"], check=True)
+    (grub_dir / "p2pfleet-default.cfg").write_text('set p2pfleet_default="B"\n')
+    before_env, before_b = boot_files(grub_dir), file_digest(parts[1], 24 * MIB)
+    agent.start()
+    job = agent.client.job(job_id)
+    assert job["state"] == "failed", job
+    assert job["error"].startswith(f"cannot resume: {parts[1]}: is slot B, the slot this terminal falls back to "
+                                   "(GRUB saved_entry)"), job
+    time.sleep(2)  # nothing writes B after the refusal either
+    assert file_digest(parts[1], 24 * MIB) == before_b and boot_files(grub_dir) == before_env
