@@ -10,6 +10,7 @@ report interval (small, steady output for AWX), never pages of "retrying" lines.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from ansible.errors import AnsibleActionFail
@@ -19,8 +20,19 @@ from ansible.utils.display import Display
 
 display = Display()
 
-ARGS = {"url": str, "info_hash": str, "terminals": list, "timeout": int, "interval": float,
-        "report_every": float, "stall_timeout": int}
+# The options of plugins/modules/fleet_wait.py (its DOCUMENTATION says the same, a unit test
+# holds them equal). A list option also takes a comma-separated string, as in every module.
+ARGUMENT_SPEC = dict(
+    url=dict(type="str", required=True),
+    info_hash=dict(type="str", required=True),
+    terminals=dict(type="list", elements="str", required=True),
+    timeout=dict(type="int", default=7200),
+    stall_timeout=dict(type="int", default=600),
+    interval=dict(type="float", default=2),
+    report_every=dict(type="float", default=10),
+)
+# What the tracker accepts as host= (engine/tracker/announce.py): any other name is never found.
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 def _mib(n):
@@ -34,24 +46,43 @@ def _eta(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _check(args):
+    """What a type alone does not say; AnsibleActionFail naming the option."""
+    def refuse(name, what):
+        raise AnsibleActionFail(f"argument '{name}' {what}, got {args[name]!r}")
+
+    if not args["url"].startswith(("http://", "https://")):
+        refuse("url", "must be the tracker's http:// or https:// base URL")
+    if not re.fullmatch(r"[0-9a-fA-F]{40}", args["info_hash"]):
+        refuse("info_hash", "must be 40 hex digits")
+    if not args["terminals"]:
+        refuse("terminals", "must name at least one terminal")
+    for name in args["terminals"]:
+        if not _HOST_NAME.fullmatch(name):
+            raise AnsibleActionFail(f"argument 'terminals': {name!r} is not a host name "
+                                    f"(a list of inventory names, or one string of names separated by commas)")
+    for name in ("timeout", "stall_timeout"):
+        if args[name] < 0:
+            refuse(name, "must be 0 or more seconds")
+    for name in ("interval", "report_every"):
+        if not 0 < args[name] <= 86400:
+            refuse(name, "must be more than 0 and at most 86400 seconds")
+
+
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(ARGS)
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        args = self._task.args
-        for key in ("url", "info_hash", "terminals"):
-            if not args.get(key):
-                raise AnsibleActionFail(f"fleet_wait: {key} is required")
-        base = str(args["url"]).rstrip("/")
-        info_hash = str(args["info_hash"]).lower()
-        terminals = [str(t) for t in args["terminals"]]
-        timeout = int(args.get("timeout", 7200))
-        interval = float(args.get("interval", 2))
-        report_every = float(args.get("report_every", 10))
-        stall_timeout = int(args.get("stall_timeout", 600))
+        # One line naming the option for a bad one (ArgumentSpecValidator underneath).
+        _validation, args = self.validate_argument_spec(ARGUMENT_SPEC)
+        _check(args)
+        base = args["url"].rstrip("/")
+        info_hash = args["info_hash"].lower()
+        terminals = args["terminals"]
+        timeout, stall_timeout = args["timeout"], args["stall_timeout"]
+        interval, report_every = args["interval"], args["report_every"]
         status_url = f"{base}/status/{info_hash}.json"
         display.display(f"p2pfleet: fleet page {base}/ — following {len(terminals)} terminals")
 

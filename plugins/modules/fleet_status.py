@@ -65,7 +65,10 @@ swarm:
       description: Fleet totals (peers, terminals, complete, downloading, silent, bytes_left, bytes_fetched, bytes_local, progress, rates).
       type: dict
     peers:
-      description: One entry per peer (host, ip, group, state, left, rates, last seen).
+      description:
+        - One entry per peer (host, verified, ip, group, state, left, rates, last seen).
+        - C(verified) is true when the tracker's hosts map binds the host name to the address the peer
+          announces from (the tracker role binds every inventory host); see the tracker's documentation.
       type: list
       elements: dict
 progress:

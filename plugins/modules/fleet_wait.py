@@ -17,6 +17,8 @@ description:
   - Fails after O(timeout), or after O(stall_timeout) without any progress, naming the terminals still
     missing. The transfers go on in the agents; re-running the play picks them up.
   - This is an action plugin; it runs on the controller whatever host the task targets.
+  - A bad option (not a number, out of range, a name that is no host name) fails the task at once with one
+    line naming the option.
 author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
@@ -31,12 +33,14 @@ options:
     type: str
     required: true
   terminals:
-    description: Inventory names of the terminals that must hold the image (the tracker knows agents by these).
+    description:
+      - Inventory names of the terminals that must hold the image (the tracker knows agents by these).
+      - A list, or one string of names separated by commas. At least one.
     type: list
     elements: str
     required: true
   timeout:
-    description: Seconds to wait at most.
+    description: Seconds to wait at most (0 or more).
     type: int
     default: 7200
   stall_timeout:
@@ -44,11 +48,11 @@ options:
     type: int
     default: 600
   interval:
-    description: Seconds between two reads of the tracker.
+    description: Seconds between two reads of the tracker (more than 0, at most 86400).
     type: float
     default: 2
   report_every:
-    description: Seconds between two progress lines.
+    description: Seconds between two progress lines (more than 0, at most 86400).
     type: float
     default: 10
 seealso:

@@ -1,0 +1,24 @@
+"""fleet_wait is an action plugin: its argument spec (plugins/action) and its documentation
+(plugins/modules, what ansible-doc shows) are two texts, held equal here."""
+import ast
+import importlib.util
+import os
+
+import yaml
+
+from conftest import ROOT
+
+
+def test_the_action_plugins_argument_spec_is_what_its_documentation_says():
+    spec = importlib.util.spec_from_file_location("fleet_wait_action", os.path.join(ROOT, "plugins", "action",
+                                                                                     "fleet_wait.py"))
+    action = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(action)
+    with open(os.path.join(ROOT, "plugins", "modules", "fleet_wait.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    documentation = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                         and node.targets[0].id == "DOCUMENTATION")
+    options = yaml.safe_load(documentation)["options"]
+    documented = {name: {key: option[key] for key in ("type", "elements", "required", "default") if key in option}
+                  for name, option in options.items()}
+    assert documented == action.ARGUMENT_SPEC
