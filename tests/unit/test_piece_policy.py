@@ -1,7 +1,11 @@
 """Piece-size policy and split layout, checked on sizes alone: no image is read or written."""
+import os
+import subprocess
+
 import libtorrent as lt
 import pytest
 
+from conftest import P2PFLEET, ROOT
 from engine import bencode, metainfo
 from engine.errors import ManifestError
 from engine.metainfo import KIB, MAX_PIECE, MAX_PIECES, MIB, MIN_PIECE, choose_piece_size, parse_size, plan_files
@@ -179,3 +183,19 @@ def test_libtorrent_maps_split_files_onto_image_offsets():
         assert start.piece * piece + start.start == vf.offset
         end = ti.map_file(i, vf.size - 1, 1)
         assert end.piece * piece + end.start == vf.offset + vf.size - 1
+
+
+def test_the_cli_help_and_docs_say_the_default_piece_size_the_code_chooses():
+    def flat(text):
+        return " ".join(text.split())
+    policy = metainfo.DEFAULT_PIECE_POLICY
+    # What the sentence claims, at its edges.
+    assert choose_piece_size(64 * MIB) == 256 * KIB and choose_piece_size(256 * GIB) == 4 * MIB
+    assert choose_piece_size(256 * GIB + 1) == 4 * MIB and choose_piece_size(TIB + 1) == 8 * MIB
+    assert choose_piece_size(16 * GIB + 1) == 512 * KIB
+    shown = subprocess.run(P2PFLEET + ["manifest", "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and f"(default: {policy})" in flat(shown.stdout), shown.stdout
+    with open(os.path.join(ROOT, "docs", "cli.md"), encoding="utf-8") as f:
+        docs = flat(f.read())
+    assert f"The default piece size is {policy}." in docs
+    assert "4 MiB" not in docs.split("## `p2pfleet manifest", 1)[1].split("The default piece size", 1)[0]

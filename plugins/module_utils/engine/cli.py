@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="image file or block device")
     p.add_argument("--out", required=True, help="directory for NAME.torrent and NAME.manifest.json")
     p.add_argument("--name", help="image name (default: base name of IMAGE)")
-    p.add_argument("--piece-size", help="power of two, 16K..64M (default: 4M, raised for large images)")
+    p.add_argument("--piece-size", help=f"power of two, 16K..64M (default: {metainfo.DEFAULT_PIECE_POLICY})")
     p.add_argument("--split-size", help="expose the image as virtual files of this size (multiple of piece size)")
     p.add_argument("--force", action="store_true", help="hash again even if the source looks unchanged")
     p.set_defaults(func=cmd_manifest)

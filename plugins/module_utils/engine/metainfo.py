@@ -65,6 +65,16 @@ def _human(n: int) -> str:
     return str(n)
 
 
+# The default policy in one sentence, for ``p2pfleet manifest --help`` and docs/cli.md (a test
+# holds both to it), so what they say is what choose_piece_size does.
+DEFAULT_PIECE_POLICY = (
+    f"the smallest power of two from {_human(DEFAULT_PIECE_FLOOR)} that keeps the image within "
+    f"{DEFAULT_PIECE_COUNT:,} pieces, up to {_human(DEFAULT_PIECE)} (reached at "
+    f"{_human(DEFAULT_PIECE_COUNT * DEFAULT_PIECE)}); larger images get {_human(DEFAULT_PIECE)} or more, "
+    f"doubled until at most {MAX_PIECES:,} pieces"
+)
+
+
 def parse_size(text) -> int:
     """``4M``, ``64MiB``, ``256G``, ``1048576`` → bytes (binary units)."""
     if isinstance(text, int) and not isinstance(text, bool):
