@@ -73,6 +73,8 @@ def test_services_run_with_configs_rendered_from_the_inventory(lab, converged):
         assert agent["host_name"] == name
         assert agent["trackers"] == [f"http://{lab.address('server')}:6969/announce"]
         assert sorted(agent["allowed_networks"]) == addresses
+        # Terminals guard their running and fallback slots; the seeder has none.
+        assert [s["name"] for s in agent.get("slots", [])] == ([] if name == "server" else ["A", "B"]), name
 
 
 def test_a_config_the_engine_refuses_is_never_installed(lab, converged):
