@@ -5,7 +5,9 @@ Starts ``p2pfleet tracker`` on 127.0.0.1 (an ephemeral port) with one registered
 and a ten-group policy, then a load generator in this process: PEERS simulated peers
 (each with its own peer id, port and host name) first announce ``started``, then keep
 re-announcing over CONNECTIONS keep-alive HTTP/1.1 connections until COUNT announces or
-SECONDS have passed. Every reply is checked to be a bencoded peer list. Prints the rate
+SECONDS have passed. The tracker places peers by address, as it does in a lab: each
+connection comes from its own loopback address in its group's network (127.1.GROUP.0/24),
+a peer always announces over the same one, and the origin has its own (127.0.0.2). Every reply is checked to be a bencoded peer list. Prints the rate
 and p50/p90/p99/max latency of the measured phase.
 
 With ``--idle N`` the measured phase runs while N more connections sit open without
@@ -32,6 +34,8 @@ from urllib.parse import quote_from_bytes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFO_HASH = bytes.fromhex("5a" * 20)
 IMAGE_SIZE = 256 << 30
+GROUPS = 10
+ORIGIN = "127.0.0.2"
 
 
 def free_port():
@@ -40,18 +44,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-def write_config(directory, port, peers, groups):
-    per_group = -(-peers // groups)
+def write_config(directory, port):
     lines = [f'listen: "127.0.0.1:{port}"', "allowed_networks: [127.0.0.0/8]", "interval: 1800",
              f"info_hashes: [{INFO_HASH.hex()}]", "log_level: warning", "max_numwant: 200", "groups:"]
-    for g in range(groups):
-        hosts = ", ".join(f"pc-{i:04d}" for i in range(g * per_group, min(peers, (g + 1) * per_group)))
-        lines.append(f"  room{g:02d}: {{hosts: [{hosts}]}}")
-    lines.append("policy: {seeders: [origin], origin_fanout: 4, other_group_peers: 4}")
+    for g in range(GROUPS):
+        lines.append(f"  room{g:02d}: {{networks: [127.1.{g}.0/24]}}")
+    lines.append(f"policy: {{seeders: [{ORIGIN}], origin_fanout: 4, other_group_peers: 4}}")
     path = os.path.join(directory, "tracker.yml")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def connection_of(i, connections):
+    """The connection peer ``i`` announces over: 0 is the origin's own, the others share 1..N."""
+    return 0 if i == 0 else 1 + (i - 1) % connections
+
+
+def source_of(connection):
+    """A connection's source address: the origin's, else one in its group's network."""
+    if connection == 0:
+        return ORIGIN
+    index = connection - 1
+    return f"127.1.{index % GROUPS}.{index // GROUPS + 1}"
 
 
 def request(port, i, left, event=None):
@@ -79,8 +94,8 @@ async def roundtrip(reader, writer, payload):
         raise RuntimeError(f"not a peer list: {body[:200]!r}")
 
 
-async def worker(port, jobs, latencies, deadline):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def worker(port, source, jobs, latencies, deadline):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         while time.monotonic() < deadline:
             try:
@@ -94,12 +109,16 @@ async def worker(port, jobs, latencies, deadline):
         writer.close()
 
 
-async def phase(port, payloads, connections, seconds):
+async def phase(port, payloads, seconds):
+    """Send (connection, request) pairs, each connection's in order, all connections at once."""
     latencies = []
-    jobs = list(reversed(payloads))
+    queues = {}
+    for connection, payload in reversed(payloads):
+        queues.setdefault(connection, []).append(payload)
     deadline = time.monotonic() + seconds
     started = time.perf_counter()
-    await asyncio.gather(*(worker(port, jobs, latencies, deadline) for _ in range(connections)))
+    await asyncio.gather(*(worker(port, source_of(connection), jobs, latencies, deadline)
+                           for connection, jobs in queues.items()))
     return latencies, time.perf_counter() - started
 
 
@@ -152,7 +171,7 @@ def main():
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        config = write_config(tmp, port, args.peers, groups=10)
+        config = write_config(tmp, port)
         tracker = subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "p2pfleet"), "tracker",
                                     "--config", config], stderr=subprocess.PIPE, preexec_fn=limit)
         idle = []
@@ -169,15 +188,16 @@ def main():
 
             rng = random.Random(1)
             lefts = [0] + [IMAGE_SIZE] * (args.peers - 1)
-            started = [request(port, i, lefts[i], "started") for i in range(args.peers)]
-            warm, warm_seconds = asyncio.run(phase(port, started, args.connections, 60))
+            started = [(connection_of(i, args.connections), request(port, i, lefts[i], "started"))
+                       for i in range(args.peers)]
+            warm, warm_seconds = asyncio.run(phase(port, started, 60))
             idle = open_idle(port, args.idle)
             measured = []
             for _ in range(args.count):
                 i = rng.randrange(args.peers)
                 lefts[i] = max(0, lefts[i] - rng.randrange(1 << 30)) if i else 0
-                measured.append(request(port, i, lefts[i]))
-            latencies, seconds = asyncio.run(phase(port, measured, args.connections, args.seconds))
+                measured.append((connection_of(i, args.connections), request(port, i, lefts[i])))
+            latencies, seconds = asyncio.run(phase(port, measured, args.seconds))
             rss, counters = tracker_report(port, tracker.pid)
         finally:
             for s in idle:
