@@ -118,6 +118,29 @@ def backing_files(devno: int) -> dict:
     return found
 
 
+def _file_ranges(devno: int) -> dict:
+    """``{(st_dev, st_ino): (start, end)}``: the bytes of the file behind a loop device (or a
+    partition of one) that the device shows; empty for anything else."""
+    base = _sysfs(devno)
+    try:
+        start, disk = 0, devno
+        if os.path.exists(os.path.join(base, "partition")):
+            with open(os.path.join(base, "start"), encoding="ascii") as f:
+                start = int(f.read()) * SECTOR
+            with open(os.path.join(base, "..", "dev"), encoding="ascii") as f:
+                disk = _devno(f.read().strip())
+        with open(os.path.join(base, "size"), encoding="ascii") as f:
+            size = int(f.read()) * SECTOR
+        with open(os.path.join(_sysfs(disk), "loop", "offset"), encoding="ascii") as f:
+            offset = int(f.read())
+    except (OSError, ValueError):
+        return {}
+    backing = _loop_backing(disk)
+    if backing is None or not stat.S_ISREG(backing[1].st_mode):
+        return {}
+    return {(backing[1].st_dev, backing[1].st_ino): (offset + start, offset + start + size)}
+
+
 def _related_devices(devno: int) -> set:
     """The device itself, the whole disk it is a partition of, and everything below it
     (device-mapper/md slaves, the block device behind a loop device)."""
@@ -236,15 +259,22 @@ def overlaps(path_a: str, path_b: str) -> bool:
 
     The same file; the same device; a device and a partition or device-mapper volume
     stacked on it; a loop device (or a partition of one) and the file behind it, or two
-    loop devices over one file. Two partitions of one disk do not overlap.
+    loop devices over the same bytes of one file. Two partitions of one disk (a loop disk
+    too) do not overlap.
     """
     try:
         a, b = os.stat(path_a), os.stat(path_b)
     except OSError:
         return os.path.abspath(path_a) == os.path.abspath(path_b)
     if stat.S_ISBLK(a.st_mode) and stat.S_ISBLK(b.st_mode):
-        return (a.st_rdev in _related_devices(b.st_rdev) or b.st_rdev in _related_devices(a.st_rdev)
-                or bool(backing_files(a.st_rdev).keys() & backing_files(b.st_rdev).keys()))
+        if a.st_rdev in _related_devices(b.st_rdev) or b.st_rdev in _related_devices(a.st_rdev):
+            return True
+        ranges_a, ranges_b = _file_ranges(a.st_rdev), _file_ranges(b.st_rdev)
+        if ranges_a and ranges_b:
+            # Partitions of one loop disk share its file but not its bytes.
+            return any(key in ranges_b and ranges_a[key][0] < ranges_b[key][1] and ranges_b[key][0] < ranges_a[key][1]
+                       for key in ranges_a)
+        return bool(backing_files(a.st_rdev).keys() & backing_files(b.st_rdev).keys())
     if stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode):
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
     if stat.S_ISBLK(a.st_mode) and stat.S_ISREG(b.st_mode):
@@ -254,21 +284,39 @@ def overlaps(path_a: str, path_b: str) -> bool:
     return False
 
 
-def _lock_backing_files(path: str, devno: int) -> list:
-    """Lock the files behind a loop device target as a file target is locked, so a file
-    being seeded (shared lock) or written by another job is refused through its loop
-    device too. Returns the descriptors holding the locks."""
-    fds = []
+def _lock(fd: int, write: bool, start: int = 0, end: int = None) -> bool:
+    """Take a byte-range lock of the open file description ``fd`` (to the end of the file
+    when ``end`` is None); False when another description holds a conflicting one.
+
+    Open-file-description locks, unlike POSIX record locks, conflict within one process too
+    (the agent runs every job of a host), and unlike flock they cover ranges: two partitions
+    of one loop disk lock two ranges of its file and do not clash.
+    """
+    kind = fcntl.F_WRLCK if write else fcntl.F_RDLCK
+    request = struct.pack("hhqqi4x", kind, os.SEEK_SET, start, 0 if end is None else end - start, 0)
     try:
-        for backing in backing_files(devno).values():
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _lock_backing_files(path: str, devno: int) -> list:
+    """Lock the bytes of the files behind a loop device target as a file target is locked,
+    so a file being seeded (shared lock) or written by another job is refused through its
+    loop device too. Returns the descriptors holding the locks."""
+    fds = []
+    ranges = _file_ranges(devno)
+    try:
+        for key, backing in backing_files(devno).items():
             try:
-                fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                fd = os.open(backing, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
             fds.append(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _lock(fd, True, *ranges.get(key, (0, None))):
                 raise TargetRefused(f"{path}: is a loop device over {backing}, which another job is seeding "
                                     "or writing; choose another target") from None
     except BaseException:
@@ -531,11 +579,11 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
             if not stat.S_ISBLK(opened.st_mode) or opened.st_rdev != st.st_rdev:
                 raise TargetRefused(f"{path}: changed while it was being checked (now "
                                     f"{ident.describe(ident.of_fd(path, fd))}); try again")
+            for private in private_dirs:
+                refuse_private_backing(path, st.st_rdev, private)
             refuse_partition_table(path, st.st_rdev)
             identity = ident.of_fd(path, fd)
             refuse_too_small(path, identity["size"], needed)
-            for private in private_dirs:
-                refuse_private_backing(path, st.st_rdev, private)
             holds = _lock_backing_files(path, st.st_rdev)
         except BaseException:
             os.close(fd)
@@ -570,12 +618,10 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
     except BaseException:
         Target(None, fd, created, path).discard()
         raise
-    try:
-        # Locked so two fetch jobs cannot write the same image file at once.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    # Locked so two fetch jobs cannot write the same image file at once.
+    if not _lock(fd, True):
         os.close(fd)
-        raise TargetRefused(f"{path}: another job is seeding or writing this file") from None
+        raise TargetRefused(f"{path}: another job is seeding or writing this file")
     try:
         st = os.fstat(fd)
         if st.st_size < needed:
@@ -645,11 +691,9 @@ def open_source(path: str) -> tuple:
                              "seed an unmounted partition") from None
         raise ImageError(f"{path}: cannot open for reading: {exc.strerror}") from None
     if not info.is_device:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
+        if not _lock(fd, False):
             os.close(fd)
-            raise ImageError(f"{path}: another job is writing this file") from None
+            raise ImageError(f"{path}: another job is writing this file")
     return fd, info
 
 

@@ -264,8 +264,17 @@ class Job:
             "state": self.state, "error": self.error, "warning": self.warning, "trackers": self.trackers,
             "peers": [list(p) for p in self.peers], "seed_after": self.seed_after, "identity": self.identity,
             "digest": self.digest, "resumed_bytes": self.resumed_bytes, "repair_round": self.repair_round,
-            "local": self.local_counts,
+            "local": self.local_counts, "downloaded": self.payload()[0], "uploaded": self.payload()[1],
         }
+
+    def payload(self) -> tuple:
+        """``(downloaded, uploaded)`` payload bytes of the job's whole life: earlier torrents
+        (repair rounds, agent runs before a restart) and the one in the session now."""
+        down, up = self.downloaded_before, self.uploaded_before
+        if self.status is not None:
+            down += self.status.total_payload_download
+            up += self.status.total_payload_upload
+        return down, up
 
     def release_claims(self) -> None:
         for claim in self.claims:
@@ -275,13 +284,10 @@ class Job:
     def snapshot(self, now: float) -> JobSnapshot:
         st = self.status
         done, total, peers, seeds = self.last_done, 0, 0, 0
-        down = self.downloaded_before
-        up = self.uploaded_before
+        down, up = self.payload()
         if st is not None:
             done, total = st.total_wanted_done, st.total_wanted
             peers, seeds = st.num_peers, st.num_seeds
-            down += st.total_payload_download
-            up += st.total_payload_upload
         if self.state == VERIFIED:
             done = self.manifest.image_size
         elif self.state == LOCAL and self.local is not None:

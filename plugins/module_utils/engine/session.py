@@ -1103,6 +1103,9 @@ class Session:
         job.digest = str(record.get("digest") or "")
         job.identity = record.get("identity")
         job.repair_round = int(record.get("repair_round") or 0)
+        # The payload counters survive restarts: a job verified before one still says what came.
+        job.downloaded_before = _counter(record.get("downloaded"))
+        job.uploaded_before = _counter(record.get("uploaded"))
         local = record.get("local")
         if isinstance(local, dict):
             job.local_counts = {k: int(v) for k, v in local.items() if isinstance(v, int) and not isinstance(v, bool)}
@@ -1153,6 +1156,10 @@ def _fingerprint_or_none(path):
         return fingerprint(path)
     except (OSError, P2PFleetError):
         return None
+
+
+def _counter(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _bytes_in(manifest, have_pieces) -> int:
