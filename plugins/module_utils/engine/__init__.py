@@ -4,6 +4,8 @@ Trace an image from the seeder's partition to a terminal's inactive slot:
 
 * ``image``    — what an image or target *is* (regular file or raw block device), its size,
                  and every refusal that protects a terminal before a byte is written.
+* ``identity`` — what makes a target the device a job checked: read once, held, compared at
+                 every restart.
 * ``metainfo`` — one hashing pass over the image: the piece-size policy, the torrent
                  (v1, private, optional virtual-file split) and the *manifest* beside it.
 * ``swarm``    — the LAN libtorrent session, the seed job and the fetch job (straight into
