@@ -251,3 +251,29 @@ def test_a_job_stopped_or_closed_while_it_takes_local_pieces_lets_its_target_go_
         assert third.state == "local"
     finally:
         session.close(timeout=30)
+
+
+@needs_loop
+def test_an_agents_delta_fetch_counts_the_pieces_that_came_over_the_network_from_its_first_seeding_snapshot(
+        tmp_path, image_factory, loop_factory, manifest_of, procs):
+    import signal
+    from agent_helpers import AgentProc
+    size = 16 * MIB
+    base = image_factory(size, seed=21, name="release1.img")
+    manifest = manifest_of(base)
+    seed1 = start_seeder(procs, tmp_path, manifest, base)
+    root = tmp_path / "agent"
+    root.mkdir()
+    agent = AgentProc(root, free_port()).start()
+    try:
+        slot_a, slot_b = loop_factory(size), loop_factory(size)
+        first = agent.client.put_fetch(manifest, slot_a, peers=[f"127.0.0.1:{seed1}"])["job"]["id"]
+        agent.wait_job(first, lambda j: j["state"] == "seeding", 60, "release 1 seeding")
+        changed = list(range(21))  # a short fetch: over between two of the session's status updates
+        release2, manifest2, seed2 = _served(tmp_path, procs, manifest_of, base, changed, 2)
+        second = agent.client.put_fetch(manifest2, slot_b, peers=[f"127.0.0.1:{seed2}"])["job"]["id"]
+        job = agent.wait_job(second, lambda j: j["state"] == "seeding", 60, "release 2 seeding")
+        assert job["downloaded"] >= len(changed) * PIECE and job["copied_bytes"] == size - len(changed) * PIECE, job
+        assert file_digest(slot_b, size) == file_digest(release2, size)
+    finally:
+        agent.stop(signal.SIGKILL)

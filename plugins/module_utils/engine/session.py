@@ -462,6 +462,8 @@ class Session:
         except StateError as exc:
             log.error("%s", exc)
             job.warning = f"resume data not saved: {exc}"
+            return
+        self._record(job)  # its payload counters, as of this save
 
     # -- asynchronous steps, matched to their job ------------------------------------
     def _save(self, job, flush=False, then=None) -> None:
@@ -626,6 +628,9 @@ class Session:
     def _flush(self, job) -> None:
         if job.stopping is not None or job.awaiting or job.state not in (J.DOWNLOADING, J.STALLED):
             return  # being stopped, or already on its way: the stop's own save comes first
+        # The published status may be older than the last pieces (a short delta fetch ends
+        # between two updates): the counters of a finished download are read now.
+        job.status = job.handle.status()
         job.set_state(J.FLUSHING)
         self._record(job)
 
