@@ -19,8 +19,8 @@ description:
     and U-Boot (C(fw_setenv)). The backend is detected, or set per host.
   - Refuses to reject the confirmed slot, so a terminal always keeps a bootable default.
   - Refuses V(confirmed) for a slot that is not the one booted now (the slot holding the running root file system,
-    as M(p2pfleet.imaging.slot_info) reports it): a default that never booted leaves the terminal one reboot away
-    from unbootable. O(force) overrides this.
+    as M(p2pfleet.imaging.slot_info) reports it), since a default that never booted leaves the terminal one reboot
+    away from unbootable. O(force) overrides this.
   - Refuses V(next) and V(confirmed) when a slot's partition is missing, or its label is found on two partitions;
     V(rejected) is allowed even then, as it only drops a pending one-shot boot.
   - A refusal is one line naming the slot and why, and the boot environment is left as it was.
