@@ -215,3 +215,30 @@ def test_the_slot_running_now_is_refused(tmp_path, gpt_disks):
     with pytest.raises(TargetRefused, match=f"{root}: is slot A, the slot running now \\(it holds the running root "
                                             "file system\\); refusing to write it"):
         boot.refuse_fallback_target(root, slots, {"backend": "grub", "grubenv": backend.grubenv})
+
+
+def test_a_loop_device_over_the_fallback_slots_bytes_is_refused_and_one_over_the_other_slot_is_not(
+        tmp_path, gpt_disks):
+    """Another name for the same bytes: a loop device over the slot's range of the disk's file."""
+    backend = grub(tmp_path)
+    disk, parts, labels = gpt_disks()
+    slots, settings = definitions(labels), {"backend": "grub", "grubenv": backend.grubenv}
+    sysfs = f"/sys/block/{os.path.basename(disk)}"
+    with open(f"{sysfs}/loop/backing_file", encoding="utf-8") as f:
+        backing = f.read().strip()
+    aliases = []
+    try:
+        for part in parts:
+            with open(f"{sysfs}/{os.path.basename(part)}/start", encoding="ascii") as f:
+                start = int(f.read()) * 512
+            with open(f"{sysfs}/{os.path.basename(part)}/size", encoding="ascii") as f:
+                size = int(f.read()) * 512
+            aliases.append(subprocess.run(["losetup", "--find", "--show", "--offset", str(start), "--sizelimit",
+                                           str(size), backing], check=True, capture_output=True,
+                                          text=True).stdout.strip())
+        with pytest.raises(TargetRefused, match=f"{aliases[0]}: holds slot A, the slot this terminal falls back to"):
+            boot.refuse_fallback_target(aliases[0], slots, settings)
+        boot.refuse_fallback_target(aliases[1], slots, settings)
+    finally:
+        for alias in aliases:
+            subprocess.run(["losetup", "-d", alias], capture_output=True)

@@ -24,14 +24,13 @@ and ``BootOrder``) and U-Boot (``fw_setenv``/``fw_printenv``).
 import os
 import re
 import shutil
-import stat
 import subprocess
 from dataclasses import asdict, dataclass
 
 from . import slots as slot_defs
 from .errors import P2PFleetError, TargetRefused
 from .files import read_capped, write_atomic
-from .image import _related_devices, backing_files
+from .image import overlaps
 
 GRUBENV_SIZE = 1024
 GRUBENV_HEADER = "# GRUB Environment Block\n"
@@ -440,7 +439,9 @@ def refuse_fallback_target(path, definitions, settings) -> None:
     except P2PFleetError as exc:
         raise TargetRefused(f"{path}: cannot tell whether it is a slot this terminal boots ({exc}); "
                             "refusing to write it") from None
-    written = [slot for slot in found if _writes_into(path, slot)]
+    # Compared by what writing the path would change, not by name: a symlink to the slot,
+    # the whole disk holding it, a loop device over its bytes.
+    written = [slot for slot in found if overlaps(path, slot.device)]
     for slot in written:
         if slot.booted:
             raise TargetRefused(f"{path}: {_is_or_holds(path, slot)} slot {slot.name}, the slot running now (it holds "
@@ -458,23 +459,6 @@ def refuse_fallback_target(path, definitions, settings) -> None:
         if slot in written:
             raise TargetRefused(f"{path}: {_is_or_holds(path, slot)} slot {slot.name}, the slot this terminal falls "
                                 f"back to ({where}); refusing to write it")
-
-
-def _writes_into(path, slot) -> bool:
-    """Whether writing ``path`` changes the slot: the slot's own device, a disk or device it
-    lies on, a device stacked on it, or the file behind its loop device.
-
-    Not ``image.overlaps``: that one also counts two partitions of one loop-backed disk as
-    overlapping (they share its file), which would keep the virtual lab's terminals from
-    ever writing their inactive slot once the other one is the fallback.
-    """
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False  # nothing there to be a slot; the claim refuses what does not exist
-    if stat.S_ISBLK(st.st_mode):
-        return st.st_rdev in _related_devices(slot.devno) or slot.devno in _related_devices(st.st_rdev)
-    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in backing_files(slot.devno)
 
 
 def _is_or_holds(path, slot) -> str:
