@@ -847,8 +847,20 @@ class Session:
         """Claim a fetch's target: the guard's refusals first, then every check of ``claim_target``."""
         if self.target_guard is not None:
             self.target_guard(job.path)
-        return claim_target(job.path, job.manifest.image_size, require_device=job.require_device,
-                            protect=tuple(protect) + own_files(job.manifest), private_dirs=(self.store.root,))
+        claim = claim_target(job.path, job.manifest.image_size, require_device=job.require_device,
+                             protect=tuple(protect) + own_files(job.manifest), private_dirs=(self.store.root,))
+        if self.target_guard is not None:
+            # Again on what the claim holds: a name moved between the guard and the open
+            # must not slip past it.
+            held = claim.io_path
+            try:
+                self.target_guard(held)
+            except BaseException as exc:
+                claim.discard()
+                if isinstance(exc, TargetRefused):
+                    raise TargetRefused(str(exc).replace(held, job.path)) from None
+                raise
+        return claim
 
     def _supersede(self, job) -> None:
         """Mark every other finished fetch of ``job``'s target superseded: what it verified
