@@ -32,8 +32,8 @@ def make(hosts=None, **policy):
     return tracker, clock
 
 
-def announce(tracker, clock, ip, peer, left, event="", up=0, down=0, host=None, numwant=50, error=None):
-    req = Announce(info_hash=HASH, peer_id=peer.ljust(20, b".")[:20], port=6881, uploaded=up,
+def announce(tracker, clock, ip, peer, left, event="", up=0, down=0, host=None, numwant=50, error=None, port=6881):
+    req = Announce(info_hash=HASH, peer_id=peer.ljust(20, b".")[:20], port=port, uploaded=up,
                    downloaded=down, left=left, event=event, numwant=numwant, compact=True,
                    host=host, error=error)
     return tracker.announce(tracker.swarms[HASH], req, ipaddress.ip_address(ip))
@@ -238,3 +238,68 @@ def test_an_origin_is_an_address_never_a_name_a_peer_announces():
     rows = peers_of(swarm.status(clock(), 5000.0))
     assert rows["server"]["origin"] and rows["server"]["verified"]
     assert not rows["origin"]["origin"] and swarm.status(clock(), 5000.0)["totals"]["origins"] == 1
+
+
+def rows_of(swarm, clock):
+    return [(r["host"], r["ip"], r["port"], r["state"], r["left"]) for r in swarm.status(clock(), 5000.0)["peers"]]
+
+
+@pytest.mark.parametrize("how", ["silent", "stopped", "failed", "active"])
+def test_a_host_announcing_again_replaces_its_old_row_whatever_its_state(how):
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started", host="server")
+    announce(tracker, clock, "10.1.0.9", b"before", 600, "started", port=6881)
+    if how == "silent":
+        clock.now += 25
+        announce(tracker, clock, "10.0.0.1", b"origin", 0, host="server")
+        tracker.expire()
+    elif how == "stopped":
+        announce(tracker, clock, "10.1.0.9", b"before", 600, "stopped", port=6881)
+    elif how == "failed":
+        announce(tracker, clock, "10.1.0.9", b"report", 600, "stopped", port=6881, error="fetch failed: disk")
+    assert [row[3] for row in rows_of(swarm, clock) if row[0] == "pc-9"] == \
+        ["downloading" if how == "active" else how]
+    # Powered off and on: the agent comes back with a new peer id on a new port.
+    clock.now += 1
+    reply = announce(tracker, clock, "10.1.0.9", b"after", 520, "started", port=6999)
+    assert rows_of(swarm, clock) == [("server", "10.0.0.1", 6881, "seeding", 0),
+                                     ("pc-9", "10.1.0.9", 6999, "downloading", 520)]
+    assert swarm.status(clock(), 5000.0)["totals"]["terminals"] == 1
+    # Peer lists hand out the new row only.
+    to_origin = announce(tracker, clock, "10.0.0.1", b"origin", 0, host="server")
+    assert _chunks(to_origin["peers"]) == [ipaddress.ip_address("10.1.0.9").packed + (6999).to_bytes(2, "big")]
+    assert reply["incomplete"] == 1
+
+
+def test_a_stale_complete_row_never_stands_beside_a_new_run_of_the_same_host():
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    announce(tracker, clock, "10.2.0.3", b"run-1", 0, "completed", host="pc-3", port=7001)
+    announce(tracker, clock, "10.2.0.3", b"run-1", 0, "stopped", host="pc-3", port=7001)
+    announce(tracker, clock, "10.2.0.3", b"run-2", SIZE, "started", host="pc-3", port=7002)
+    assert rows_of(swarm, clock) == [("pc-3", "10.2.0.3", 7002, "downloading", SIZE)]
+
+
+def test_replacing_is_per_host_and_address_never_across_them():
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    # Two hosts behind one address (names not in the hosts map) are two hosts.
+    announce(tracker, clock, "10.2.0.3", b"a", SIZE, "started", host="pc-3", port=7001)
+    announce(tracker, clock, "10.2.0.3", b"b", SIZE, "started", host="pc-4", port=7002)
+    # Another address sending pc-9's old peer id and port replaces nothing of pc-9.
+    announce(tracker, clock, "10.1.0.9", b"nine", 400, "started")
+    announce(tracker, clock, "10.1.0.66", b"nine", 0, "started", host="pc-66")
+    assert sorted(rows_of(swarm, clock)) == [
+        ("pc-3", "10.2.0.3", 7001, "downloading", SIZE), ("pc-4", "10.2.0.3", 7002, "downloading", SIZE),
+        ("pc-66", "10.1.0.66", 6881, "complete", 0), ("pc-9", "10.1.0.9", 6881, "downloading", 400)]
+
+
+def test_a_failure_report_replaces_the_hosts_older_rows():
+    tracker, clock = make()
+    swarm = tracker.swarms[HASH]
+    announce(tracker, clock, "10.1.0.9", b"old", 600, "started", port=6881)
+    announce(tracker, clock, "10.1.0.9", b"old", 600, "stopped", port=6881)
+    # The restarted job fails before libtorrent's first announce: a row of its own, the only one.
+    announce(tracker, clock, "10.1.0.9", b"report", 600, "stopped", port=6999, error="fetch failed: target")
+    assert [(r[2], r[3]) for r in rows_of(swarm, clock)] == [(6999, "failed")]

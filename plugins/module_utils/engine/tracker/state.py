@@ -112,6 +112,26 @@ class Swarm:
         peer.up_rate = peer.down_rate = 0.0
         self.gone[peer.key] = peer
 
+    def _replace_host(self, ip, host, port, key, keep=None):
+        """Drop every row, active or gone, that an announce from ``ip`` as ``host`` on ``port``
+        with peer id ``key[1]`` supersedes: the newest announce of a host is its row.
+
+        A host is its address and its name: an agent restarted after a power-off announces
+        with a new peer id, often on a new port, and its old row — silent, stopped or failed,
+        kept for ``forget_after`` — would otherwise stand beside the new one and tell the
+        fleet wait the old story (not done, or done). Without a name, the address and port
+        are the host. Only rows of ``ip`` are looked at, so no announce touches another
+        address's row, and a name is bound to its address (hostnames.py).
+        """
+        def superseded(peer):
+            return peer is not keep and peer.ip == ip and (peer.key == key or peer.port == port
+                                      or (host is not None and peer.host == host))
+
+        for peer in [p for p in self.peers.values() if superseded(p)]:
+            self._remove(peer, "replaced")
+        for old in [k for k, p in self.gone.items() if superseded(p)]:
+            del self.gone[old]
+
     def _release(self, peer):
         for assigned in self.origin_assignments.values():
             assigned.discard(peer)
@@ -136,17 +156,8 @@ class Swarm:
         host, verified = name
         topology = config.topology
         if peer is None or peer.port != req.port or peer.host != host:
-            if peer is not None:
-                self._remove(peer, "moved")
-            stale = self.by_addr.get((ip, req.port))
-            if stale is not None:
-                # Same address, new peer id: the client restarted; forget its old self.
-                self._remove(stale, "restarted")
-                self.gone.pop(stale.key, None)
-            previous = self.gone.pop(key, None)
-            for key in [k for k, p in self.gone.items()
-                        if p.state == "failed" and p.ip == ip and p.port == req.port]:
-                del self.gone[key]      # the failed job at this address was started again
+            previous = peer or self.gone.get(key)
+            self._replace_host(ip, host, req.port, key)
             peer = Peer(key, ip, req.port, now)
             if previous is not None:
                 peer.first_seen, peer.counted = previous.first_seen, previous.counted
@@ -203,6 +214,8 @@ class Swarm:
                 peer.left = req.left
                 self.gone[peer.key] = peer
             peer.state = "failed"
+        # The report is the host's newest word: its other rows (an earlier run's) go.
+        self._replace_host(ip, name[0], req.port, key, keep=peer)
         peer.error = req.error
         peer.last_seen = now
         log.warning("%s: %s failed: %s", self.name, _label(peer), req.error)
