@@ -119,6 +119,14 @@ class AgentClient:
         """Ensure a seed of ``image``; ``{"changed": bool, "job": {...}}``."""
         return self._request("PUT", "/jobs", dict(options, action="seed", manifest=manifest, image=image))
 
+    def reimage(self):
+        """This terminal's reimage: ``{"record": ..., "situation": ...}``."""
+        return self._request("GET", "/reimage")
+
+    def reimage_step(self, step, **options):
+        """Move this terminal's reimage one step (the agent decides whether it may)."""
+        return self._request("PUT", "/reimage", dict(options, step=step))
+
     def stop(self, job_id):
         return self._request("POST", "/jobs/" + job_id + "/stop")
 

@@ -3,6 +3,7 @@ idempotent API the modules use, allowed peer networks, and a root-only socket.
 
 Real ``p2pfleet agent`` processes, real libtorrent, real loop-device partitions, talked to
 through the very client the Ansible modules use."""
+import json
 import os
 import shutil
 import signal
@@ -373,3 +374,83 @@ def test_a_recorded_fetch_is_not_resumed_into_a_slot_that_became_the_fallback(
                                    "(GRUB saved_entry)"), job
     time.sleep(2)  # nothing writes B after the refusal either
     assert file_digest(parts[1], 24 * MIB) == before_b and boot_files(grub_dir) == before_env
+
+
+@needs_loop
+def test_the_agent_plans_verifies_and_records_a_terminals_reimage_from_its_own_facts(
+        tmp_path, image_factory, manifest_of, procs, gpt_disks, agents):  # agents stop before the disks go
+    root = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "/"], capture_output=True, text=True).stdout.strip()
+    if not (root.startswith("/dev/") and os.path.exists(root)):
+        pytest.skip("the running root is not a block device here: no slot can be the running one")
+    size = 8 * MIB
+    image = image_factory(size, seed=43)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    origin = seeder_endpoint(procs, tmp_path, manifest, image)
+    agent, _disk, parts, grub_dir = boot_guarded_agent(agents, tmp_path, gpt_disks)
+    reload_with(agent, slots=[{"name": "A", "device": root}, agent.config["slots"][1]])  # A runs, A is the default
+    client = agent.client
+
+    answer = client.reimage_step("distribute", manifest=manifest, peers=[origin])
+    assert answer["changed"] and answer["plan"]["action"] == "fetch" and answer["plan"]["slot"] == "B", answer
+    assert answer["record"]["phase"] == "fetching" and answer["record"]["device"] == parts[1]
+    again = client.reimage_step("distribute", manifest=manifest, peers=[origin])
+    assert not again["changed"] and again["record"] == answer["record"], again  # a re-run: same slot, same job
+    job_id = answer["job"]["id"]
+    agent.wait_job(job_id, lambda j: j["state"] == "seeding", 60, "fetch into B seeding")
+
+    verdict = client.reimage_step("verify")
+    assert verdict["verified"] and verdict["record"]["phase"] == "verified", verdict
+    assert verdict["record"]["digest"] == client.job(job_id)["digest"]
+    assert agent.log().count("-> verifying") == 1, agent.log()  # the slot was read once for this release
+
+    # The slot changed after its verdict: verified again by an agent job, never trusted as it is.
+    client.reimage_step("tried")
+    with pytest.raises(AgentError, match="slot B is not the slot running now"):
+        client.reimage_step("confirmed")
+    assert client.reimage()["record"]["phase"] == "tried"
+    client.reimage_step("rolled_back", reason="came back on slot A")
+    assert client.reimage()["record"] == {**client.reimage()["record"], "phase": "rolled_back",
+                                          "reason": "came back on slot A"}
+
+    # Killed during a switch: B runs but was only tried (simulated: GRUB's default is B while A
+    # runs, so the running slot is no fallback). Nothing is fetched until that is settled.
+    subprocess.run(["grub-editenv", str(grub_dir / "grubenv"), "set", "saved_entry=B"], check=True)
+    (grub_dir / "p2pfleet-default.cfg").write_text('set p2pfleet_default="B"\n')
+    other = manifest_of(image_factory(size, seed=44, name="other.img"), "--piece-size", "1M")
+    pending = client.reimage_step("distribute", manifest=other, peers=[origin])
+    assert pending["plan"]["action"] == "finish_switch" and not pending["changed"], pending
+    assert "falls back to slot B (GRUB saved_entry, GRUB p2pfleet-default.cfg)" in pending["plan"]["reason"]
+    assert client.job(json.loads(open(other).read())["info_hash"]) is None
+
+
+@needs_loop
+def test_a_slot_changed_after_its_verdict_is_verified_again_by_an_agent_job(
+        tmp_path, image_factory, manifest_of, procs, gpt_disks, agents):
+    root = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "/"], capture_output=True, text=True).stdout.strip()
+    if not (root.startswith("/dev/") and os.path.exists(root)):
+        pytest.skip("the running root is not a block device here: no slot can be the running one")
+    size = 8 * MIB
+    image = image_factory(size, seed=45)
+    manifest = manifest_of(image, "--piece-size", "1M")
+    origin = seeder_endpoint(procs, tmp_path, manifest, image)
+    agent, _disk, parts, _grub_dir = boot_guarded_agent(agents, tmp_path, gpt_disks, seed_after_fetch=False)
+    reload_with(agent, slots=[{"name": "A", "device": root}, agent.config["slots"][1]])
+    job_id = agent.client.reimage_step("distribute", manifest=manifest, peers=[origin])["job"]["id"]
+    agent.wait_job(job_id, lambda j: j["state"] == "verified", 60, "fetch into B verified")
+
+    fd = os.open(parts[1], os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\xff" * 4096, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    verdict = agent.client.reimage_step("verify")
+    assert verdict["pending"] and verdict["reason"].startswith("verifying again: the slot was written since"), verdict
+    deadline = time.monotonic() + 60
+    while verdict["pending"]:
+        assert time.monotonic() < deadline, verdict
+        time.sleep(0.5)
+        verdict = agent.client.reimage_step("verify")
+    assert verdict["verified"] and file_digest(parts[1], size) == file_digest(image, size), verdict
+    job = agent.client.job(job_id)
+    assert job["downloaded"] <= 2 * MIB and job["kept_bytes"] >= size - 2 * MIB, job  # one piece came again

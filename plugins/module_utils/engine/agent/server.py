@@ -10,6 +10,8 @@ credentials are checked as well, so a socket made reachable by mistake still ref
     GET    /v1/jobs/{id}        one job
     POST   /v1/jobs/{id}/stop   stop it (resume data saved, target released)
     DELETE /v1/jobs/{id}        stop it and forget it (record and resume data removed)
+    GET    /v1/reimage          this terminal's reimage record and slots (booted, fallback)
+    PUT    /v1/reimage          move it: {"step": "distribute"|"verify"|"tried"|"confirmed"|"rolled_back", ...}
 """
 import asyncio
 import dataclasses
@@ -24,6 +26,7 @@ from aiohttp import web
 
 from .. import boot
 from ..errors import JobConflict, P2PFleetError
+from ..reimage import Reimage
 from ..jobs import JobStore
 from ..metainfo import Manifest
 from ..net import parse_announce_urls, parse_peer
@@ -35,6 +38,8 @@ log = logging.getLogger("p2pfleet.agent")
 VERSION = "0.1.0"
 API = "v1"
 MAX_BODY = 64 << 10
+_REIMAGE_KEYS = {"step", "manifest", "trackers", "peers", "seed_after", "stall_timeout", "local_sources", "check_target",
+                 "reason"}
 _PUT_KEYS = {"action", "manifest", "target", "image", "trackers", "peers", "seed_after", "stall_timeout",
              "require_device", "super_seeding", "local_sources", "check_target"}
 
@@ -52,6 +57,7 @@ class Agent:
         self.session = Session(SessionSettings(config.listen, config.upload_limit, config.download_limit,
                                                list(config.allowed_networks), config.link_rate), self.store,
                                target_guard=self._refuse_boot_slots)
+        self.reimage = Reimage(self.session, lambda: (self.config.slots, self.config.boot))
         # A slot booted since its image was verified (mounted now) is never trusted as is.
         try:
             self.session.ledger.note_in_use()
@@ -107,17 +113,10 @@ class Agent:
         if action == "fetch":
             if "image" in body or "super_seeding" in body:
                 raise BadRequest("image, super_seeding: only for action seed")
-            seed_after = _bool(body, "seed_after", self.config.seed_after_fetch)
-            stall = body.get("stall_timeout", self.config.stall_timeout)
-            if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not 0 <= stall <= 86400:
-                raise BadRequest(f"stall_timeout: must be seconds in 0..86400, got {stall!r}")
-            local = _bool(body, "local_sources", self.config.local_sources)
-            check = body.get("check_target", self.config.check_target)
-            if check not in agent_config.CHECK_MODES:
-                raise BadRequest(f"check_target: must be one of {', '.join(agent_config.CHECK_MODES)}, got {check!r}")
+            options = self._fetch_options(body)
             snap, changed = await self._blocking(
-                lambda: self.session.put_fetch(manifest, _path(body, "target"), trackers, peers, seed_after,
-                                               float(stall), _bool(body, "require_device", False), local, check))
+                lambda: self.session.put_fetch(manifest, _path(body, "target"), trackers, peers,
+                                               require_device=_bool(body, "require_device", False), **options))
         elif action == "seed":
             fetch_only = ("target", "seed_after", "stall_timeout", "require_device", "local_sources", "check_target")
             if any(key in body for key in fetch_only):
@@ -128,6 +127,47 @@ class Agent:
         else:
             raise BadRequest(f"action: must be fetch or seed, got {action!r}")
         return _json({"changed": changed, "job": snap.as_dict()})
+
+    def _fetch_options(self, body) -> dict:
+        """A fetch's options from a request, the config's defaults for those not given."""
+        stall = body.get("stall_timeout", self.config.stall_timeout)
+        if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not 0 <= stall <= 86400:
+            raise BadRequest(f"stall_timeout: must be seconds in 0..86400, got {stall!r}")
+        check = body.get("check_target", self.config.check_target)
+        if check not in agent_config.CHECK_MODES:
+            raise BadRequest(f"check_target: must be one of {', '.join(agent_config.CHECK_MODES)}, got {check!r}")
+        return {"seed_after": _bool(body, "seed_after", self.config.seed_after_fetch), "stall_timeout": float(stall),
+                "local_sources": _bool(body, "local_sources", self.config.local_sources), "check_target": check}
+
+    async def get_reimage(self, _request):
+        return _json(await self._blocking(self.reimage.describe))
+
+    async def put_reimage(self, request):
+        """Move this terminal's reimage (engine/reimage.py): ``step`` distribute (with the
+        release's ``manifest`` and fetch options), verify, tried, confirmed or rolled_back."""
+        body = await _body(request)
+        unknown = sorted(set(body) - _REIMAGE_KEYS)
+        if unknown:
+            raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_REIMAGE_KEYS))})")
+        step = body.get("step")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 1000:
+            raise BadRequest("reason: must be a line of text of at most 1000 characters")
+        if step == "distribute":
+            manifest = Manifest.load(_path(body, "manifest"))
+            trackers = self.config.announce_urls(parse_announce_urls(body.get("trackers", []), error=BadRequest))
+            peers = [parse_peer(p, error=BadRequest) for p in _list(body, "peers", str)]
+            options = dict(self._fetch_options(body), trackers=trackers, peers=peers)
+            answer, changed = await self._blocking(lambda: self.reimage.distribute(manifest, **options))
+        elif step == "verify":
+            if set(body) - {"step"}:
+                raise BadRequest("step verify: takes no options (a fetch verified again keeps its own)")
+            answer, changed = await self._blocking(self.reimage.verify)
+        else:
+            if set(body) - {"step", "reason"}:
+                raise BadRequest(f"step {step}: takes only a reason")
+            answer, changed = await self._blocking(self.reimage.move, step, " ".join(reason.split()))
+        return _json(dict(answer, changed=changed))
 
     async def stop_job(self, request):
         job_id = _job_id(request)
@@ -194,6 +234,8 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get(f"/{API}/jobs/{{id}}", agent.get_job)
     app.router.add_post(f"/{API}/jobs/{{id}}/stop", agent.stop_job)
     app.router.add_delete(f"/{API}/jobs/{{id}}", agent.delete_job)
+    app.router.add_get(f"/{API}/reimage", agent.get_reimage)
+    app.router.add_put(f"/{API}/reimage", agent.put_reimage)
     return app
 
 

@@ -1,0 +1,253 @@
+"""A terminal's *reimage*: which slot a release goes into, and how far it got.
+
+The agent keeps one record per terminal (``<state_dir>/reimage.json``, on the state
+partition, so it survives a switch)::
+
+    fetching → verified → tried → confirmed
+                            └───→ rolled_back
+
+*fetching*: the release is being fetched into ``slot``; *verified*: the agent's own fetch
+proved the whole-image digest and the slot has not changed since (its ledger entry and
+fingerprint say so); *tried*: the slot boots once; *confirmed*: it booted, was healthy, and
+is the default now; *rolled_back*: it did not come back healthy, the terminal runs its old
+slot. Playbooks read and move it through the agent's API (``reimage`` module); they keep
+no record of their own.
+
+Which slot a release goes into is decided here, from facts of the terminal alone: never the
+slot running now, never a slot the boot environment falls back to, whatever a record or a
+re-run says; and a terminal that runs a slot it tried but never confirmed gets nothing
+fetched until that switch is finished (confirmed, or rolled back).
+"""
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from . import boot as boot_env
+from . import delta, identity
+from . import slots as slot_defs
+from .errors import P2PFleetError, StateError
+from .files import read_capped, write_atomic
+from .metainfo import Manifest
+
+FORMAT = 1
+FETCHING, VERIFIED, TRIED, CONFIRMED, ROLLED_BACK = "fetching", "verified", "tried", "confirmed", "rolled_back"
+PHASES = (FETCHING, VERIFIED, TRIED, CONFIRMED, ROLLED_BACK)
+# What a plan asks of the flow.
+CURRENT, FINISH_SWITCH, FETCH = "current", "finish_switch", "fetch"
+
+
+class ReimageError(P2PFleetError):
+    """A reimage step that cannot be taken; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Situation:
+    """The terminal's slots as they are now: which one runs, which ones a boot falls back to."""
+
+    slots: tuple
+    booted: object  # slots.Slot or None
+    fallbacks: dict  # slot name -> where the boot environment says so
+
+    def slot(self, name):
+        return next((s for s in self.slots if s.name == name), None)
+
+    def as_dict(self) -> dict:
+        return {"booted": self.booted.name if self.booted else "", "fallback": sorted(self.fallbacks),
+                "slots": [s.as_dict() for s in self.slots]}
+
+
+def situation(definitions, boot_settings) -> Situation:
+    """Read the slots and the boot environment (raises ``P2PFleetError`` naming the problem)."""
+    found = slot_defs.resolve_slots(definitions)
+    backend = boot_env.backend(boot_settings.get("backend") or "auto",
+                               grubenv=boot_settings.get("grubenv") or boot_env.DEFAULT_GRUBENV,
+                               uboot_config=boot_settings.get("uboot_config"))
+    fallbacks = {}
+    for slot, where in boot_env.fallback_slots(found, backend):
+        fallbacks[slot.name] = f"{fallbacks[slot.name]}, {where}" if slot.name in fallbacks else where
+    booted, _inactive = slot_defs.booted_and_inactive(found)
+    return Situation(tuple(found), booted, fallbacks)
+
+
+def plan(now: Situation, record, info_hash: str) -> dict:
+    """What the flow must do on this terminal for the release ``info_hash``:
+
+    * ``current`` — it runs that release, confirmed: nothing to do;
+    * ``finish_switch`` — it runs a slot it only tried: the switch is finished (confirmed or
+      rolled back) before anything is fetched, as a fetch could take its only good slot;
+    * ``fetch`` — fetch it into ``slot``: neither running nor a fallback.
+    """
+    record = record or {}
+    booted = now.booted
+    if booted is None:
+        raise ReimageError("no slot holds the running root file system; cannot tell which slot is free to write")
+    if (record.get("info_hash") == info_hash and record.get("phase") == CONFIRMED
+            and record.get("slot") == booted.name):
+        return {"action": CURRENT, "slot": booted.name, "device": booted.device,
+                "reason": f"runs {record.get('name')} on slot {booted.name}, confirmed"}
+    if booted.name not in now.fallbacks:
+        fallback = ", ".join(f"slot {name} ({where})" for name, where in sorted(now.fallbacks.items()))
+        return {"action": FINISH_SWITCH, "slot": booted.name, "device": booted.device,
+                "reason": f"runs slot {booted.name}, which it only tried (it falls back to {fallback}): the "
+                          "switch is finished (health check, then confirm or roll back) before anything is fetched"}
+    free = [s for s in now.slots if not s.booted and s.name not in now.fallbacks]
+    if not free:
+        others = sorted(set(now.fallbacks) - {booted.name})
+        raise ReimageError(f"no slot can take the release: slot {booted.name} runs and "
+                           f"{', '.join(others)} is what a boot falls back to")
+    same = [s for s in free if record.get("info_hash") == info_hash and record.get("slot") == s.name]
+    target = (same or free)[0]
+    return {"action": FETCH, "slot": target.name, "device": target.device,
+            "reason": f"slot {target.name} is neither running nor a fallback"}
+
+
+def check_step(record, phase: str, now: Situation) -> None:
+    """Refuse a move of the record the terminal's facts do not allow (one line why)."""
+    if record is None:
+        raise ReimageError("no reimage on this terminal yet; run distribute first")
+    have = record.get("phase")
+    slot = record.get("slot")
+    if phase == TRIED and have not in (VERIFIED, TRIED):
+        raise ReimageError(f"slot {slot} is {have}, not verified: it is never booted")
+    if phase == CONFIRMED:
+        if have not in (TRIED, CONFIRMED, VERIFIED):
+            raise ReimageError(f"slot {slot} is {have}: only a tried slot is confirmed")
+        if now.booted is None or now.booted.name != slot:
+            running = now.booted.name if now.booted else "none"
+            raise ReimageError(f"slot {slot} is not the slot running now ({running}): only a slot that booted "
+                               "and is healthy is confirmed")
+    if phase == ROLLED_BACK and have not in (TRIED, VERIFIED, ROLLED_BACK):
+        raise ReimageError(f"slot {slot} is {have}: nothing to roll back")
+
+
+class Store:
+    """The record file: replaced whole (written, flushed, renamed), read as bounded input."""
+
+    def __init__(self, state_dir: str):
+        self.path = os.path.join(state_dir, "reimage.json")
+
+    def read(self):
+        if not os.path.exists(self.path):
+            return None
+        try:
+            data = json.loads(read_capped(self.path, 1 << 16, "reimage record", error=StateError))
+        except (ValueError, StateError) as exc:
+            raise StateError(f"{self.path}: unreadable reimage record: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("phase") not in PHASES:
+            raise StateError(f"{self.path}: not a reimage record of this version")
+        return data
+
+    def write(self, record: dict) -> dict:
+        record = dict(record, format=FORMAT, updated=time.time())
+        write_atomic(self.path, json.dumps(record, sort_keys=True).encode(), mode=0o600, error=StateError)
+        return record
+
+
+class Reimage:
+    """The agent's side of a terminal's reimage: it plans, starts the fetch, takes its own
+    verdict, and moves the record. ``settings()`` returns ``(slot definitions, boot
+    settings)`` as the agent's config has them now."""
+
+    def __init__(self, session, settings):
+        self.session = session
+        self.settings = settings
+        self.store = Store(session.store.root)
+
+    def _now(self) -> Situation:
+        definitions, boot_settings = self.settings()
+        if not definitions:
+            raise ReimageError("this agent has no slots in its config (slots:, from the inventory's p2pfleet_slots); "
+                               "it cannot take part in a reimage")
+        return situation(definitions, boot_settings)
+
+    def describe(self) -> dict:
+        answer = {"record": self.store.read()}
+        try:
+            answer["situation"] = self._now().as_dict()
+        except P2PFleetError as exc:
+            answer["error"] = str(exc)
+        return answer
+
+    def distribute(self, manifest, **fetch) -> tuple:
+        """Plan the release and, when it is to be fetched, record the target and put the
+        fetch (idempotent: a re-run finds the same target and the same job)."""
+        now = self._now()
+        record = self.store.read()
+        chosen = plan(now, record, manifest.info_hash)
+        answer = {"plan": chosen, "situation": now.as_dict()}
+        if chosen["action"] != FETCH:
+            return dict(answer, record=record, job=self._job(manifest.info_hash)), False
+        same = (record is not None and record.get("info_hash") == manifest.info_hash
+                and record.get("slot") == chosen["slot"] and record.get("phase") in (FETCHING, VERIFIED))
+        changed = not same
+        if changed:
+            # Written before the fetch: a crash from here on leaves a record naming the slot
+            # being written, never one that calls it verified.
+            record = self.store.write({"info_hash": manifest.info_hash, "name": manifest.name, "slot": chosen["slot"],
+                                       "device": chosen["device"], "phase": FETCHING, "digest": "", "reason": ""})
+        job = self.session.job(manifest.info_hash)
+        if job is not None and job.final and os.path.abspath(job.path) != os.path.abspath(chosen["device"]):
+            self.session.forget(manifest.info_hash)  # an earlier release's job of another slot
+        snap, job_changed = self.session.put_fetch(manifest, chosen["device"], require_device=True, **fetch)
+        return dict(answer, record=record, job=snap.as_dict()), changed or job_changed
+
+    def verify(self) -> tuple:
+        """Take the agent's own verdict on the slot: the whole-image digest its fetch proved,
+        still bound to the slot (the ledger's entry is clean and the fingerprint unchanged).
+        A slot changed since is verified again by a fetch job (it keeps what matches, repairs
+        the rest, proves the digest): never by a second read from the playbook."""
+        record = self.store.read()
+        if record is None:
+            raise ReimageError("no reimage on this terminal yet; run distribute first")
+        ih = record["info_hash"]
+        answer = {"record": record, "job": self._job(ih), "pending": False, "verified": False}
+        if record["phase"] in (VERIFIED, TRIED, CONFIRMED):
+            return dict(answer, verified=True), False
+        if record["phase"] != FETCHING:
+            return dict(answer, reason=f"slot {record['slot']} was {record['phase']}; run distribute again"), False
+        job = self.session.job(ih)
+        if job is None:
+            return dict(answer, reason=f"no fetch of {record['name']} on this terminal; run distribute again"), False
+        if job.state in ("failed", "stopped"):
+            return dict(answer, reason=f"the fetch of {record['name']} {job.state}: {job.error or 'stopped'}"), False
+        if job.state not in ("verified", "seeding") or not job.digest:
+            return dict(answer, pending=True), False
+        why = self._changed_since(record, job)
+        if why:
+            # The same fetch again, with the options it was put with (its job record's).
+            put = self.session.store.read_record(ih) or {}
+            manifest = Manifest.load(self.session.store.path(ih, ".manifest.json"))
+            self.session.forget(ih)
+            snap, _changed = self.session.put_fetch(
+                manifest, record["device"], put.get("trackers", []), [tuple(p) for p in put.get("peers", [])],
+                bool(put.get("seed_after")), float(put.get("stall_timeout") or 0), True,
+                bool(put.get("local_sources", True)), put.get("check_target") or "auto")
+            return dict(answer, job=snap.as_dict(), pending=True, reason=f"verifying again: {why}"), True
+        record = self.store.write(dict(record, phase=VERIFIED, digest=job.digest, reason=""))
+        return dict(answer, record=record, verified=True), True
+
+    def _changed_since(self, record, job) -> str:
+        ledger = self.session.ledger
+        entry = ledger.entry(record["device"]) if ledger is not None else None
+        if entry is None or entry.info_hash != record["info_hash"]:
+            return f"no verified entry for slot {record['slot']} in the slot ledger"
+        try:
+            now = identity.of_path(record["device"])
+        except OSError as exc:
+            return f"{record['device']}: {exc.strerror}"
+        return delta.still_clean(entry, now)
+
+    def move(self, phase: str, reason: str = "") -> tuple:
+        """``tried``, ``confirmed`` or ``rolled_back``: after ``check_step`` allows it."""
+        if phase not in (TRIED, CONFIRMED, ROLLED_BACK):
+            raise ReimageError(f"step must be distribute, verify, tried, confirmed or rolled_back, got {phase!r}")
+        record = self.store.read()
+        check_step(record, phase, self._now())
+        if record["phase"] == phase:
+            return {"record": record}, False
+        return {"record": self.store.write(dict(record, phase=phase, reason=reason))}, True
+
+    def _job(self, info_hash):
+        snap = self.session.job(info_hash)
+        return snap.as_dict() if snap is not None else None

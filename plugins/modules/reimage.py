@@ -1,0 +1,180 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: p2pfleet.imaging contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: reimage
+short_description: Plan, verify and record a terminal's reimage through its agent
+version_added: 0.2.0
+description:
+  - The terminal's agent keeps its reimage record (release, target slot, phase C(fetching), C(verified), C(tried),
+    C(confirmed) or C(rolled_back)) on the state partition and decides every move from the terminal's own facts;
+    this module asks it for one step and returns the record. Playbooks keep no record of their own.
+  - V(distribute) plans the release and starts its fetch. The target is the slot that is neither running nor one the
+    boot environment falls back to, whatever an earlier record or run says. A terminal that already runs the release,
+    confirmed, is left alone (RV(plan.action) C(current)); one that runs a slot it only tried gets nothing fetched
+    until that switch is finished (C(finish_switch)).
+  - V(verify) takes the agent's own verdict: the whole-image digest its fetch proved, still bound to the slot (the slot
+    ledger's entry is clean and the slot's fingerprint unchanged). A slot changed since is verified again by a fetch
+    job on the agent (RV(pending)), never by a second read from here. Returns at once.
+  - V(tried), V(confirmed), V(rolled_back) record the switch; V(confirmed) only for the slot running now.
+  - V(read) returns the record and the slots as they are.
+  - The agent needs the terminal's slots and boot settings in its config (the swarm_client role renders them from
+    C(p2pfleet_slots) and C(p2pfleet_boot)).
+author: p2pfleet maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - p2pfleet.imaging.attributes
+attributes:
+  check_mode:
+    support: partial
+    details:
+      - In check mode every step returns the record and slots as they are (V(read)) and changes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  step:
+    description: The step to take.
+    type: str
+    choices: [read, distribute, verify, tried, confirmed, rolled_back]
+    default: read
+  manifest:
+    description: The release's manifest on this host (for O(step=distribute)).
+    type: path
+  reason:
+    description: Why, for O(step=rolled_back) (shown in the summary).
+    type: str
+    default: ""
+  trackers:
+    description: Announce URLs of the fetch; the agent's own when empty.
+    type: list
+    elements: str
+    default: []
+  peers:
+    description: Peers of the fetch as C(host:port), besides those the trackers name.
+    type: list
+    elements: str
+    default: []
+  seed_after:
+    description: Keep seeding the slot after it is verified; the agent's C(seed_after_fetch) when not set.
+    type: bool
+  local_sources:
+    description: Take the pieces the terminal already holds from its own disks first; the agent's default when not set.
+    type: bool
+  stall_timeout:
+    description: Seconds without progress before the fetch counts as stalled; the agent's default when not set.
+    type: float
+  socket:
+    description: The agent's API socket.
+    type: path
+    default: /run/p2pfleet/agent.sock
+'''
+
+EXAMPLES = r'''
+- name: Plan the release and start its fetch into the free slot
+  p2pfleet.imaging.reimage:
+    step: distribute
+    manifest: /var/lib/p2pfleet/manifests/release-2.img.manifest.json
+  register: plan
+
+- name: Wait for the agent's verdict (it verified the slot at the end of its fetch)
+  p2pfleet.imaging.reimage:
+    step: verify
+  register: verdict
+  until: not verdict.pending
+  retries: 720
+  delay: 5
+
+- name: Record that the slot failed its health check
+  p2pfleet.imaging.reimage:
+    step: rolled_back
+    reason: came back on slot A
+'''
+
+RETURN = r'''
+record:
+  description: The terminal's reimage record after the step (null before the first distribute).
+  returned: always
+  type: dict
+  sample: {"info_hash": "5f0c…", "name": "release-2.img", "slot": "B", "device": "/dev/sda3", "phase": "verified",
+           "digest": "blake3:9a…", "reason": "", "updated": 1733350000.0}
+plan:
+  description: What distribute decided: RV(plan.action) C(fetch), C(current) or C(finish_switch), the slot, and why.
+  returned: when O(step=distribute)
+  type: dict
+  sample: {"action": "fetch", "slot": "B", "device": "/dev/sda3", "reason": "slot B is neither running nor a fallback"}
+situation:
+  description: The slots now: the one running, the ones a boot falls back to, every slot with its device.
+  returned: when the agent can read them
+  type: dict
+job:
+  description: The release's fetch job on the agent, as M(p2pfleet.imaging.swarm_job_info) returns it.
+  returned: when there is one
+  type: dict
+pending:
+  description: The agent is still fetching or verifying the slot (O(step=verify)); ask again.
+  returned: always
+  type: bool
+verified:
+  description: The slot holds the release, proved by the agent's digest and unchanged since.
+  returned: always
+  type: bool
+reason:
+  description: Why the slot is not verified (O(step=verify)), when it is not pending.
+  returned: when not verified
+  type: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS
+
+FETCH_OPTIONS = ("seed_after", "local_sources", "stall_timeout")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            step=dict(type="str", choices=["read", "distribute", "verify", "tried", "confirmed", "rolled_back"],
+                      default="read"),
+            manifest=dict(type="path"),
+            reason=dict(type="str", default=""),
+            trackers=dict(type="list", elements="str", default=[]),
+            peers=dict(type="list", elements="str", default=[]),
+            seed_after=dict(type="bool"),
+            local_sources=dict(type="bool"),
+            stall_timeout=dict(type="float"),
+            **AGENT_ARGS,
+        ),
+        required_if=[("step", "distribute", ["manifest"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    client = AgentClient(p["socket"])
+    fetch = {key: p[key] for key in FETCH_OPTIONS if p[key] is not None}
+    try:
+        if p["step"] == "read" or module.check_mode:
+            answer = dict(client.reimage(), changed=False)
+        elif p["step"] == "distribute":
+            answer = client.reimage_step("distribute", manifest=p["manifest"], trackers=p["trackers"],
+                                         peers=p["peers"], **fetch)
+        elif p["step"] == "verify":
+            answer = client.reimage_step("verify")
+        else:
+            answer = client.reimage_step(p["step"], reason=p["reason"])
+    except AgentError as exc:
+        module.fail_json(msg=str(exc))
+    answer.setdefault("pending", False)
+    answer.setdefault("verified", (answer.get("record") or {}).get("phase") in ("verified", "tried", "confirmed"))
+    if p["step"] == "verify" and not module.check_mode and not answer["verified"] and not answer["pending"]:
+        module.fail_json(msg=answer.get("reason") or "the slot is not verified", **answer)
+    module.exit_json(**answer)
+
+
+if __name__ == "__main__":
+    main()

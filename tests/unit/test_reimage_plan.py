@@ -1,0 +1,81 @@
+"""Which slot a release goes into, and which moves of a terminal's reimage its facts allow:
+the pure rules of engine/reimage.py, one test per rule."""
+import re
+
+import pytest
+
+from engine.reimage import (CONFIRMED, CURRENT, FETCH, FETCHING, FINISH_SWITCH, ROLLED_BACK, TRIED, VERIFIED,
+                            ReimageError, Situation, check_step, plan)
+from engine.slots import Slot
+
+RELEASE = "a" * 40
+OLDER = "b" * 40
+
+
+def situation(booted="A", fallbacks=("A",), names=("A", "B")):
+    slots = tuple(Slot(n, f"/dev/sd{n.lower()}", 1 << 30, i, n == booted, {"name": n}) for i, n in enumerate(names))
+    return Situation(slots, next((s for s in slots if s.booted), None), {n: "GRUB saved_entry" for n in fallbacks})
+
+
+def record(phase, slot="B", info_hash=RELEASE):
+    return {"info_hash": info_hash, "name": "r.img", "slot": slot, "device": f"/dev/sd{slot.lower()}", "phase": phase}
+
+
+def test_a_release_goes_into_the_slot_that_is_neither_running_nor_a_fallback():
+    assert plan(situation(), None, RELEASE)["slot"] == "B"
+    assert plan(situation(booted="B", fallbacks=("B",)), None, RELEASE)["slot"] == "A"
+
+
+def test_a_terminal_running_the_release_confirmed_is_left_alone():
+    chosen = plan(situation(booted="B", fallbacks=("B",)), record(CONFIRMED), RELEASE)
+    assert chosen["action"] == CURRENT and chosen["slot"] == "B"
+
+
+def test_a_confirmed_older_release_is_no_reason_to_stop():
+    chosen = plan(situation(booted="B", fallbacks=("B",)), record(CONFIRMED, info_hash=OLDER), RELEASE)
+    assert chosen == {**chosen, "action": FETCH, "slot": "A"}
+
+
+def test_a_terminal_running_a_slot_it_only_tried_gets_nothing_fetched():
+    # Killed during switch after the reboot, before confirm: B runs, A is still the fallback.
+    # A re-run must not take A (the only good slot), whatever the record says.
+    for rec in (record(TRIED), record(VERIFIED), None, record(CONFIRMED, slot="A", info_hash=OLDER)):
+        chosen = plan(situation(booted="B", fallbacks=("A",)), rec, RELEASE)
+        assert chosen["action"] == FINISH_SWITCH and chosen["slot"] == "B", rec
+        assert "falls back to slot A (GRUB saved_entry)" in chosen["reason"]
+
+
+def test_no_free_slot_is_an_error_naming_the_slots():
+    with pytest.raises(ReimageError, match="slot A runs and B is what a boot falls back to"):
+        plan(situation(booted="A", fallbacks=("A", "B")), None, RELEASE)
+
+
+def test_no_running_slot_is_an_error():
+    with pytest.raises(ReimageError, match="no slot holds the running root"):
+        plan(situation(booted=None), None, RELEASE)
+
+
+def test_a_re_run_keeps_the_slot_it_chose_among_free_ones():
+    now = situation(booted="A", fallbacks=("A",), names=("A", "B", "C"))
+    assert plan(now, None, RELEASE)["slot"] == "B"
+    assert plan(now, record(FETCHING, slot="C"), RELEASE)["slot"] == "C"
+    assert plan(now, record(FETCHING, slot="C", info_hash=OLDER), RELEASE)["slot"] == "B"
+
+
+@pytest.mark.parametrize("have, step, booted, words", [
+    (FETCHING, TRIED, "A", "is fetching, not verified: it is never booted"),
+    (VERIFIED, CONFIRMED, "A", "is not the slot running now (A): only a slot that booted and is healthy"),
+    (FETCHING, CONFIRMED, "B", "is fetching: only a tried slot is confirmed"),
+    (CONFIRMED, ROLLED_BACK, "B", "is confirmed: nothing to roll back"),
+])
+def test_moves_the_facts_do_not_allow_are_refused(have, step, booted, words):
+    with pytest.raises(ReimageError, match=re.escape(words)):
+        check_step(record(have), step, situation(booted=booted, fallbacks=("A",)))
+
+
+def test_moves_the_facts_allow():
+    check_step(record(VERIFIED), TRIED, situation())
+    check_step(record(TRIED), CONFIRMED, situation(booted="B", fallbacks=("A",)))
+    check_step(record(TRIED), ROLLED_BACK, situation())
+    with pytest.raises(ReimageError, match="run distribute first"):
+        check_step(None, TRIED, situation())
