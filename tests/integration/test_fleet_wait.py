@@ -35,12 +35,14 @@ GOOD = {"url": "http://127.0.0.1:9", "info_hash": HASH, "terminals": ["pc-01"]}
     ({"interval": -1}, "argument 'interval' must be more than 0 and at most 86400 seconds, got -1.0"),
     ({"report_every": 0}, "argument 'report_every' must be more than 0"),
     ({"timeout": -5}, "argument 'timeout' must be 0 or more seconds, got -5"),
+    ({"drop_after": -1}, "argument 'drop_after' must be 0 or more seconds, got -1"),
+    ({"tracker_grace": "soon"}, "argument 'tracker_grace' is of type str and we were unable to convert to int"),
     ({"terminals": "pc-077 pc-078"}, "argument 'terminals': 'pc-077 pc-078' is not a host name"),
     ({"terminals": {"pc-077": 1}}, "argument 'terminals' is of type dict and we were unable to convert to list"),
     ({"terminals": []}, "argument 'terminals' must name at least one terminal"),
     ({"info_hash": "abc"}, "argument 'info_hash' must be 40 hex digits, got 'abc'"),
     ({"url": "file:///etc/passwd"}, "argument 'url' must be the tracker's http:// or https:// base URL"),
-    ({"colour": "red"}, "fleet_wait) module: colour. Supported parameters include: info_hash, interval"),
+    ({"colour": "red"}, "fleet_wait) module: colour. Supported parameters include: drop_after, info_hash"),
     ({"url": None}, "missing required arguments: url"),
 ])
 def test_a_bad_option_is_one_line_naming_it(collections, bad, words):
@@ -65,10 +67,10 @@ def test_a_forged_completion_never_makes_the_fleet_done(collections, tracker):
     status = run_module(collections, "fleet_status", args)
     assert not status["failed"] and status["done"] is False and status["missing"] == [], status
     waited = run_module(collections, "fleet_wait", {**args, "timeout": 2, "interval": 0.2}, timeout=120)
-    assert waited["failed"] and "missing: pc-02" in waited["msg"], waited
+    assert waited["failed"] and waited["msg"].endswith("(timeout); waiting for pc-02"), waited
 
     announce(tracker.url, bytes.fromhex(HASH), pid("pc-02"), 6881, left=0, source=PC02, event="completed",
              host="pc-02")
     waited = run_module(collections, "fleet_wait", {**args, "timeout": 30, "interval": 0.2}, timeout=120)
-    assert not waited["failed"] and waited["done"] is True, waited
+    assert not waited["failed"] and waited["done"] == ["pc-01", "pc-02"] and waited["dropped"] == {}, waited
     assert run_module(collections, "fleet_status", args)["done"] is True
