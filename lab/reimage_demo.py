@@ -28,8 +28,8 @@ from lab.sh import LabError  # noqa: E402
 # The first play of each stage, as reimage.yml imports them.
 STAGES = {
     "Put the LAN tracker on the server": "seed",
-    "Start a fetch into every terminal's inactive slot": "distribute",
-    "Verify every terminal's target slot": "verify",
+    "Start a fetch into every terminal's free slot": "distribute",
+    "Take every terminal's own verdict": "verify",
     "Switch every verified terminal to its new slot": "switch",
     "Bring failed terminals back for the summary": "summary",
 }

@@ -17,7 +17,7 @@ description:
     boot environment falls back to, whatever an earlier record or run says. A terminal that already runs the release,
     confirmed, is left alone (RV(plan.action) C(current)); one that runs a slot it only tried gets nothing fetched
     until that switch is finished (C(finish_switch)).
-  - V(verify) takes the agent's own verdict: the whole-image digest its fetch proved, still bound to the slot (the slot
+  - V(verify) takes the agent's own verdict, the whole-image digest its fetch proved, still bound to the slot (the slot
     ledger's entry is clean and the slot's fingerprint unchanged). A slot changed since is verified again by a fetch
     job on the agent (RV(pending)), never by a second read from here. Returns at once.
   - V(tried), V(confirmed), V(rolled_back) record the switch; V(confirmed) only for the slot running now.
@@ -103,12 +103,12 @@ record:
   sample: {"info_hash": "5f0c…", "name": "release-2.img", "slot": "B", "device": "/dev/sda3", "phase": "verified",
            "digest": "blake3:9a…", "reason": "", "updated": 1733350000.0}
 plan:
-  description: What distribute decided: RV(plan.action) C(fetch), C(current) or C(finish_switch), the slot, and why.
+  description: What distribute decided (RV(plan.action) C(fetch), C(verified), C(current) or C(finish_switch)), the slot, and why.
   returned: when O(step=distribute)
   type: dict
   sample: {"action": "fetch", "slot": "B", "device": "/dev/sda3", "reason": "slot B is neither running nor a fallback"}
 situation:
-  description: The slots now: the one running, the ones a boot falls back to, every slot with its device.
+  description: The slots now (the one running, the ones a boot falls back to, every slot with its device).
   returned: when the agent can read them
   type: dict
 job:

@@ -51,6 +51,7 @@ def grubenv(lab, terminal):
 
 
 def record(lab, terminal):
+    """The terminal's reimage as its agent keeps it (engine/reimage.py)."""
     return json.loads(lab.ssh(terminal, "cat /var/lib/p2pfleet/reimage.json"))
 
 
@@ -126,7 +127,7 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
     rerun = play(lab, collections, "distribute.yml", "release-3.img", "-e", "p2pfleet_local_sources=false")
     assert rerun.rc == 0, rerun.tail()
     # every job was found where the agents had carried on (t01's after its restart), none put again
-    assert "Fetch the release into the target slot (returns at once; the agent does the work)" \
+    assert "Plan the release and start its fetch (the agent chooses the slot and returns at once)" \
         not in rerun.changed_tasks(), rerun.changed
     found = jobs(lab, collections, tmp_path, "release-3.img.manifest.json")
     size = found["t01"]["bytes_total"]
@@ -137,15 +138,18 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
     assert found["t01"]["resumed_bytes"] > 0, found["t01"]    # the killed agent went on, not from zero
 
 
-def test_a_slot_corrupted_after_its_fetch_fails_verify_alone_and_a_rerun_repairs_it(reimage_lab):
+def test_a_slot_changed_after_its_fetch_is_verified_again_by_its_agent_and_repaired(reimage_lab, tmp_path):
     lab, collections = reimage_lab
     target = record(lab, "t01")["device"]
-    lab.ssh("t01", f"dd if=/dev/urandom of={target} bs=1M count=1 seek=100 conv=notrunc,fsync status=none")
+    # Its first MiB (where a file system keeps its superblock: what mounting or formatting it
+    # changes): the slot's fingerprint samples it, so the agent's verdict no longer holds.
+    lab.ssh("t01", f"dd if=/dev/urandom of={target} bs=1M count=1 conv=notrunc,fsync status=none")
     verify = play(lab, collections, "verify.yml", "release-3.img")
-    assert verify.rc != 0
-    assert "t01: slot A does not hold release-3.img" in verify.flat(), verify.tail()
-    assert verify.recap["t01"]["failed"] == 1 and verify.recap["t02"]["failed"] == 0, verify.recap
-    assert not record(lab, "t01").get("verified") and record(lab, "t02").get("verified")
+    assert verify.rc == 0, verify.tail()
+    assert record(lab, "t01")["phase"] == "verified" and record(lab, "t02")["phase"] == "verified"
+    found = jobs(lab, collections, tmp_path, "release-3.img.manifest.json")
+    # t01's agent kept what still matched and fetched the changed MiB again; the others read nothing.
+    assert found["t01"]["downloaded"] < found["t01"]["bytes_total"] // 8, found["t01"]
 
     run = play(lab, collections, "reimage.yml", "release-3.img")
     assert run.rc == 0, run.tail()
@@ -160,11 +164,11 @@ def test_a_release_that_does_not_boot_is_rolled_back_and_nothing_is_left_unboota
     assert run.rc != 0
     flat = run.flat()
     for terminal in lab.terminals:
-        assert f"{terminal}: rolled back to its old slot" in flat, run.tail()
+        assert f"{terminal}: rolled back: " in flat, run.tail()
         assert release_of(lab, terminal) == "3", terminal             # back on the confirmed slot
         env = grubenv(lab, terminal)
         assert env.get("saved_entry") == "A" and not env.get("next_entry"), (terminal, env)
-        assert record(lab, terminal).get("rolled_back") is True, terminal
+        assert record(lab, terminal)["phase"] == "rolled_back", terminal
     assert f"fleet: 0 of {len(lab.terminals)} switched, {len(lab.terminals)} rolled back" in flat, run.tail(3000)
 
 

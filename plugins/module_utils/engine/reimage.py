@@ -76,7 +76,8 @@ def plan(now: Situation, record, info_hash: str) -> dict:
     * ``current`` — it runs that release, confirmed: nothing to do;
     * ``finish_switch`` — it runs a slot it only tried: the switch is finished (confirmed or
       rolled back) before anything is fetched, as a fetch could take its only good slot;
-    * ``fetch`` — fetch it into ``slot``: neither running nor a fallback.
+    * ``fetch`` — fetch it into ``slot``: neither running nor a fallback (``Reimage.distribute``
+      answers ``verified`` instead when that slot already holds it, proved and unchanged).
     """
     record = record or {}
     booted = now.booted
@@ -179,8 +180,13 @@ class Reimage:
         if chosen["action"] != FETCH:
             return dict(answer, record=record, job=self._job(manifest.info_hash)), False
         same = (record is not None and record.get("info_hash") == manifest.info_hash
-                and record.get("slot") == chosen["slot"] and record.get("phase") in (FETCHING, VERIFIED))
-        changed = not same
+                and record.get("slot") == chosen["slot"])
+        if same and record.get("phase") in (VERIFIED, TRIED) and not self._changed_since(record):
+            # Verified (or tried once and back on the old slot, e.g. a run killed before its
+            # reboot): nothing to fetch, the slot still holds what was proved.
+            return dict(answer, plan=dict(chosen, action=VERIFIED), record=record,
+                        job=self._job(manifest.info_hash)), False
+        changed = not (same and record.get("phase") == FETCHING)
         if changed:
             # Written before the fetch: a crash from here on leaves a record naming the slot
             # being written, never one that calls it verified.
@@ -213,7 +219,7 @@ class Reimage:
             return dict(answer, reason=f"the fetch of {record['name']} {job.state}: {job.error or 'stopped'}"), False
         if job.state not in ("verified", "seeding") or not job.digest:
             return dict(answer, pending=True), False
-        why = self._changed_since(record, job)
+        why = self._changed_since(record)
         if why:
             # The same fetch again, with the options it was put with (its job record's).
             put = self.session.store.read_record(ih) or {}
@@ -227,7 +233,8 @@ class Reimage:
         record = self.store.write(dict(record, phase=VERIFIED, digest=job.digest, reason=""))
         return dict(answer, record=record, verified=True), True
 
-    def _changed_since(self, record, job) -> str:
+    def _changed_since(self, record) -> str:
+        """``""`` when the slot still holds what its record's release proved, else why not."""
         ledger = self.session.ledger
         entry = ledger.entry(record["device"]) if ledger is not None else None
         if entry is None or entry.info_hash != record["info_hash"]:
@@ -251,3 +258,25 @@ class Reimage:
     def _job(self, info_hash):
         snap = self.session.job(info_hash)
         return snap.as_dict() if snap is not None else None
+
+
+def outcome(record, release: str, booted: str = "") -> tuple:
+    """``(outcome, why)`` of a terminal's reimage for the release ``release`` (info-hash),
+    from its record and the slot running now: ``switched`` only when it runs the release
+    from the slot it was written to, confirmed."""
+    if not record:
+        return "not reimaged", "no reimage on this terminal yet"
+    name, phase, slot = record.get("name", "?"), record.get("phase"), record.get("slot")
+    if release and record.get("info_hash") != release:
+        if phase == TRIED:
+            return "not switched", f"finishing the switch to {name} first (slot {slot} tried)"
+        return "not switched", f"holds {name} ({phase}), not this release"
+    if phase == CONFIRMED:
+        if booted and booted != slot:
+            return "not switched", f"confirmed on slot {slot} but runs slot {booted}"
+        return "switched", f"runs {name} on slot {slot}, confirmed"
+    if phase == ROLLED_BACK:
+        return "rolled back", record.get("reason") or "the new slot failed"
+    if phase in (VERIFIED, TRIED):
+        return "not switched", f"slot {slot} verified, not switched"
+    return "not switched", f"slot {slot} not verified ({phase})"

@@ -1,0 +1,74 @@
+"""reimage_summary: one line per terminal and one for the fleet, after a reimage run.
+
+An action plugin, so that it runs once on the controller and reads what every terminal
+reported in this run (``hostvars``): the agent's reimage record (module ``reimage``), the
+fleet wait's dropped terminals, the verdict's reason. What an outcome is, is decided in
+engine/reimage.py (``outcome``); this file gathers and prints."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.reimage import outcome
+
+ARGUMENT_SPEC = dict(
+    terminals=dict(type="list", elements="str", required=True),
+    release=dict(type="str", default=""),
+)
+MIB = 1048576
+
+
+def row(host, hv, release, dropped):
+    """A terminal's row from what it reported in this run."""
+    report = hv.get("p2pfleet_summary") or {}
+    record = report.get("record") or {}
+    job = report.get("job") or {}
+    booted = (report.get("situation") or {}).get("booted", "")
+    if report.get("unreachable"):
+        result, why = "unreachable", one_line(report.get("msg")) or "no answer over SSH"
+    elif report.get("failed"):
+        result, why = "failed", one_line(report.get("msg"))
+    else:
+        result, why = outcome(record, release, booted)
+        if host in dropped and result != "switched":
+            result, why = "dropped", dropped[host]
+        elif result == "not switched" and (hv.get("p2pfleet_verdict") or {}).get("msg"):
+            why = one_line(hv["p2pfleet_verdict"]["msg"])
+    return {"host": host, "slot": booted or "?", "image": record.get("name", "-"), "outcome": result,
+            "why": why, "fetched": job.get("downloaded", 0) or 0, "local": job.get("local_bytes", 0) or 0}
+
+
+def one_line(text):
+    return " ".join(str(text or "").split())[:300]
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        hostvars = (task_vars or {}).get("hostvars", {})
+        release = args["release"] or next(
+            (hostvars[h].get("p2pfleet_release", {}).get("info_hash", "") for h in args["terminals"]
+             if h in hostvars and hostvars[h].get("p2pfleet_release")), "")
+        dropped = {}
+        for host in args["terminals"]:
+            if host not in hostvars:
+                raise AnsibleActionFail(f"argument 'terminals': {host!r} is not in the inventory")
+            dropped.update((hostvars[host].get("p2pfleet_fleet") or {}).get("dropped") or {})
+        rows = [row(host, hostvars[host], release, dropped) for host in args["terminals"]]
+        lines = [f"{r['host']:<12} slot {r['slot']:<2} {r['image']:<28} fetched {r['fetched'] / MIB:9.1f} MiB  "
+                 f"local {r['local'] / MIB:9.1f} MiB  {r['outcome']}: {r['why']}" for r in rows]
+        counts = {}
+        for r in rows:
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        lines.append(
+            f"fleet: {counts.get('switched', 0)} of {len(rows)} switched"
+            + "".join(f", {n} {what}" for what, n in sorted(counts.items()) if what != "switched")
+            + f"; {sum(r['fetched'] for r in rows) / MIB:.1f} MiB fetched over the network, "
+            f"{sum(r['local'] for r in rows) / MIB:.1f} MiB taken from the terminals' own disks")
+        result.update(changed=False, msg=lines, rows={r["host"]: r for r in rows},
+                      switched=counts.get("switched", 0) == len(rows))
+        return result
