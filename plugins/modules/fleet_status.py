@@ -13,6 +13,11 @@ description:
   - Reads the tracker's status of one image's swarm (every terminal's progress, rates and state, and fleet
     totals) over HTTP. Usually run on the controller (C(delegate_to) V(localhost), C(run_once) V(true)),
     in a bounded C(until) loop that prints the whole lab's progress while it distributes.
+  - One read per run: a tracker that cannot be read fails the task with one line naming the URL and the cause
+    (an C(until) loop retries it). M(p2pfleet.imaging.fleet_wait) waits for the whole lab, drops dead
+    terminals and rides out tracker outages by itself.
+  - The tracker keeps one row per host (its newest announce); a host bound to two addresses is read from the
+    row it announced from last, as in M(p2pfleet.imaging.fleet_wait).
 author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
@@ -39,6 +44,7 @@ options:
     default: 10
 seealso:
   - module: p2pfleet.imaging.swarm_job_info
+  - module: p2pfleet.imaging.fleet_wait
 '''
 
 EXAMPLES = r'''
@@ -76,7 +82,8 @@ progress:
   returned: success
   type: float
 done:
-  description: Every terminal (of O(terminals), or every terminal the tracker knows) has the whole image.
+  description: Every terminal (of O(terminals), or every terminal the tracker knows) has the whole image (a row
+    whose job reported a failure never counts).
   returned: success
   type: bool
 missing:
@@ -90,6 +97,9 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
+
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.aggregate_log import one_line
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.fleet import rows_by_host
 
 
 def main():
@@ -114,12 +124,14 @@ def main():
         status = getattr(exc, "code", None)
         if status == 404:
             module.fail_json(msg=f"{url}: the tracker does not know image {info_hash}")
-        module.fail_json(msg=f"{url}: cannot read the tracker's status: {exc}")
-    peers = [peer for peer in swarm.get("peers", []) if not peer.get("origin")]
-    by_host = {peer.get("host"): peer for peer in peers if peer.get("host")}
+        module.fail_json(msg=f"{url}: cannot read the tracker's status: {one_line(exc)}")
+    # The same row speaks for a terminal here as in fleet_wait.
+    by_host = rows_by_host(swarm)
     missing = [host for host in p["terminals"] if host not in by_host]
-    wanted = [by_host[host] for host in p["terminals"] if host in by_host] if p["terminals"] else peers
-    done = bool(wanted) and not missing and all(peer.get("left") == 0 for peer in wanted)
+    wanted = [by_host[host] for host in p["terminals"] if host in by_host] if p["terminals"] else \
+        [row for row in swarm.get("peers", []) if not row.get("origin")]
+    done = bool(wanted) and not missing and all(row.get("left") == 0 and row.get("state") != "failed"
+                                                 for row in wanted)
     module.exit_json(changed=False, swarm=swarm, progress=swarm.get("totals", {}).get("progress", 0.0),
                      done=done, missing=missing)
 
