@@ -13,7 +13,7 @@ description:
   - Reads the tracker's status of one image's swarm (every terminal's progress, rates and state, and fleet
     totals) over HTTP. Usually run on the controller (C(delegate_to) V(localhost), C(run_once) V(true)),
     in a bounded C(until) loop that prints the whole lab's progress while it distributes.
-  - One read per run: a tracker that cannot be read fails the task with one line naming the URL and the cause
+  - One read per run. A tracker that cannot be read fails the task with one line naming the URL and the cause
     (an C(until) loop retries it). M(p2pfleet.imaging.fleet_wait) waits for the whole lab, drops dead
     terminals and rides out tracker outages by itself.
   - The tracker keeps one row per host (its newest announce); a host bound to two addresses is read from the
@@ -131,7 +131,7 @@ def main():
     wanted = [by_host[host] for host in p["terminals"] if host in by_host] if p["terminals"] else \
         [row for row in swarm.get("peers", []) if not row.get("origin")]
     done = bool(wanted) and not missing and all(row.get("left") == 0 and row.get("state") != "failed"
-                                                 for row in wanted)
+                                                for row in wanted)
     module.exit_json(changed=False, swarm=swarm, progress=swarm.get("totals", {}).get("progress", 0.0),
                      done=done, missing=missing)
 

@@ -124,8 +124,8 @@ class Swarm:
         address's row, and a name is bound to its address (hostnames.py).
         """
         def superseded(peer):
-            return peer is not keep and peer.ip == ip and (peer.key == key or peer.port == port
-                                      or (host is not None and peer.host == host))
+            same = peer.key == key or peer.port == port or (host is not None and peer.host == host)
+            return peer is not keep and peer.ip == ip and same
 
         for peer in [p for p in self.peers.values() if superseded(p)]:
             self._remove(peer, "replaced")
