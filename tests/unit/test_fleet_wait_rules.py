@@ -173,3 +173,16 @@ def test_rows_by_host_takes_the_row_its_host_announced_from_last():
         {"host": None, "ip": "10.0.0.7", "seen_ago": 0},
     ]}
     assert {h: r["ip"] for h, r in rows_by_host(status).items()} == {"pc-1": "10.9.0.5"}
+
+
+def test_a_failure_from_before_the_wait_is_an_earlier_runs_and_waits_like_silence():
+    tracker, clock = make()
+    tracker.register(HASH, "release-2", SIZE)
+    announce(tracker, clock, "10.2.0.2", b"report", 500, "stopped", host="pc-2", error="fetch failed: disk")
+    clock.now += 30
+    wait = FleetWait(("pc-1", "pc-2"), 60, 120, 30, 0, clock(), WALL)
+    events, _ = step(tracker, clock, wait, 1, {"pc-1": 900})
+    assert events == [] and wait.dropped == {}
+    # The re-run's job announces: its new row replaces the failed one, and it is waited for.
+    events, _ = step(tracker, clock, wait, 1, {"pc-1": 800, "pc-2": 500})
+    assert events == [] and wait.waiting() == ["pc-1", "pc-2"]

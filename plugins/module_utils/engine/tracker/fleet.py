@@ -206,10 +206,12 @@ class FleetWait:
     def _drop(self, now, t):
         events = []
         waited = now - self.started
+        current = rows_by_host(self.status)
         for term in self.terminals.values():
             if not self.drop_after or term.name in self.done or term.name in self.dropped:
                 continue
-            row = term.row
+            row = current.get(term.name)
+            # A failure reported before the wait began is an earlier run's: it waits like silence.
             if row is not None and row.get("state") == "failed" and row.get("seen_ago", 0) <= waited:
                 self._dropped(term, self._reason(term, t), events)
                 continue
