@@ -1,4 +1,4 @@
-"""``lab`` command line: up, status, ssh, reboot, flash, image, down (docs/lab.md)."""
+"""``lab`` command line: up, status, ssh, reboot, power, flash, image, down (docs/lab.md)."""
 import argparse
 import os
 import signal
@@ -25,6 +25,17 @@ def parser():
     s.add_argument("cmd", nargs=argparse.REMAINDER)
     r = sub.add_parser("reboot", help="reboot a host cleanly (ctrl-alt-del), or power it on")
     r.add_argument("host")
+    w = sub.add_parser(
+        "power", help="cut a host's power (off), power it on (on), or show its power state (status)",
+        description="off: a hard power cut, as a real terminal sees one: the host's firmware, its "
+                    "systemd-nspawn and every process in its network namespace get SIGKILL (no clean "
+                    "shutdown, no SIGTERM to any service) and the host stays off; its disk and network "
+                    "namespace stay. The host kernel's page cache survives, so no write is torn. "
+                    "on: boots it as a power-on does (the firmware applies the boot rule, as at a cold "
+                    "boot) and waits until it has booted. Off an off host, or on an on host, does nothing.")
+    w.add_argument("action", choices=("off", "on", "status"))
+    w.add_argument("hosts", nargs="+", metavar="HOST")
+    w.add_argument("--no-wait", action="store_true", help="on: return once the firmware started, not booted")
     f = sub.add_parser("flash", help="write an image into a terminal's inactive slot from outside")
     f.add_argument("host")
     f.add_argument("slot", help="A or B")
@@ -71,9 +82,38 @@ def dispatch(args):
         os.execvp(command[0], command)
     elif args.command == "reboot":
         lab.reboot(state, args.host)
+    elif args.command == "power":
+        power(state, args.action, args.hosts, wait=not args.no_wait)
     elif args.command == "flash":
         lab.flash(state, args.host, args.slot, args.image)
         print(f"{args.image} written into slot {args.slot} of {args.host}")
     elif args.command == "image":
         print(lab.build_image(state, args.release, args.broken))
     return 0
+
+
+def power(state, action, names, wait=True):
+    """``power off|on|status HOST...``: one line per host, every name checked before any is touched."""
+    for name in names:
+        lab.check_host(state, name)
+    if action == "status":
+        for name in names:
+            fw = lab.firmware_status(state, name)
+            if lab.is_powered(state, name):
+                print(f"{name}: on ({fw.get('state', 'starting')}, slot {fw.get('slot') or '-'}, "
+                      f"{fw.get('boots', 0)} boot(s) since power-on)")
+            else:
+                print(f"{name}: off" + (" (halted: its boots failed)" if fw.get("state") == "halted" else ""))
+    elif action == "off":
+        for name in names:
+            print(f"{name}: power cut" if lab.power_off(state, name) else f"{name}: already off, nothing done")
+    else:
+        started = [name for name in names if lab.power_on(state, name)]
+        for name in names:
+            if name not in started:
+                print(f"{name}: already on, nothing done")
+        if wait and started:
+            lab.wait_booted(state, started, lab.BOOT_TIMEOUT)
+        for name in started:
+            slot = lab.firmware_status(state, name).get("slot")
+            print(f"{name}: powered on" + (f", booted slot {slot}" if wait and slot else ""))

@@ -168,16 +168,28 @@ class Firmware:
         return int(children[0]) if children else None
 
 
-def private_mounts():
-    """A mount namespace of this process's own, with nothing propagating out of it."""
+def private_mounts(labdir, name):
+    """A mount namespace of this process's own, with nothing propagating out of it.
+
+    It starts as a copy of the machine's, with every lab's mounts in it (the terminals' boot
+    and state partitions): those copies go, but for this host's own. Kept, they held the disks
+    of other labs (and other hosts) busy for as long as this host ran, and a lab taken down
+    meanwhile could not release its loop devices."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    labs = os.path.dirname(os.path.abspath(labdir)) + "/"
+    own = os.path.join(os.path.abspath(labdir), "hosts", name) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in reversed(points):                      # the deepest first
+        if point.startswith(labs) and not point.startswith(own):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
 
 def main(labdir, name):
-    private_mounts()
+    private_mounts(labdir, name)
     firmware = Firmware(labdir, name)
     signal.signal(signal.SIGTERM, firmware.on_term)
     signal.signal(signal.SIGINT, firmware.on_term)

@@ -187,14 +187,15 @@ def build(state, terminals):
     save(state)
     phases["disks"], started = time.monotonic() - started, time.monotonic()
     for name in hosts:
-        power_on(state, name)
+        start_firmware(state, name)
     wait_booted(state, list(hosts), BOOT_TIMEOUT)
     phases["boot"] = time.monotonic() - started
     inventory.write(state, state["inventory"], WHEELHOUSE)
     return phases
 
 
-def power_on(state, name):
+def start_firmware(state, name):
+    """Start the host's firmware process: it applies the boot rule and boots (a cold boot)."""
     hostdir = os.path.join(state["dir"], "hosts", name)
     with open(os.path.join(hostdir, "firmware.log"), "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lab.firmware", state["dir"], name],
@@ -203,6 +204,125 @@ def power_on(state, name):
                                 start_new_session=True)
     with open(os.path.join(hostdir, "firmware.pid"), "w") as f:
         f.write(str(proc.pid))
+    return proc.pid
+
+
+def check_host(state, name):
+    if name not in state["hosts"]:
+        raise LabError(f"no host {name!r} in lab {state['name']} (hosts: {', '.join(state['hosts'])})")
+    return state["hosts"][name]
+
+
+def host_processes(state, name):
+    """Pids of one host as its power supply feeds them: its firmware and what the firmware runs
+    (systemd-nspawn, mount, grub-editenv: the firmware's session), an nspawn of the host that
+    outlived its firmware, and every process in the host's network namespace (the container's,
+    and anything run there). Nothing of another host, lab or user: a process that merely names
+    a file of the host (``tail -f firmware.log``) is not the host's."""
+    netns = state["hosts"][name]["netns"]
+    try:
+        namespace = os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        namespace = None
+    firmware = firmware_pid(state, name)
+    hostdir = os.path.join(state["dir"], "hosts", name).encode() + b"/"
+    machine = f"--machine={netns}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                session = int(f.read().rsplit(b")", 1)[1].split()[4])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            inside = namespace is not None and os.stat(f"/proc/{entry}/ns/net").st_ino == namespace
+        except (OSError, IndexError, ValueError):
+            continue                                   # gone meanwhile, or a zombie
+        nspawn = machine in args and any(arg.startswith(hostdir) for arg in args)
+        if inside or nspawn or (firmware and (pid == firmware or session == firmware)):
+            pids.append(pid)
+    return pids
+
+
+def is_powered(state, name):
+    """On: its firmware runs, or anything of it does (a host whose firmware alone was killed)."""
+    return bool(firmware_pid(state, name) or host_processes(state, name))
+
+
+def power_off(state, name, timeout=STOP_TIMEOUT):
+    """Cut the host's power: SIGKILL its firmware, its systemd-nspawn and every process in its
+    network namespace, with no clean shutdown (systemd, the agent and sshd get no SIGTERM).
+
+    The firmware goes first, so nothing boots the host again. The host's disk (loop device and
+    partitions) and its network namespace stay, so ``power_on`` brings it back; its slots are
+    released (the root file system is unmounted with the firmware's mount namespace) before
+    this returns. Returns False if the host was off already.
+    """
+    check_host(state, name)
+    pids = host_processes(state, name)
+    if not pids:
+        net.link_down(state["hosts"][name]["netns"])      # a halted host's NIC too
+        return False
+    firmware = firmware_pid(state, name)
+    deadline = time.monotonic() + timeout
+    killed = set()
+    while pids:
+        if firmware in pids:                          # first: a live firmware would boot it again
+            kill(firmware, signal.SIGKILL)
+        for pid in pids:
+            kill(pid, signal.SIGKILL)
+        killed.update(pids)
+        time.sleep(0.05)
+        pids = host_processes(state, name)
+        if pids and time.monotonic() > deadline:
+            raise LabError(f"{name}: still running {timeout:.0f} s after its power was cut: "
+                           f"process(es) {', '.join(map(str, pids))}")
+    net.link_down(state["hosts"][name]["netns"])
+    # a killed nspawn leaves its directory for mount propagation behind (the next nspawn of the
+    # machine would reuse it); it is this host's alone
+    shutil.rmtree(f"/run/systemd/nspawn/propagate/{state['hosts'][name]['netns']}", ignore_errors=True)
+    status = firmware_status(state, name)
+    status.update(state="off", power="cut", updated=time.time(), since=time.time())
+    hostdir = os.path.join(state["dir"], "hosts", name)
+    with open(os.path.join(hostdir, "firmware.log"), "a") as f:      # the console's last line
+        f.write(f"\n{time.strftime('%H:%M:%S')} lab: power cut ({len(killed)} process(es) killed)\n")
+    with open(os.path.join(hostdir, "firmware.json.power"), "w") as f:
+        json.dump(status, f)
+    os.rename(os.path.join(hostdir, "firmware.json.power"), os.path.join(hostdir, "firmware.json"))
+    wait_released(state, name, deadline=time.monotonic() + timeout)
+    return True
+
+
+def wait_released(state, name, deadline):
+    """Wait until no mount of the host's slots is left (its root went with the firmware's mount
+    namespace, which the kernel tears down after the last process of it is gone)."""
+    host = state["hosts"][name]
+    if host["role"] != "terminal":
+        return
+    devices = [host["disk"][label] for label in disk.SLOT_LABELS.values()]
+    while busy := [device for device in devices if in_use(device)]:
+        if time.monotonic() > deadline:
+            raise LabError(f"{name} is off but its slot(s) {', '.join(busy)} are still in use")
+        time.sleep(0.1)
+
+
+def power_on(state, name, wait=False, timeout=BOOT_TIMEOUT):
+    """Power the host on: a new firmware applies the boot rule and boots, exactly as at a cold
+    boot. A host that is half on (its firmware was killed but something of it runs) has its
+    power cut first. With ``wait``, returns once its systemd has booted and sshd answers.
+    Returns False if the host was on already."""
+    check_host(state, name)
+    if firmware_pid(state, name):
+        return False
+    power_off(state, name)
+    host = state["hosts"][name]
+    net.link_up(host["netns"], state["number"], host["room"])
+    start_firmware(state, name)
+    if wait:
+        wait_booted(state, [name], timeout)
+    return True
 
 
 def firmware_pid(state, name):
@@ -229,9 +349,7 @@ def is_up(state):
 
 
 def ssh_command(state, name, *command):
-    host = state["hosts"].get(name)
-    if host is None:
-        raise LabError(f"no host {name!r} in lab {state['name']} (hosts: {', '.join(state['hosts'])})")
+    host = check_host(state, name)
     if not is_up(state):
         raise LabError(f"lab {state['name']} has no network (its admin link {state['admin']} is gone)")
     return ["ssh", "-i", state["key"], *SSH_OPTIONS, f"root@{host['address']}", *command]
@@ -268,8 +386,7 @@ def wait_booted(state, names, timeout):
 
 def reboot(state, name):
     """Ctrl-alt-del for a running host; power on a host that is off."""
-    if name not in state["hosts"]:
-        raise LabError(f"no host {name!r} in lab {state['name']} (hosts: {', '.join(state['hosts'])})")
+    check_host(state, name)
     pid = firmware_pid(state, name)
     if pid:
         os.kill(pid, signal.SIGHUP)

@@ -147,6 +147,19 @@ def add_host(prefix, number, name, room, index, rate):
     return str(addr)
 
 
+def link_down(netns):
+    """A host powered off: its NIC goes dark. The switch port loses carrier and nothing in the
+    host's namespace answers any more (no RST, no ping reply): the lab's peers see a terminal
+    that is off, not one that refuses connections. The namespace, its veth and caps stay."""
+    run("ip", "link", "set", "eth0", "down", netns=netns)
+
+
+def link_up(netns, number, room):
+    """The NIC powered again: up, and its route to the lab back (the kernel dropped it with the link)."""
+    run("ip", "link", "set", "eth0", "up", netns=netns)
+    run("ip", "route", "replace", str(lab_network(number)), "via", str(address(number, room, 1)), netns=netns)
+
+
 def lab_namespaces(prefix):
     return [line.split()[0] for line in run("ip", "netns", "list").splitlines()
             if line.startswith(prefix + "-")]

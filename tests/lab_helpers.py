@@ -2,7 +2,8 @@
 
 The session fixture ``lab`` (tests/conftest.py) yields a ``LabHandle``; tests of later issues
 use the same handle: ``lab.inventory`` for ansible-playbook, ``lab.ssh(host, cmd)`` for a
-command in a host, ``lab.playbook(tasks, hosts)`` for a few tasks with results as JSON.
+command in a host, ``lab.playbook(tasks, hosts)`` for a few tasks with results as JSON,
+``lab.power_off(host)`` / ``lab.power_on(host)`` for a hard power cut and a cold boot.
 """
 import json
 import os
@@ -77,6 +78,19 @@ class LabHandle:
 
     def firmware(self, host):
         return labmod.firmware_status(self.state, host)
+
+    def power_off(self, host):
+        """Cut the host's power (lab.power_off): everything of it SIGKILLed, it stays off; its disk
+        and namespace stay. False if it was off already."""
+        return labmod.power_off(self.state, host)
+
+    def power_on(self, host, wait=True, timeout=labmod.BOOT_TIMEOUT):
+        """Power the host on (a cold boot: the firmware applies the boot rule); by default waits
+        until sshd answers. False if it was on already."""
+        return labmod.power_on(self.state, host, wait=wait, timeout=timeout)
+
+    def is_powered(self, host):
+        return labmod.is_powered(self.state, host)
 
     def firmware_log(self, host):
         with open(os.path.join(self.state["dir"], "hosts", host, "firmware.log"), errors="replace") as f:
