@@ -22,7 +22,8 @@ def row(host, hv, release, dropped):
     """A terminal's row from what it reported in this run."""
     report = hv.get("p2pfleet_summary") or {}
     record = report.get("record") or {}
-    job = report.get("job") or {}
+    # The job as the run last saw it: after a switch the new system may run no agent yet.
+    job = report.get("job") or (hv.get("p2pfleet_verdict") or {}).get("job") or (hv.get("p2pfleet_plan") or {}).get("job") or {}
     booted = (report.get("situation") or {}).get("booted", "")
     if report.get("unreachable"):
         result, why = "unreachable", one_line(report.get("msg")) or "no answer over SSH"

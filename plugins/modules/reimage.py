@@ -15,7 +15,7 @@ description:
     this module asks it for one step and returns the record. Playbooks keep no record of their own.
   - V(distribute) plans the release and starts its fetch. The target is the slot that is neither running nor one the
     boot environment falls back to, whatever an earlier record or run says. A terminal that already runs the release,
-    confirmed, is left alone (RV(plan.action) C(current)); one that runs a slot it only tried gets nothing fetched
+    confirmed, is left alone (C(action) C(current) in RV(plan)); one that runs a slot it only tried gets nothing fetched
     until that switch is finished (C(finish_switch)).
   - V(verify) takes the agent's own verdict, the whole-image digest its fetch proved, still bound to the slot (the slot
     ledger's entry is clean and the slot's fingerprint unchanged). A slot changed since is verified again by a fetch
@@ -24,9 +24,13 @@ description:
   - V(read) returns the record and the slots as they are.
   - The agent needs the terminal's slots and boot settings in its config (the swarm_client role renders them from
     C(p2pfleet_slots) and C(p2pfleet_boot)).
+  - On a terminal that runs no agent — a new slot just booted, before the roles install one into it — V(read),
+    V(tried), V(confirmed) and V(rolled_back) are applied by the module itself, by the same rules, on the record in
+    O(state_dir) (the state partition every slot shares), reading the slots from O(slots) and O(boot).
 author: p2pfleet maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - p2pfleet.imaging.attributes
+  - p2pfleet.imaging.slots
 attributes:
   check_mode:
     support: partial
@@ -68,6 +72,27 @@ options:
   stall_timeout:
     description: Seconds without progress before the fetch counts as stalled; the agent's default when not set.
     type: float
+  boot:
+    description: Where the boot environment is (the inventory's C(p2pfleet_boot)), for a terminal that runs no agent.
+    type: dict
+    default: {}
+    suboptions:
+      backend:
+        description: The boot mechanism.
+        type: str
+        choices: [auto, grub, efi, uboot]
+        default: auto
+      grubenv:
+        description: The GRUB environment block.
+        type: path
+        default: /boot/grub/grubenv
+      uboot_config:
+        description: The C(fw_env.config) of the U-Boot environment.
+        type: path
+  state_dir:
+    description: The agent's state directory, where the record is (for a terminal that runs no agent).
+    type: path
+    default: /var/lib/p2pfleet
   socket:
     description: The agent's API socket.
     type: path
@@ -103,7 +128,7 @@ record:
   sample: {"info_hash": "5f0c…", "name": "release-2.img", "slot": "B", "device": "/dev/sda3", "phase": "verified",
            "digest": "blake3:9a…", "reason": "", "updated": 1733350000.0}
 plan:
-  description: What distribute decided (RV(plan.action) C(fetch), C(verified), C(current) or C(finish_switch)), the slot, and why.
+  description: What distribute decided (its C(action) is C(fetch), C(verified), C(current) or C(finish_switch)), the slot, and why.
   returned: when O(step=distribute)
   type: dict
   sample: {"action": "fetch", "slot": "B", "device": "/dev/sda3", "reason": "slot B is neither running nor a fallback"}
@@ -123,18 +148,43 @@ verified:
   description: The slot holds the release, proved by the agent's digest and unchanged since.
   returned: always
   type: bool
+agent:
+  description: V(false) when the step was taken by the module itself, on a terminal that runs no agent.
+  returned: when no agent answered
+  type: bool
 reason:
   description: Why the slot is not verified (O(step=verify)), when it is not pending.
   returned: when not verified
   type: str
 '''
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
-from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS, SLOTS_ARG, slot_definitions
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import reimage
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 
 FETCH_OPTIONS = ("seed_after", "local_sources", "stall_timeout")
+# Steps that need only the record and the slots: on a system with no agent, taken here.
+LOCAL_STEPS = ("read", "tried", "confirmed", "rolled_back")
+
+
+def _without_agent(module, p):
+    """The step, by the engine's own rules, on the record of the state partition."""
+    store = reimage.Store(p["state_dir"])
+    boot = {k: v for k, v in (p["boot"] or {}).items() if v is not None}
+    def now():
+        return reimage.situation(slot_definitions(p["slots"]), boot)
+    try:
+        if p["step"] == "read" or module.check_mode:
+            return dict(reimage.describe(store, now), changed=False, agent=False)
+        answer, changed = reimage.move(store, now, p["step"], " ".join(p["reason"].split()))
+        return dict(answer, changed=changed, agent=False)
+    except P2PFleetError as exc:
+        module.fail_json(msg=str(exc))
 
 
 def main():
@@ -149,6 +199,12 @@ def main():
             seed_after=dict(type="bool"),
             local_sources=dict(type="bool"),
             stall_timeout=dict(type="float"),
+            slots=SLOTS_ARG,
+            boot=dict(type="dict", default={}, options=dict(
+                backend=dict(type="str", choices=["auto", "grub", "efi", "uboot"], default="auto"),
+                grubenv=dict(type="path", default="/boot/grub/grubenv"),
+                uboot_config=dict(type="path"))),
+            state_dir=dict(type="path", default="/var/lib/p2pfleet"),
             **AGENT_ARGS,
         ),
         required_if=[("step", "distribute", ["manifest"])],
@@ -157,6 +213,8 @@ def main():
     p = module.params
     client = AgentClient(p["socket"])
     fetch = {key: p[key] for key in FETCH_OPTIONS if p[key] is not None}
+    if p["step"] in LOCAL_STEPS and not os.path.exists(p["socket"]):
+        module.exit_json(**_without_agent(module, p))
     try:
         if p["step"] == "read" or module.check_mode:
             answer = dict(client.reimage(), changed=False)

@@ -4,7 +4,7 @@ from urllib.parse import quote_from_bytes
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.failure_report import MAX_REASON_CHARS, failure_urls, one_line_reason
+from engine.failure_report import MAX_REASON_CHARS, failure_urls, one_line_reason, progress_urls
 from engine.tracker.announce import (
     MAX_ERROR_CHARS, MAX_QUERY_BYTES, AnnounceError, parse_announce, parse_query, parse_scrape,
 )
@@ -86,6 +86,15 @@ def test_the_engines_failure_report_is_an_announce_the_tracker_accepts():
     req = parse_announce(urls[0].split("?", 1)[1], 200)
     assert (req.info_hash, req.port, req.event, req.left, req.host) == (INFO_HASH, 6881, "stopped", 0, "pc-1")
     assert req.error == line
+
+
+def test_the_local_phase_announce_shows_what_is_left_and_asks_for_no_peers():
+    # A fetch reading a 256 GB slot for its own pieces announces itself meanwhile, so that the
+    # fleet's wait sees it alive and progressing, not silent.
+    urls = progress_urls(["http://t:1/announce?host=pc-1"], INFO_HASH.hex(), 6881, 3 << 30)
+    req = parse_announce(urls[0].split("?", 1)[1], 200)
+    assert (req.info_hash, req.port, req.event, req.left, req.host, req.numwant) == (
+        INFO_HASH, 6881, "started", 3 << 30, "pc-1", 0)
 
 
 def test_repeated_parameter_is_refused():

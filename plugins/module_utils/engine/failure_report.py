@@ -1,4 +1,7 @@
-"""Tell a job's trackers that it failed, so the fleet page shows which host and why.
+"""Announces the agent sends itself, beside libtorrent's: a job that failed, and a fetch that
+is still taking pieces from its own disks (its local phase, before libtorrent has the torrent).
+
+A failed job: the fleet page shows which host and why.
 
 The BitTorrent announce has no error field. A failed job sends one extra announce to each of
 its HTTP trackers: ``event=stopped`` plus ``p2pfleet_error=<reason>``, an optional parameter
@@ -36,12 +39,21 @@ def one_line_reason(message: str) -> str:
 
 def failure_urls(trackers, info_hash_hex: str, port: int, reason: str) -> list[str]:
     """The announce URLs that report ``reason`` for this torrent to each HTTP(S) tracker."""
-    query = "&".join((
+    return _announce_urls(trackers, info_hash_hex, port, 0, "stopped",
+                          "p2pfleet_error=" + quote(one_line_reason(reason), safe=""))
+
+
+def progress_urls(trackers, info_hash_hex: str, port: int, left: int) -> list[str]:
+    """The announce URLs that show a fetch in its local phase, ``left`` bytes still to find."""
+    return _announce_urls(trackers, info_hash_hex, port, left, "started")
+
+
+def _announce_urls(trackers, info_hash_hex, port, left, event, extra="") -> list[str]:
+    query = "&".join(part for part in (
         "info_hash=" + quote_from_bytes(bytes.fromhex(info_hash_hex), safe=""),
         "peer_id=" + quote_from_bytes(PEER_ID_PREFIX + os.urandom(6).hex().encode(), safe=""),
-        f"port={port}", "uploaded=0", "downloaded=0", "left=0", "event=stopped", "compact=1",
-        "p2pfleet_error=" + quote(one_line_reason(reason), safe=""),
-    ))
+        f"port={port}", "uploaded=0", "downloaded=0", f"left={int(left)}", f"event={event}", "compact=1",
+        "numwant=0", extra) if part)
     return [f"{url}{'&' if '?' in url else '?'}{query}" for url in trackers
             if url.startswith(("http://", "https://"))]
 
@@ -58,7 +70,7 @@ def _send(url: str, source: str | None) -> None:
         finally:
             conn.close()
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        log.warning("could not report the failure to tracker %s: %s", url.split("?", 1)[0], exc)
+        log.warning("could not announce to tracker %s: %s", url.split("?", 1)[0], exc)
 
 
 def source_address(listen_host: str) -> str | None:
@@ -73,9 +85,20 @@ def source_address(listen_host: str) -> str | None:
 def report_failure(trackers, info_hash_hex: str, port: int, reason: str,
                    listen_host: str = "0.0.0.0") -> list[threading.Thread]:
     """Start one announce per tracker in the background; the caller joins the threads."""
+    return _start(failure_urls(trackers, info_hash_hex, port, reason), listen_host)
+
+
+def report_local_progress(trackers, info_hash_hex: str, port: int, left: int,
+                          listen_host: str = "0.0.0.0") -> list[threading.Thread]:
+    """Announce a fetch in its local phase (which may read a 256 GB slot for minutes): the
+    fleet's wait sees the terminal alive and making progress, not silent."""
+    return _start(progress_urls(trackers, info_hash_hex, port, left), listen_host)
+
+
+def _start(urls, listen_host) -> list[threading.Thread]:
     source = source_address(listen_host)
     threads = []
-    for url in failure_urls(trackers, info_hash_hex, port, reason):
+    for url in urls:
         thread = threading.Thread(target=_send, args=(url, source), name="p2pfleet-failure-report", daemon=True)
         thread.start()
         threads.append(thread)

@@ -222,6 +222,7 @@ class Job:
         self.paths = []  # what libtorrent opens for each file of the torrent
         self.io_path = None  # the held path of a fetch's claimed target: every read and write goes there
         self.last_name_check = 0.0
+        self.last_local_announce = 0.0
         self.resume_path = None
         self.claims = []
         self.identity = None

@@ -163,12 +163,7 @@ class Reimage:
         return situation(definitions, boot_settings)
 
     def describe(self) -> dict:
-        answer = {"record": self.store.read()}
-        try:
-            answer["situation"] = self._now().as_dict()
-        except P2PFleetError as exc:
-            answer["error"] = str(exc)
-        return answer
+        return describe(self.store, self._now)
 
     def distribute(self, manifest, **fetch) -> tuple:
         """Plan the release and, when it is to be fetched, record the target and put the
@@ -246,18 +241,35 @@ class Reimage:
         return delta.still_clean(entry, now)
 
     def move(self, phase: str, reason: str = "") -> tuple:
-        """``tried``, ``confirmed`` or ``rolled_back``: after ``check_step`` allows it."""
-        if phase not in (TRIED, CONFIRMED, ROLLED_BACK):
-            raise ReimageError(f"step must be distribute, verify, tried, confirmed or rolled_back, got {phase!r}")
-        record = self.store.read()
-        check_step(record, phase, self._now())
-        if record["phase"] == phase:
-            return {"record": record}, False
-        return {"record": self.store.write(dict(record, phase=phase, reason=reason))}, True
+        return move(self.store, self._now, phase, reason)
 
     def _job(self, info_hash):
         snap = self.session.job(info_hash)
         return snap.as_dict() if snap is not None else None
+
+
+def describe(store: Store, now) -> dict:
+    """The record and the slots as they are (``now()`` reads them; its error is reported)."""
+    answer = {"record": store.read()}
+    try:
+        answer["situation"] = now().as_dict()
+    except P2PFleetError as exc:
+        answer["error"] = str(exc)
+    return answer
+
+
+def move(store: Store, now, phase: str, reason: str = "") -> tuple:
+    """``tried``, ``confirmed`` or ``rolled_back``, after ``check_step`` allows it; ``now()``
+    reads the slots. Used by the agent, and by the ``reimage`` module itself on a system that
+    has no agent (a new slot booted before the roles installed one into it): the record is on
+    the state partition, which every slot shares."""
+    if phase not in (TRIED, CONFIRMED, ROLLED_BACK):
+        raise ReimageError(f"step must be distribute, verify, tried, confirmed or rolled_back, got {phase!r}")
+    record = store.read()
+    check_step(record, phase, now())
+    if record["phase"] == phase:
+        return {"record": record}, False
+    return {"record": store.write(dict(record, phase=phase, reason=reason))}, True
 
 
 def outcome(record, release: str, booted: str = "") -> tuple:

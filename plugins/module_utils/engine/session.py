@@ -31,7 +31,7 @@ from . import identity as ident
 from . import jobs as J
 from . import verify
 from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError, TargetRefused
-from .failure_report import REPORT_TIMEOUT, report_failure
+from .failure_report import REPORT_TIMEOUT, report_failure, report_local_progress
 from .files import read_capped, write_atomic
 from .image import SliceMap, Target, claim_target, held_path, open_source, overlaps, retire_fd
 from .metainfo import Manifest, fingerprint
@@ -48,6 +48,9 @@ UPDATE_INTERVAL = 0.5
 PEER_RETRY_INTERVAL = 5.0
 # How often a fetch looks whether its target's name still names the device it holds.
 NAME_CHECK_INTERVAL = 1.0
+# How often a fetch in its local phase (no torrent yet, so no announce of libtorrent's)
+# announces itself to its trackers.
+LOCAL_ANNOUNCE_INTERVAL = 10.0
 ALERT_TIMEOUT = 15.0
 # A local-pieces worker looks at its cancel flag between pieces and zero-out chunks: it
 # stops within seconds. The target is never released while it may still write.
@@ -570,6 +573,12 @@ class Session:
         # Whether the worker ran is read before its result: a worker that ended had set it.
         worker_ended = job.worker is not None and not job.worker.is_alive()
         if job.state == J.LOCAL and job.stopping is None:
+            if job.trackers and now - job.last_local_announce >= LOCAL_ANNOUNCE_INTERVAL:
+                job.last_local_announce = now
+                left = job.manifest.image_size - (job.local.local_bytes if job.local is not None else 0)
+                self._reporters = [t for t in self._reporters if t.is_alive()]
+                self._reporters += report_local_progress(job.trackers, job.id, self._lt.listen_port(), left,
+                                                         parse_endpoint(self.settings.listen, error=SwarmError)[0])
             if job.worker_result is not None:
                 self._local_done(job, job.worker_result)
             elif worker_ended:
