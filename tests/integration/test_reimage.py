@@ -133,8 +133,9 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
     size = found["t01"]["bytes_total"]
     for terminal, job in found.items():
         assert job["state"] in ("verified", "seeding"), (terminal, job)
-        # what came over the network after the last start, plus what the job found saved
-        assert job["downloaded"] + job["resumed_bytes"] <= size * 1.15, (terminal, job)
+        # what came over the network in the job's whole life (before the kill and after it):
+        # pieces saved before the kill never came twice
+        assert job["downloaded"] <= size * 1.15, (terminal, job)
     assert found["t01"]["resumed_bytes"] > 0, found["t01"]    # the killed agent went on, not from zero
 
 
