@@ -25,16 +25,16 @@ def row(host, hv, release, dropped):
     # The job as the run last saw it: after a switch the new system may run no agent yet.
     job = report.get("job") or (hv.get("p2pfleet_verdict") or {}).get("job") or (hv.get("p2pfleet_plan") or {}).get("job") or {}
     booted = (report.get("situation") or {}).get("booted", "")
-    if report.get("unreachable"):
+    result, why = outcome(record, release, booted)
+    if host in dropped and result != "switched":
+        # Dropped by this run's wait: the reason it gave says more than "unreachable" now.
+        result, why = "dropped", dropped[host]
+    elif report.get("unreachable"):
         result, why = "unreachable", one_line(report.get("msg")) or "no answer over SSH"
     elif report.get("failed"):
         result, why = "failed", one_line(report.get("msg"))
-    else:
-        result, why = outcome(record, release, booted)
-        if host in dropped and result != "switched":
-            result, why = "dropped", dropped[host]
-        elif result == "not switched" and (hv.get("p2pfleet_verdict") or {}).get("msg"):
-            why = one_line(hv["p2pfleet_verdict"]["msg"])
+    elif result == "not switched" and (hv.get("p2pfleet_verdict") or {}).get("msg"):
+        why = one_line(hv["p2pfleet_verdict"]["msg"])
     return {"host": host, "slot": booted or "?", "image": record.get("name", "-"), "outcome": result,
             "why": why, "fetched": job.get("downloaded", 0) or 0, "local": job.get("local_bytes", 0) or 0}
 

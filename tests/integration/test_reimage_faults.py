@@ -1,0 +1,156 @@
+"""One terminal never holds up the lab, and no run ever writes the slot a terminal falls
+back to: reimage.yml on a lab where terminals are powered off before and during the run,
+and where ansible-playbook is killed after the switch's reboot, before the confirm.
+
+A lab of its own (3 terminals in 2 rooms, real agents, real reboots, real power cuts with
+``lab power``). The tests run in order, each starting from where the one before left it."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import LAB_SKIP_REASON, ROOT
+from module_helpers import collections_path
+from playbook_helpers import run_playbook
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
+PLAYBOOKS = os.path.join(ROOT, "playbooks")
+LABELS = {"A": "system_a", "B": "system_b"}
+
+
+@pytest.fixture(scope="module")
+def faults_lab(tmp_path_factory):
+    from lab import lab as labmod
+    from lab_helpers import LabHandle
+    name = f"faults{os.getpid()}"
+    # 100 Mbit/s links and 512 MiB slots: distribute takes long enough to cut a terminal midway.
+    state = labmod.up(name, terminals=3, rooms=2, rate="100mbit", uplink="200mbit", slot_size="512M")
+    try:
+        yield LabHandle(state), collections_path(tmp_path_factory.mktemp("collections"))
+    finally:
+        labmod.down(name)
+
+
+def play(lab, collections, image, *extra, popen=False, playbook="reimage.yml"):
+    return run_playbook(lab.inventory, collections, os.path.join(PLAYBOOKS, playbook),
+                        "-e", f"p2pfleet_image=/srv/images/{image}", "-e", "p2pfleet_progress_every=2", *extra,
+                        popen=popen)
+
+
+def release_of(lab, terminal):
+    return lab.ssh(terminal, "cat /etc/lab-release").strip()
+
+
+def grubenv(lab, terminal):
+    return dict(line.split("=", 1) for line in lab.ssh(terminal, "grub-editenv /boot/grub/grubenv list").split())
+
+
+def record(lab, terminal):
+    return json.loads(lab.ssh(terminal, "cat /var/lib/p2pfleet/reimage.json"))
+
+
+def slot_digest(lab, terminal, slot):
+    return lab.ssh(terminal, f"sha256sum $(blkid -t PARTLABEL={LABELS[slot]} -o device) | cut -c1-64").strip()
+
+
+def summary_line(run, terminal):
+    return next((line for line in run.out.splitlines() if line.strip().strip('",').startswith(terminal + " ")), "")
+
+
+def test_a_terminal_off_before_the_run_is_reported_unreachable_and_the_others_are_reimaged(faults_lab):
+    lab, collections = faults_lab
+    lab.power_off("t03")
+    try:
+        run = play(lab, collections, "release-2.img")
+    finally:
+        lab.power_on("t03")
+    assert run.rc != 0, run.tail()
+    assert "unreachable" in summary_line(run, "t03"), run.tail(3000)
+    assert "fleet: 2 of 3 switched, 1 unreachable" in run.flat(), run.tail(3000)
+    for terminal in ("t01", "t02"):
+        assert release_of(lab, terminal) == "2", terminal
+        assert grubenv(lab, terminal).get("saved_entry") == "B", terminal
+    assert release_of(lab, "t03") == "1"
+
+
+def test_a_terminal_cut_off_midway_is_dropped_the_others_switch_and_a_rerun_finishes_it(faults_lab):
+    lab, collections = faults_lab
+    from lab import lab as labmod
+    labmod.build_image(lab.state, 3)
+    # Every byte over the network, so that there is a midway to cut t02 at.
+    proc = play(lab, collections, "release-3.img", "-e", "p2pfleet_local_sources=false",
+                "-e", "p2pfleet_drop_after=20", popen=True)
+    lines, cut = [], False
+    deadline = time.monotonic() + 900
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not cut and "p2pfleet: release-3.img" in line and " % " in line:
+                percent = float(line.split("release-3.img", 1)[1].split("%")[0])
+                if 25 <= percent < 90:
+                    lab.power_off("t02")
+                    cut = True
+            assert time.monotonic() < deadline, "".join(lines[-30:])
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = "".join(lines)
+    assert cut, "distribute ended before it was midway:\n" + out[-4000:]
+    assert proc.returncode != 0
+    t02 = next(line for line in out.splitlines() if line.strip().strip('",').startswith("t02 "))
+    assert "dropped: silent since" in t02 or "dropped: no progress since" in t02, out[-4000:]
+    assert "fleet: 2 of 3 switched, 1 dropped" in " ".join(out.split()), out[-4000:]
+    for terminal in ("t01", "t03"):
+        assert release_of(lab, terminal) == "3", terminal
+
+    # Powered on, its agent takes the fetch up by itself; the next run verifies and switches
+    # it, and leaves the others alone (no reboot, nothing fetched).
+    lab.power_on("t02")
+    boots = {t: lab.firmware(t)["boots"] for t in ("t01", "t03")}
+    rerun = play(lab, collections, "release-3.img", "-e", "p2pfleet_local_sources=false")
+    assert rerun.rc == 0, rerun.tail()
+    assert release_of(lab, "t02") == "3" and record(lab, "t02")["phase"] == "confirmed"
+    assert {t: lab.firmware(t)["boots"] for t in ("t01", "t03")} == boots
+    assert "fleet: 3 of 3 switched" in rerun.flat(), rerun.tail(3000)
+
+
+def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallback_is_never_written(faults_lab):
+    lab, collections = faults_lab
+    from lab import lab as labmod
+    labmod.build_image(lab.state, 4)
+    assert play(lab, collections, "release-4.img", playbook="seed.yml").rc == 0
+    assert play(lab, collections, "release-4.img", playbook="distribute.yml").rc == 0
+    assert play(lab, collections, "release-4.img", playbook="verify.yml").rc == 0
+    fallback = {t: record(lab, t)["slot"] for t in lab.terminals}  # A now (release 3 runs on it)
+    fallback = {t: "B" if slot == "A" else "A" for t, slot in fallback.items()}
+    before = {t: slot_digest(lab, t, fallback[t]) for t in lab.terminals}
+
+    proc = play(lab, collections, "release-4.img", popen=True, playbook="switch.yml")
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("TASK [See which slot came up]"):
+                break        # every terminal rebooted into its new slot; none confirmed yet
+        else:
+            raise AssertionError("switch ended before its reboot:\n" + "".join(lines[-40:]))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for terminal in lab.terminals:
+        env = grubenv(lab, terminal)
+        assert env.get("saved_entry") == fallback[terminal], (terminal, env)   # tried, not confirmed
+        assert record(lab, terminal)["phase"] == "tried", terminal
+
+    rerun = play(lab, collections, "release-4.img")
+    assert rerun.rc == 0, rerun.tail()
+    for terminal in lab.terminals:
+        assert release_of(lab, terminal) == "4", terminal
+        assert record(lab, terminal)["phase"] == "confirmed", terminal
+        assert grubenv(lab, terminal).get("saved_entry") == record(lab, terminal)["slot"], terminal
+        # The slot it fell back to while the try ran was never a target.
+        assert slot_digest(lab, terminal, fallback[terminal]) == before[terminal], terminal
