@@ -79,3 +79,18 @@ def test_moves_the_facts_allow():
     check_step(record(TRIED), ROLLED_BACK, situation())
     with pytest.raises(ReimageError, match="run distribute first"):
         check_step(None, TRIED, situation())
+
+
+@pytest.mark.parametrize("rec, booted, expected", [
+    (record(CONFIRMED), "B", ("switched", "runs r.img on slot B, confirmed")),
+    (record(CONFIRMED), "A", ("not switched", "confirmed on slot B but runs slot A")),
+    (record(ROLLED_BACK) | {"reason": "came back on slot A"}, "A", ("rolled back", "came back on slot A")),
+    (record(VERIFIED), "A", ("not switched", "slot B verified, not switched")),
+    (record(FETCHING), "A", ("not switched", "slot B not verified (fetching)")),
+    (record(TRIED, info_hash=OLDER), "B", ("not switched", "finishing the switch to r.img first (slot B tried)")),
+    (record(CONFIRMED, info_hash=OLDER), "B", ("not switched", "holds r.img (confirmed), not this release")),
+    (None, "A", ("not reimaged", "no reimage on this terminal yet")),
+])
+def test_a_terminals_outcome_says_whether_it_runs_the_release_confirmed_and_why_not(rec, booted, expected):
+    from engine.reimage import outcome
+    assert outcome(rec, RELEASE, booted) == expected
