@@ -176,6 +176,7 @@ def _without_agent(module, p):
     """The step, by the engine's own rules, on the record of the state partition."""
     store = reimage.Store(p["state_dir"])
     boot = {k: v for k, v in (p["boot"] or {}).items() if v is not None}
+
     def now():
         return reimage.situation(slot_definitions(p["slots"]), boot)
     try:
