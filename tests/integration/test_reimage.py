@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from conftest import LAB_SKIP_REASON, ROOT
+from conftest import LAB_SKIP_REASON
 from module_helpers import collections_path
 from playbook_helpers import run_playbook
+from reimage_helpers import grubenv, play, record, release_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
-PLAYBOOKS = os.path.join(ROOT, "playbooks")
 ROLE_TASKS = ("p2pfleet.imaging.engine : ", "p2pfleet.imaging.swarm_client : ")
 
 
@@ -34,25 +34,6 @@ def reimage_lab(tmp_path_factory):
         yield LabHandle(state), collections_path(tmp_path_factory.mktemp("collections"))
     finally:
         labmod.down(name)
-
-
-def play(lab, collections, playbook, image, *extra, popen=False):
-    return run_playbook(lab.inventory, collections, os.path.join(PLAYBOOKS, playbook),
-                        "-e", f"p2pfleet_image=/srv/images/{image}", "-e", "p2pfleet_progress_every=2", *extra,
-                        popen=popen)
-
-
-def release_of(lab, terminal):
-    return lab.ssh(terminal, "cat /etc/lab-release").strip()
-
-
-def grubenv(lab, terminal):
-    return dict(line.split("=", 1) for line in lab.ssh(terminal, "grub-editenv /boot/grub/grubenv list").split())
-
-
-def record(lab, terminal):
-    """The terminal's reimage as its agent keeps it (engine/reimage.py)."""
-    return json.loads(lab.ssh(terminal, "cat /var/lib/p2pfleet/reimage.json"))
 
 
 def jobs(lab, collections, tmp_path, manifest):

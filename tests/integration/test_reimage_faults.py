@@ -4,19 +4,17 @@ and where ansible-playbook is killed after the switch's reboot, before the confi
 
 A lab of its own (3 terminals in 2 rooms, real agents, real reboots, real power cuts with
 ``lab power``). The tests run in order, each starting from where the one before left it."""
-import json
 import os
 import signal
 import time
 
 import pytest
 
-from conftest import LAB_SKIP_REASON, ROOT
+from conftest import LAB_SKIP_REASON
 from module_helpers import collections_path
-from playbook_helpers import run_playbook
+from reimage_helpers import grubenv, play, record, release_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
-PLAYBOOKS = os.path.join(ROOT, "playbooks")
 LABELS = {"A": "system_a", "B": "system_b"}
 
 
@@ -33,24 +31,6 @@ def faults_lab(tmp_path_factory):
         labmod.down(name)
 
 
-def play(lab, collections, image, *extra, popen=False, playbook="reimage.yml"):
-    return run_playbook(lab.inventory, collections, os.path.join(PLAYBOOKS, playbook),
-                        "-e", f"p2pfleet_image=/srv/images/{image}", "-e", "p2pfleet_progress_every=2", *extra,
-                        popen=popen)
-
-
-def release_of(lab, terminal):
-    return lab.ssh(terminal, "cat /etc/lab-release").strip()
-
-
-def grubenv(lab, terminal):
-    return dict(line.split("=", 1) for line in lab.ssh(terminal, "grub-editenv /boot/grub/grubenv list").split())
-
-
-def record(lab, terminal):
-    return json.loads(lab.ssh(terminal, "cat /var/lib/p2pfleet/reimage.json"))
-
-
 def slot_digest(lab, terminal, slot):
     return lab.ssh(terminal, f"sha256sum $(blkid -t PARTLABEL={LABELS[slot]} -o device) | cut -c1-64").strip()
 
@@ -63,7 +43,7 @@ def test_a_terminal_off_before_the_run_is_reported_unreachable_and_the_others_ar
     lab, collections = faults_lab
     lab.power_off("t03")
     try:
-        run = play(lab, collections, "release-2.img")
+        run = play(lab, collections, "reimage.yml", "release-2.img")
     finally:
         lab.power_on("t03")
     assert run.rc != 0, run.tail()
@@ -80,7 +60,7 @@ def test_a_terminal_cut_off_midway_is_dropped_the_others_switch_and_a_rerun_fini
     from lab import lab as labmod
     labmod.build_image(lab.state, 3)
     # Every byte over the network, so that there is a midway to cut t02 at.
-    proc = play(lab, collections, "release-3.img", "-e", "p2pfleet_local_sources=false",
+    proc = play(lab, collections, "reimage.yml", "release-3.img", "-e", "p2pfleet_local_sources=false",
                 "-e", "p2pfleet_drop_after=20", popen=True)
     lines, cut = [], False
     deadline = time.monotonic() + 900
@@ -111,7 +91,7 @@ def test_a_terminal_cut_off_midway_is_dropped_the_others_switch_and_a_rerun_fini
     # it, and leaves the others alone (no reboot, nothing fetched).
     lab.power_on("t02")
     boots = {t: lab.firmware(t)["boots"] for t in ("t01", "t03")}
-    rerun = play(lab, collections, "release-3.img", "-e", "p2pfleet_local_sources=false")
+    rerun = play(lab, collections, "reimage.yml", "release-3.img", "-e", "p2pfleet_local_sources=false")
     assert rerun.rc == 0, rerun.tail()
     assert release_of(lab, "t02") == "3" and record(lab, "t02")["phase"] == "confirmed"
     assert {t: lab.firmware(t)["boots"] for t in ("t01", "t03")} == boots
@@ -122,14 +102,14 @@ def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallbac
     lab, collections = faults_lab
     from lab import lab as labmod
     labmod.build_image(lab.state, 4)
-    assert play(lab, collections, "release-4.img", playbook="seed.yml").rc == 0
-    assert play(lab, collections, "release-4.img", playbook="distribute.yml").rc == 0
-    assert play(lab, collections, "release-4.img", playbook="verify.yml").rc == 0
+    assert play(lab, collections, "seed.yml", "release-4.img").rc == 0
+    assert play(lab, collections, "distribute.yml", "release-4.img").rc == 0
+    assert play(lab, collections, "verify.yml", "release-4.img").rc == 0
     fallback = {t: record(lab, t)["slot"] for t in lab.terminals}  # A now (release 3 runs on it)
     fallback = {t: "B" if slot == "A" else "A" for t, slot in fallback.items()}
     before = {t: slot_digest(lab, t, fallback[t]) for t in lab.terminals}
 
-    proc = play(lab, collections, "release-4.img", popen=True, playbook="switch.yml")
+    proc = play(lab, collections, "switch.yml", "release-4.img", popen=True)
     lines = []
     try:
         for line in proc.stdout:
@@ -146,7 +126,7 @@ def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallbac
         assert env.get("saved_entry") == fallback[terminal], (terminal, env)   # tried, not confirmed
         assert record(lab, terminal)["phase"] == "tried", terminal
 
-    rerun = play(lab, collections, "release-4.img")
+    rerun = play(lab, collections, "reimage.yml", "release-4.img")
     assert rerun.rc == 0, rerun.tail()
     for terminal in lab.terminals:
         assert release_of(lab, terminal) == "4", terminal
