@@ -169,6 +169,28 @@ def test_a_loop_number_given_to_another_file_while_the_agent_is_down_is_not_resu
 
 
 @needs_loop
+def test_a_loop_device_detached_mid_fetch_cannot_be_given_to_another_file_while_the_job_holds_it(
+        tmp_path, release, loop_factory, agents):
+    image, manifest, origin = release
+    target = loop_factory(SIZE)
+    backing = subprocess.run(["losetup", "-nO", "BACK-FILE", target], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    stranger = tmp_path / "stranger.bin"
+    subprocess.run(["cp", image_factory_fill(tmp_path, 7), stranger], check=True)
+    stranger_before = file_digest(stranger, SIZE)
+    agent = new_agent(agents, tmp_path)
+    job_id = agent.client.put_fetch(manifest, target, peers=[origin])["job"]["id"]
+    agent.wait_job(job_id, lambda j: j["percent"] >= 10, 60, "fetch at 10 %")
+
+    subprocess.run(["losetup", "-d", target], check=True)  # only marked to go when its last user lets go
+    reuse = subprocess.run(["losetup", target, str(stranger)], capture_output=True, text=True)
+    assert reuse.returncode != 0, "the loop number was given to another file while the job held it"
+    agent.wait_job(job_id, lambda j: j["state"] == "verified", 60, "fetch verified")
+    assert file_digest(stranger, SIZE) == stranger_before
+    assert file_digest(backing, SIZE) == file_digest(image, SIZE)  # the image is in the file it checked
+
+
+@needs_loop
 def test_a_partition_whose_gpt_changed_while_the_agent_is_down_is_not_resumed_into(
         tmp_path, release, gpt_disks, agents):
     image, manifest, origin = release
