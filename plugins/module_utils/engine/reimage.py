@@ -216,14 +216,16 @@ class Reimage:
             return dict(answer, pending=True), False
         why = self._changed_since(record)
         if why:
-            # The same fetch again, with the options it was put with (its job record's).
+            # The same fetch again, with the options it was put with (its job record's), reading
+            # the slot in place whatever the disk's speed: verifying it needs that read anyway,
+            # and only the pieces that changed cross the network.
             put = self.session.store.read_record(ih) or {}
             manifest = Manifest.load(self.session.store.path(ih, ".manifest.json"))
             self.session.forget(ih)
             snap, _changed = self.session.put_fetch(
                 manifest, record["device"], put.get("trackers", []), [tuple(p) for p in put.get("peers", [])],
                 bool(put.get("seed_after")), float(put.get("stall_timeout") or 0), True,
-                bool(put.get("local_sources", True)), put.get("check_target") or "auto")
+                True, "always")
             return dict(answer, job=snap.as_dict(), pending=True, reason=f"verifying again: {why}"), True
         record = self.store.write(dict(record, phase=VERIFIED, digest=job.digest, reason=""))
         return dict(answer, record=record, verified=True), True
