@@ -148,26 +148,33 @@ def _gpt(disk_base: str) -> tuple:
         st = os.fstat(fd)
         if not stat.S_ISBLK(st.st_mode) or _sysfs(st.st_rdev) != _sysfs_of(disk_base):
             return "", {}  # /dev/<name> is not this disk: tell nothing rather than something wrong
-        header = os.pread(fd, SECTOR, block)
-        if header[:8] != GPT_SIGNATURE:
-            return "", {}
-        disk_guid = str(uuid.UUID(bytes_le=header[56:72]))
-        entries_lba, count, size = struct.unpack_from("<QII", header, 72)
-        if not 0 < count <= 1024 or not 128 <= size <= 4096:
-            return disk_guid, {}
-        table = os.pread(fd, count * size, entries_lba * block)
+        disk_guid, entries = read_gpt(fd, block)
     except OSError:
         return "", {}
     finally:
         os.close(fd)
-    entries = {}
+    return disk_guid, {start * block // SECTOR: part_uuid for start, _name, part_uuid in entries}
+
+
+def read_gpt(fd: int, block: int) -> tuple:
+    """``(disk GUID, [(first LBA, partition name, partition GUID), ...])`` of the GPT on the
+    disk open as ``fd`` (logical blocks of ``block`` bytes); ``("", [])`` without one."""
+    header = os.pread(fd, SECTOR, block)
+    if header[:8] != GPT_SIGNATURE:
+        return "", []
+    disk_guid = str(uuid.UUID(bytes_le=header[56:72]))
+    entries_lba, count, size = struct.unpack_from("<QII", header, 72)
+    if not 0 < count <= 1024 or not 128 <= size <= 4096:
+        return disk_guid, []
+    table = os.pread(fd, count * size, entries_lba * block)
+    found = []
     for i in range(count):
         raw = table[i * size:(i + 1) * size]
         if len(raw) < 128 or raw[:16] == bytes(16):
             continue
-        start = struct.unpack_from("<Q", raw, 32)[0] * block // SECTOR
-        entries[start] = str(uuid.UUID(bytes_le=raw[16:32]))
-    return disk_guid, entries
+        name = raw[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        found.append((struct.unpack_from("<Q", raw, 32)[0], name, str(uuid.UUID(bytes_le=raw[16:32]))))
+    return disk_guid, found
 
 
 def _sysfs_of(disk_base: str) -> str:

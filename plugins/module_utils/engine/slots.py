@@ -15,14 +15,11 @@ one a new image may be written into.
 """
 import os
 import stat
-import struct
-import uuid
 from dataclasses import dataclass
 
 from .errors import ImageError, TargetRefused
+from .identity import read_gpt
 from .image import SECTOR, device_size, running_root_devices
-
-GPT_SIGNATURE = b"EFI PART"
 LOCATORS = ("partlabel", "partuuid", "device")
 DEFINITION_KEYS = ("name",) + LOCATORS + ("boot_entry",)
 
@@ -175,25 +172,9 @@ def _gpt_partitions(dev_root) -> list:
 def _gpt_entries(node, block):
     fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        header = os.pread(fd, SECTOR, block)
-        if header[:8] != GPT_SIGNATURE:
-            return []
-        entries_lba, count, size = struct.unpack_from("<QII", header, 72)
-        if not 0 < count <= 1024 or not 128 <= size <= 4096:
-            return []
-        table = os.pread(fd, count * size, entries_lba * block)
+        return read_gpt(fd, block)[1]
     finally:
         os.close(fd)
-    found = []
-    for i in range(count):
-        raw = table[i * size:(i + 1) * size]
-        if len(raw) < 128 or raw[:16] == bytes(16):
-            continue
-        part_uuid = str(uuid.UUID(bytes_le=raw[16:32]))
-        start = struct.unpack_from("<Q", raw, 32)[0]
-        part_name = raw[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
-        found.append((start, part_name, part_uuid))
-    return found
 
 
 def _partition_node(disk, start, dev_root):
