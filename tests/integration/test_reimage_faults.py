@@ -134,3 +134,18 @@ def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallbac
         assert grubenv(lab, terminal).get("saved_entry") == record(lab, terminal)["slot"], terminal
         # The slot it fell back to while the try ran was never a target.
         assert slot_digest(lab, terminal, fallback[terminal]) == before[terminal], terminal
+
+
+def test_with_one_fork_every_terminal_of_the_batch_still_reboots_at_once(faults_lab):
+    """No stage's time grows with terminals / forks: with a single fork the reboots of a batch
+    still start within seconds of each other (one after the other, each waited for, they would
+    start at least one whole reboot — about 15 s on this lab — apart)."""
+    lab, collections = faults_lab
+    from lab import lab as labmod
+    labmod.build_image(lab.state, 5)
+    run = play(lab, collections, "reimage.yml", "release-5.img", "--forks", "1")
+    assert run.rc == 0, run.tail()
+    since = {t: lab.firmware(t)["since"] for t in lab.terminals}
+    assert max(since.values()) - min(since.values()) < 12, since
+    for terminal in lab.terminals:
+        assert release_of(lab, terminal) == "5", terminal
