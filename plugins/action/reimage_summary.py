@@ -24,8 +24,9 @@ def row(host, hv, release, dropped):
     record = report.get("record") or {}
     # The job as the run last saw it: after a switch the new system may run no agent yet.
     job = report.get("job") or (hv.get("p2pfleet_verdict") or {}).get("job") or (hv.get("p2pfleet_plan") or {}).get("job") or {}
-    booted = (report.get("situation") or {}).get("booted", "")
-    result, why = outcome(record, release, booted)
+    situation = report.get("situation") or {}
+    booted = situation.get("booted", "")
+    result, why = outcome(record, release, booted, situation.get("fallback"))
     if host in dropped and result != "switched":
         # Dropped by this run's wait: the reason it gave says more than "unreachable" now.
         result, why = "dropped", dropped[host]
@@ -33,8 +34,9 @@ def row(host, hv, release, dropped):
         result, why = "unreachable", one_line(report.get("msg")) or "no answer over SSH"
     elif report.get("failed"):
         result, why = "failed", one_line(report.get("msg"))
-    elif result == "not switched" and (hv.get("p2pfleet_verdict") or {}).get("msg"):
-        why = one_line(hv["p2pfleet_verdict"]["msg"])
+    elif result == "not switched":
+        verdicts = [hv.get("p2pfleet_verdict_wait") or {}, hv.get("p2pfleet_verdict") or {}]
+        why = next((one_line(v["msg"]) for v in verdicts if v.get("failed") and v.get("msg")), why)
     return {"host": host, "slot": booted or "?", "image": record.get("name", "-"), "outcome": result,
             "why": why, "fetched": job.get("downloaded", 0) or 0, "local": job.get("local_bytes", 0) or 0}
 

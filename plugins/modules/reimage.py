@@ -182,7 +182,8 @@ def _without_agent(module, p):
     try:
         if p["step"] == "read" or module.check_mode:
             return dict(reimage.describe(store, now), changed=False, agent=False)
-        answer, changed = reimage.move(store, now, p["step"], " ".join(p["reason"].split()))
+        with store.locked():
+            answer, changed = reimage.move(store, now, p["step"], " ".join(p["reason"].split()))
         return dict(answer, changed=changed, agent=False)
     except P2PFleetError as exc:
         module.fail_json(msg=str(exc))

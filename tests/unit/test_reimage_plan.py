@@ -12,9 +12,10 @@ RELEASE = "a" * 40
 OLDER = "b" * 40
 
 
-def situation(booted="A", fallbacks=("A",), names=("A", "B")):
+def situation(booted="A", fallbacks=("A",), names=("A", "B"), pending=""):
     slots = tuple(Slot(n, f"/dev/sd{n.lower()}", 1 << 30, i, n == booted, {"name": n}) for i, n in enumerate(names))
-    return Situation(slots, next((s for s in slots if s.booted), None), {n: "GRUB saved_entry" for n in fallbacks})
+    return Situation(slots, next((s for s in slots if s.booted), None), {n: "GRUB saved_entry" for n in fallbacks},
+                     pending)
 
 
 def record(phase, slot="B", info_hash=RELEASE):
@@ -43,6 +44,25 @@ def test_a_terminal_running_a_slot_it_only_tried_gets_nothing_fetched():
         chosen = plan(situation(booted="B", fallbacks=("A",)), rec, RELEASE)
         assert chosen["action"] == FINISH_SWITCH and chosen["slot"] == "B", rec
         assert "falls back to slot A (GRUB saved_entry)" in chosen["reason"]
+
+
+def test_a_slot_armed_to_boot_once_is_never_a_target():
+    # Killed after the switch armed B and before its reboot, then run for another release: a
+    # reboot during that fetch would start a half-written slot.
+    chosen = plan(situation(booted="A", fallbacks=("A",), pending="B"), record(VERIFIED), OLDER)
+    assert chosen["action"] == FINISH_SWITCH and chosen["slot"] == "B", chosen
+    assert "armed to boot once" in chosen["reason"]
+
+
+def test_a_running_slot_recorded_tried_is_finished_even_when_the_boot_environment_half_confirmed_it():
+    # Killed between the two writes of a GRUB confirm: B is in the default file, A still saved.
+    chosen = plan(situation(booted="B", fallbacks=("A", "B")), record(TRIED), RELEASE)
+    assert chosen["action"] == FINISH_SWITCH and chosen["slot"] == "B", chosen
+
+
+def test_a_record_confirmed_on_a_slot_the_boot_environment_does_not_fall_back_to_is_not_current():
+    chosen = plan(situation(booted="B", fallbacks=("A",)), record(CONFIRMED), RELEASE)
+    assert chosen["action"] == FINISH_SWITCH, chosen
 
 
 def test_no_free_slot_is_an_error_naming_the_slots():
@@ -94,3 +114,10 @@ def test_moves_the_facts_allow():
 def test_a_terminals_outcome_says_whether_it_runs_the_release_confirmed_and_why_not(rec, booted, expected):
     from engine.reimage import outcome
     assert outcome(rec, RELEASE, booted) == expected
+
+
+def test_switched_needs_the_boot_environment_to_fall_back_to_the_slot_too():
+    from engine.reimage import outcome
+    assert outcome(record(CONFIRMED), RELEASE, "B", ["B"])[0] == "switched"
+    assert outcome(record(CONFIRMED), RELEASE, "B", ["A"]) == (
+        "not switched", "runs r.img on slot B, but a boot falls back to A")

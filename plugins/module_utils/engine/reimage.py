@@ -18,8 +18,11 @@ slot running now, never a slot the boot environment falls back to, whatever a re
 re-run says; and a terminal that runs a slot it tried but never confirmed gets nothing
 fetched until that switch is finished (confirmed, or rolled back).
 """
+import contextlib
+import fcntl
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -48,13 +51,14 @@ class Situation:
     slots: tuple
     booted: object  # slots.Slot or None
     fallbacks: dict  # slot name -> where the boot environment says so
+    pending: str = ""  # the slot armed to boot once at the next boot, if any
 
     def slot(self, name):
         return next((s for s in self.slots if s.name == name), None)
 
     def as_dict(self) -> dict:
         return {"booted": self.booted.name if self.booted else "", "fallback": sorted(self.fallbacks),
-                "slots": [s.as_dict() for s in self.slots]}
+                "pending": self.pending, "slots": [s.as_dict() for s in self.slots]}
 
 
 def situation(definitions, boot_settings) -> Situation:
@@ -67,7 +71,9 @@ def situation(definitions, boot_settings) -> Situation:
     for slot, where in boot_env.fallback_slots(found, backend):
         fallbacks[slot.name] = f"{fallbacks[slot.name]}, {where}" if slot.name in fallbacks else where
     booted, _inactive = slot_defs.booted_and_inactive(found)
-    return Situation(tuple(found), booted, fallbacks)
+    armed = backend.query().pending
+    pending = next((slot.name for slot in found if armed and slot.entry == armed), "")
+    return Situation(tuple(found), booted, fallbacks, pending)
 
 
 def plan(now: Situation, record, info_hash: str) -> dict:
@@ -83,15 +89,21 @@ def plan(now: Situation, record, info_hash: str) -> dict:
     booted = now.booted
     if booted is None:
         raise ReimageError("no slot holds the running root file system; cannot tell which slot is free to write")
+    fallback = ", ".join(f"slot {name} ({where})" for name, where in sorted(now.fallbacks.items()))
+    if booted.name not in now.fallbacks or (record.get("slot") == booted.name and record.get("phase") == TRIED):
+        return {"action": FINISH_SWITCH, "slot": booted.name, "device": booted.device,
+                "reason": f"runs slot {booted.name}, which it only tried (it falls back to {fallback}): the "
+                          "switch is finished (health check, then confirm or roll back) before anything is fetched"}
+    if now.pending and now.pending != booted.name:
+        # Armed to boot once: a reboot in the middle of a fetch would start a half-written slot.
+        slot = now.slot(now.pending)
+        return {"action": FINISH_SWITCH, "slot": slot.name, "device": slot.device,
+                "reason": f"slot {slot.name} is armed to boot once at the next boot: the switch is finished (or the "
+                          "try dropped) before anything is fetched"}
     if (record.get("info_hash") == info_hash and record.get("phase") == CONFIRMED
             and record.get("slot") == booted.name):
         return {"action": CURRENT, "slot": booted.name, "device": booted.device,
                 "reason": f"runs {record.get('name')} on slot {booted.name}, confirmed"}
-    if booted.name not in now.fallbacks:
-        fallback = ", ".join(f"slot {name} ({where})" for name, where in sorted(now.fallbacks.items()))
-        return {"action": FINISH_SWITCH, "slot": booted.name, "device": booted.device,
-                "reason": f"runs slot {booted.name}, which it only tried (it falls back to {fallback}): the "
-                          "switch is finished (health check, then confirm or roll back) before anything is fetched"}
     free = [s for s in now.slots if not s.booted and s.name not in now.fallbacks]
     if not free:
         others = sorted(set(now.fallbacks) - {booted.name})
@@ -139,6 +151,20 @@ class Store:
             raise StateError(f"{self.path}: not a reimage record of this version")
         return data
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the record for a read, a decision and a write: the agent's requests run in
+        threads, and the module writes it itself where no agent runs."""
+        try:
+            fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"{self.path}.lock: cannot open: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self
+        finally:
+            os.close(fd)
+
     def write(self, record: dict) -> dict:
         record = dict(record, format=FORMAT, updated=time.time())
         write_atomic(self.path, json.dumps(record, sort_keys=True).encode(), mode=0o600, error=StateError)
@@ -168,6 +194,10 @@ class Reimage:
     def distribute(self, manifest, **fetch) -> tuple:
         """Plan the release and, when it is to be fetched, record the target and put the
         fetch (idempotent: a re-run finds the same target and the same job)."""
+        with self.store.locked():
+            return self._distribute(manifest, **fetch)
+
+    def _distribute(self, manifest, **fetch) -> tuple:
         now = self._now()
         record = self.store.read()
         chosen = plan(now, record, manifest.info_hash)
@@ -194,6 +224,10 @@ class Reimage:
         return dict(answer, record=record, job=snap.as_dict()), changed or job_changed
 
     def verify(self) -> tuple:
+        with self.store.locked():
+            return self._verify()
+
+    def _verify(self) -> tuple:
         """Take the agent's own verdict on the slot: the whole-image digest its fetch proved,
         still bound to the slot (the ledger's entry is clean and the fingerprint unchanged).
         A slot changed since is verified again by a fetch job (it keeps what matches, repairs
@@ -203,9 +237,9 @@ class Reimage:
             raise ReimageError("no reimage on this terminal yet; run distribute first")
         ih = record["info_hash"]
         answer = {"record": record, "job": self._job(ih), "pending": False, "verified": False}
-        if record["phase"] in (VERIFIED, TRIED, CONFIRMED):
+        if record["phase"] in (TRIED, CONFIRMED) or (record["phase"] == VERIFIED and not self._changed_since(record)):
             return dict(answer, verified=True), False
-        if record["phase"] != FETCHING:
+        if record["phase"] not in (FETCHING, VERIFIED):
             return dict(answer, reason=f"slot {record['slot']} was {record['phase']}; run distribute again"), False
         job = self.session.job(ih)
         if job is None:
@@ -243,7 +277,13 @@ class Reimage:
         return delta.still_clean(entry, now)
 
     def move(self, phase: str, reason: str = "") -> tuple:
-        return move(self.store, self._now, phase, reason)
+        with self.store.locked():
+            if phase == TRIED:
+                record = self.store.read()
+                why = self._changed_since(record) if record and record.get("phase") == VERIFIED else ""
+                if why:
+                    raise ReimageError(f"slot {record['slot']} is not booted: {why}; run verify again")
+            return move(self.store, self._now, phase, reason)
 
     def _job(self, info_hash):
         snap = self.session.job(info_hash)
@@ -264,7 +304,7 @@ def move(store: Store, now, phase: str, reason: str = "") -> tuple:
     """``tried``, ``confirmed`` or ``rolled_back``, after ``check_step`` allows it; ``now()``
     reads the slots. Used by the agent, and by the ``reimage`` module itself on a system that
     has no agent (a new slot booted before the roles installed one into it): the record is on
-    the state partition, which every slot shares."""
+    the state partition, which every slot shares. The caller holds ``store.locked()``."""
     if phase not in (TRIED, CONFIRMED, ROLLED_BACK):
         raise ReimageError(f"step must be distribute, verify, tried, confirmed or rolled_back, got {phase!r}")
     record = store.read()
@@ -274,10 +314,11 @@ def move(store: Store, now, phase: str, reason: str = "") -> tuple:
     return {"record": store.write(dict(record, phase=phase, reason=reason))}, True
 
 
-def outcome(record, release: str, booted: str = "") -> tuple:
+def outcome(record, release: str, booted: str = "", fallback=None) -> tuple:
     """``(outcome, why)`` of a terminal's reimage for the release ``release`` (info-hash),
-    from its record and the slot running now: ``switched`` only when it runs the release
-    from the slot it was written to, confirmed."""
+    from its record, the slot running now and (when known) the slots a boot falls back to:
+    ``switched`` only when it runs the release from the slot it was written to, confirmed
+    in the record and in the boot environment."""
     if not record:
         return "not reimaged", "no reimage on this terminal yet"
     name, phase, slot = record.get("name", "?"), record.get("phase"), record.get("slot")
@@ -288,6 +329,8 @@ def outcome(record, release: str, booted: str = "") -> tuple:
     if phase == CONFIRMED:
         if booted and booted != slot:
             return "not switched", f"confirmed on slot {slot} but runs slot {booted}"
+        if fallback is not None and slot not in fallback:
+            return "not switched", f"runs {name} on slot {slot}, but a boot falls back to {', '.join(fallback)}"
         return "switched", f"runs {name} on slot {slot}, confirmed"
     if phase == ROLLED_BACK:
         return "rolled back", record.get("reason") or "the new slot failed"
