@@ -430,7 +430,8 @@ def held_path(fd: int) -> str:
 
 _RETIRED = []  # (descriptor number kept on /dev/null, when)
 _RETIRED_LOCK = threading.Lock()
-RETIRED_KEEP = 120.0
+# Far longer than libtorrent ever takes to finish an I/O it had queued for a removed torrent.
+RETIRED_KEEP = 600.0
 
 
 def retire_fd(fd: int) -> None:

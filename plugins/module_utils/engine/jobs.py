@@ -277,6 +277,13 @@ class Job:
             up += self.status.total_payload_upload
         return down, up
 
+    def named(self, text: str) -> str:
+        """``text`` with every path this job does I/O through (its claim's held descriptors,
+        the slices of a split image) shown as the target the administrator named."""
+        for held in sorted({p for p in [self.io_path, *self.paths] if p and p != self.path}, key=len, reverse=True):
+            text = text.replace(held, self.path)
+        return text
+
     def release_claims(self) -> None:
         for claim in self.claims:
             claim.release()
@@ -387,18 +394,15 @@ class FetchJob(Job):
             except Cancelled:
                 self.worker_result = ("cancelled",)
             except Exception as exc:  # any failure must reach the loop, or the job hangs
-                self.worker_result = ("error", _one_line(exc, self.path, self.io_path))
+                self.worker_result = ("error", self.named(_one_line(exc, self.path)))
 
         self.worker = threading.Thread(target=work, name=f"p2pfleet-{kind}-{self.id[:8]}", daemon=True)
         self.worker.start()
 
 
-def _one_line(exc, path, io_path=None) -> str:
-    """One line naming the target as the administrator named it, never by its held path."""
+def _one_line(exc, path) -> str:
     if isinstance(exc, P2PFleetError):
-        text = str(exc)
-    elif isinstance(exc, OSError):
-        text = f"{path}: {exc.strerror or exc}"
-    else:
-        text = f"{path}: {type(exc).__name__}: {exc}"
-    return text.replace(io_path, path) if io_path else text
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{path}: {exc.strerror or exc}"
+    return f"{path}: {type(exc).__name__}: {exc}"

@@ -363,9 +363,11 @@ class Session:
             log.exception("job step failed")
             if job is None:
                 return
-            message = str(exc) if isinstance(exc, P2PFleetError) else f"{type(exc).__name__}: {exc}"
+            message = job.named(str(exc) if isinstance(exc, P2PFleetError)
+                                else f"{job.path}: {job.action} failed ({type(exc).__name__}: {exc})")
             job.awaiting = None
             job.stopping = None
+            job.cancel.set()
             if job.handle is not None:
                 try:
                     if job.handle.is_valid():
@@ -374,9 +376,20 @@ class Session:
                     pass
                 job.handle = None
             job.status = None
-            job.release_claims()
             job.set_state(J.FAILED, message)
+            if job.worker is not None and job.worker.is_alive():
+                # It writes the target through its own descriptor: the claim is let go only
+                # once it has stopped, or the device could be mounted or claimed under it.
+                job.stopping = J.FAILED
+                job.awaiting = ("worker", time.monotonic() + WORKER_STOP_TIMEOUT, lambda: self._let_go(job))
+            else:
+                job.release_claims()
             self._record(job)
+
+    def _let_go(self, job) -> None:
+        job.stopping = None
+        job.release_claims()
+        self._record(job)
 
     def _publish(self) -> None:
         now = time.monotonic()
@@ -447,7 +460,7 @@ class Session:
                        reason=f"piece {alert.piece_index} does not match manifest {job.manifest.name}; "
                               "the image changed after its manifest was made")
         elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
-            self._fail(job, f"{job.action} {job.manifest.name}: {alert.message()}")
+            self._fail(job, job.named(f"{job.action} {job.manifest.name}: {alert.message()}"))
         elif isinstance(alert, lt.torrent_finished_alert):
             if job.action == "fetch" and job.state in (J.DOWNLOADING, J.STALLED):
                 self._flush(job)
@@ -564,10 +577,14 @@ class Session:
             kind, deadline, _then = job.awaiting
             if kind == "worker" and not job.worker.is_alive():
                 self._resolve(job)
+            elif kind == "worker" and now > deadline:
+                # Never let the target go while the worker may still write it.
+                log.warning("%s: the local-pieces worker has not stopped for %g s; the target stays claimed",
+                            job.manifest.name, now - deadline + WORKER_STOP_TIMEOUT)
+                job.awaiting = (kind, now + WORKER_STOP_TIMEOUT, _then)
             elif now > deadline:
-                log.warning("%s: no answer from %s within %g s; going on", job.manifest.name,
-                            "the local-pieces worker" if kind == "worker" else f"libtorrent to {kind}",
-                            WORKER_STOP_TIMEOUT if kind == "worker" else ALERT_TIMEOUT)
+                log.warning("%s: no answer from libtorrent to %s within %g s; going on", job.manifest.name, kind,
+                            ALERT_TIMEOUT)
                 self._resolve(job)
             return
         # Whether the worker ran is read before its result: a worker that ended had set it.
@@ -833,6 +850,14 @@ class Session:
             if claimed:
                 claimed.discard()
             raise
+        # Resume data of an earlier job of this image on another target is never loaded here.
+        previous = self.store.read_record(job.id)
+        changed = ident.difference(previous.get("identity"), claim.identity) if previous else ""
+        if changed and os.path.exists(self.store.resume_path(job.id)):
+            job.warning = (f"resume data in {self.store.resume_path(job.id)} was written for another target than "
+                           f"{job.path} ({changed}); starting from zero")
+            log.warning("%s", job.warning)
+            self._set_aside(self.store.resume_path(job.id))
         # Before a byte is written: no older job of this target may ever take it up again,
         # and a crash from here on finds this job's record.
         self._supersede(job)
