@@ -22,7 +22,6 @@ import contextlib
 import fcntl
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass
 
