@@ -30,8 +30,10 @@ def row(host, hv, release, dropped):
     if host in dropped and result != "switched":
         # Dropped by this run's wait: the reason it gave says more than "unreachable" now.
         result, why = "dropped", dropped[host]
-    elif report.get("unreachable"):
-        result, why = "unreachable", one_line(report.get("msg")) or "no answer over SSH"
+    elif report.get("unreachable") or not report:
+        # Not even in the summary's own play: Ansible leaves a host out of every later play
+        # once it was unreachable in this run.
+        result, why = "unreachable", one_line(report.get("msg")) or "no answer over SSH in this run"
     elif report.get("failed"):
         result, why = "failed", one_line(report.get("msg"))
     elif result == "not switched":
