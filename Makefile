@@ -55,6 +55,7 @@ bench: venv
 	$(PY) benchmarks/agent.py --size 512M
 	$(PY) benchmarks/tracker_load.py --peers 1000 --count 30000
 	$(PY) benchmarks/fleet.py --terminals 4,8 --size 128M
+	$(PY) benchmarks/stages.py --terminals 4,8
 
 wheelhouse: venv
 	@stamp="$(WHEELHOUSE)/.requirements-$$(sha256sum requirements.txt | cut -c1-16)"; \
