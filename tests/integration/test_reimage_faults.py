@@ -112,7 +112,6 @@ def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallbac
     assert play(lab, collections, "verify.yml", "release-4.img").rc == 0
     fallback = {t: record(lab, t)["slot"] for t in lab.terminals}  # A now (release 3 runs on it)
     fallback = {t: "B" if slot == "A" else "A" for t, slot in fallback.items()}
-    before = {t: slot_digest(lab, t, fallback[t]) for t in lab.terminals}
 
     proc = play(lab, collections, "switch.yml", "release-4.img", popen=True)
     lines = []
@@ -130,6 +129,9 @@ def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallbac
         env = grubenv(lab, terminal)
         assert env.get("saved_entry") == fallback[terminal], (terminal, env)   # tried, not confirmed
         assert record(lab, terminal)["phase"] == "tried", terminal
+    # The old slot no longer runs (its own system wrote it until the reboot): from now on
+    # nothing may change it — it is what every terminal falls back to.
+    before = {t: slot_digest(lab, t, fallback[t]) for t in lab.terminals}
 
     rerun = play(lab, collections, "reimage.yml", "release-4.img")
     assert rerun.rc == 0, rerun.tail()
