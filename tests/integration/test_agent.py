@@ -18,7 +18,7 @@ import yaml
 
 from _agent_client import AgentError
 from agent_helpers import AgentProc
-from conftest import MIB, ROOT, needs_loop, run_cli
+from conftest import MIB, P2PFLEET, ROOT, needs_loop, run_cli
 from swarm_helpers import file_digest, free_port, start_seeder
 
 
@@ -454,3 +454,27 @@ def test_a_slot_changed_after_its_verdict_is_verified_again_by_an_agent_job(
     assert verdict["verified"] and file_digest(parts[1], size) == file_digest(image, size), verdict
     job = agent.client.job(job_id)
     assert job["downloaded"] <= 2 * MIB and job["kept_bytes"] >= size - 2 * MIB, job  # one piece came again
+
+
+def test_a_reload_while_the_agent_starts_does_not_end_it(tmp_path, agents):
+    # The swarm_client role restarts the agent and may reload it a moment later; SIGHUP's
+    # default action would end an agent that has not set its handler yet.
+    root = tmp_path / "agent"
+    root.mkdir()
+    agent = AgentProc(root, free_port())
+    agents.append(agent)
+    agent._log = open(agent.log_path, "a")
+    agent.popen = subprocess.Popen(P2PFLEET + ["agent", "--config", str(agent.config_path)],
+                                   stdout=agent._log, stderr=subprocess.STDOUT)
+    time.sleep(0.3)  # Python runs, the session is not up yet
+    agent.popen.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while True:
+        assert agent.popen.poll() is None, f"the agent died of an early SIGHUP:\n{agent.log()[-2000:]}"
+        try:
+            if agent.client.info()["pid"] == agent.popen.pid:
+                break
+        except AgentError:
+            pass
+        assert time.monotonic() < deadline, agent.log()[-2000:]
+        time.sleep(0.1)

@@ -1,5 +1,6 @@
 """``p2pfleet agent --config FILE``: run the agent until SIGINT/SIGTERM (SIGHUP reloads)."""
 import asyncio
+import signal
 
 from ..daemon import setup_logging
 from .config import LOG_LEVELS, load
@@ -20,6 +21,10 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    # A reload (SIGHUP) that comes while the agent starts — the role restarts it and may
+    # reload it a moment later — must not end it (SIGHUP's default): it has just read its
+    # config anyway. serve() installs the real handler once it runs.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here so other subcommands (and modules under AnsiballZ) never need aiohttp.
     from .server import serve
 
