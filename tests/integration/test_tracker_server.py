@@ -57,7 +57,7 @@ def test_non_compact_reply_lists_dicts_without_anyone_elses_peer_id(tracker):
 
 def test_ipv6_peers_come_back_in_peers6(tmp_path):
     try:
-        port = free_port("::1")
+        port = free_port("::1", "127.0.0.1")
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
     proc = TrackerProcess(tmp_path, {"listen": [f"[::1]:{port}", f"127.0.0.1:{port}"],

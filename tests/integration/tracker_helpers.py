@@ -15,10 +15,21 @@ from conftest import P2PFLEET
 from engine.bencode import decode
 
 
-def free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host="127.0.0.1", *others):
+    """A port free on ``host`` and on every one of ``others`` (a tracker listening on ::1 and
+    127.0.0.1 needs the same port free on both: one free on ::1 alone may be taken on the other)."""
+    for _attempt in range(50):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            for other in others:
+                with socket.socket(socket.AF_INET6 if ":" in other else socket.AF_INET) as s:
+                    s.bind((other, port))
+        except OSError:
+            continue
+        return port
+    raise OSError(f"no port free on {host} and {', '.join(others)} after 50 tries")
 
 
 def wait_until(predicate, timeout, what, interval=0.05):
