@@ -51,6 +51,7 @@ os.environ.setdefault("P2PFLEET_LAB_DIR", "/dev/shm/p2pfleet-bench-labs")
 
 from _agent_client import AgentClient, AgentError  # noqa: E402
 from bench_files import make_image  # noqa: E402
+from machine import cpu_percent, cpu_ticks  # noqa: E402
 from engine import metainfo  # noqa: E402
 from lab import lab as labs  # noqa: E402
 from lab import net as lab_net  # noqa: E402
@@ -116,18 +117,6 @@ def in_netns(netns, *argv, timeout=60):
 def counter(netns, dev, which):
     """Bytes ``dev`` in ``netns`` has sent (``tx``) or received (``rx``), headers included."""
     return int(in_netns(netns, "cat", f"/sys/class/net/{dev}/statistics/{which}_bytes"))
-
-
-def cpu_ticks():
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def cpu_percent(before, after):
-    busy, total = after[0] - before[0], after[1] - before[1]
-    return 100.0 * busy / total if total else 0.0
 
 
 def wait_until(predicate, timeout, what):

@@ -43,6 +43,7 @@ os.environ.setdefault("P2PFLEET_LAB_DIR", "/dev/shm/p2pfleet-bench-labs")
 from lab import disk as lab_disk  # noqa: E402
 from lab import lab as labs  # noqa: E402
 from lab import net as lab_net  # noqa: E402
+from machine import cpu_percent, cpu_ticks  # noqa: E402
 from lab.reimage_demo import STAGES  # noqa: E402  (the first play of each stage, as reimage.yml imports them)
 from lab.sh import LabError  # noqa: E402
 
@@ -61,18 +62,6 @@ BUSY = 90.0     # machine CPU % from which a run is marked as limited by this ma
 
 class BenchError(Exception):
     """The benchmark cannot go on; the message says why."""
-
-
-def cpu_ticks():
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def cpu_percent(before, after):
-    busy, total = after[0] - before[0], after[1] - before[1]
-    return 100.0 * busy / total if total else 0.0
 
 
 def children_cpu():
