@@ -20,7 +20,17 @@ description:
   - V(verify) takes the agent's own verdict, the whole-image digest its fetch proved, still bound to the slot (the slot
     ledger's entry is clean and the slot's fingerprint unchanged). A slot changed since is verified again by a fetch
     job on the agent (RV(pending)), never by a second read from here. Returns at once.
-  - V(tried), V(confirmed), V(rolled_back) record the switch; V(confirmed) only for the slot running now.
+  - V(tried), V(confirmed) and V(rolled_back) take the switch one step, in the boot environment and in the record
+    together, so that a run stopped between any two steps leaves both saying the same.
+    V(tried) arms the verified slot to boot once at the next boot (the agent's job serving it lets go of it first);
+    a terminal that already runs the slot (a run stopped after its reboot) or runs it confirmed is left as it is.
+    V(confirmed) makes the slot the default, only while it is the slot running (after the administrator's health
+    checks). V(rolled_back) drops the slot's one-shot and records why; on a terminal that runs the slot, RV(reboot)
+    says that a reboot takes it back to its old slot. When the boot environment already has the slot as its
+    default (only recording the switch failed), it is recorded V(confirmed) instead and RV(kept) is true.
+  - With O(reboot=true), a step whose RV(reboot) is true also reboots the terminal, two seconds after the module
+    returns, so that every terminal of a batch reboots together; wait for them with
+    M(p2pfleet.imaging.reboot_wait) and the RV(boot_id) returned here.
   - V(read) returns the record and the slots as they are.
   - The agent needs the terminal's slots and boot settings in its config (the swarm_client role renders them from
     C(p2pfleet_slots) and C(p2pfleet_boot)).
@@ -53,6 +63,13 @@ options:
     description: Why, for O(step=rolled_back) (shown in the summary).
     type: str
     default: ""
+  reboot:
+    description:
+      - Reboot the terminal when the step says a reboot is due (RV(reboot)), that is O(step=tried) on a terminal that
+        does not run the slot yet, or O(step=rolled_back) on one that does. The module returns first; the reboot
+        follows two seconds later. Never in check mode.
+    type: bool
+    default: false
   trackers:
     description: Announce URLs of the fetch; the agent's own when empty.
     type: list
@@ -114,10 +131,26 @@ EXAMPLES = r'''
   retries: 720
   delay: 5
 
-- name: Record that the slot failed its health check
+- name: Boot the verified slot once, and reboot into it
+  p2pfleet.imaging.reimage:
+    step: tried
+    reboot: true
+  register: try_it
+
+- name: Wait for the terminal to come back
+  p2pfleet.imaging.reboot_wait:
+    boot_id: "{{ try_it.boot_id }}"
+  when: try_it.rebooting
+
+- name: Keep the new slot (refused unless it is the slot running now)
+  p2pfleet.imaging.reimage:
+    step: confirmed
+
+- name: Go back to the old slot after a failed health check
   p2pfleet.imaging.reimage:
     step: rolled_back
-    reason: came back on slot A
+    reason: the web check failed
+    reboot: true
 '''
 
 RETURN = r'''
@@ -148,6 +181,22 @@ verified:
   description: The slot holds the release, proved by the agent's digest and unchanged since.
   returned: always
   type: bool
+reboot:
+  description: The step is done only once the terminal reboots (see O(reboot)).
+  returned: when O(step) is V(tried) or V(rolled_back)
+  type: bool
+rebooting:
+  description: The module started the terminal's reboot (O(reboot=true) and RV(reboot)).
+  returned: always
+  type: bool
+kept:
+  description: O(step=rolled_back) found the slot already the default and running, and recorded it confirmed.
+  returned: when O(step=rolled_back)
+  type: bool
+boot_id:
+  description: The terminal's boot id when the step was taken (a new one after every boot).
+  returned: always
+  type: str
 agent:
   description: V(false) when the step was taken by the module itself, on a terminal that runs no agent.
   returned: when no agent answered
@@ -164,7 +213,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS, SLOTS_ARG, slot_definitions
-from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import reimage
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot, reimage
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 
 FETCH_OPTIONS = ("seed_after", "local_sources", "stall_timeout")
@@ -177,13 +226,13 @@ def _without_agent(module, p):
     store = reimage.Store(p["state_dir"])
     boot = {k: v for k, v in (p["boot"] or {}).items() if v is not None}
 
-    def now():
-        return reimage.situation(slot_definitions(p["slots"]), boot)
+    def settings():
+        return slot_definitions(p["slots"]), boot
     try:
         if p["step"] == "read" or module.check_mode:
-            return dict(reimage.describe(store, now), changed=False, agent=False)
+            return dict(reimage.describe(store, lambda: reimage.situation(*settings())), changed=False, agent=False)
         with store.locked():
-            answer, changed = reimage.move(store, now, p["step"], " ".join(p["reason"].split()))
+            answer, changed = reimage.move(store, settings, p["step"], " ".join(p["reason"].split()))
         return dict(answer, changed=changed, agent=False)
     except P2PFleetError as exc:
         module.fail_json(msg=str(exc))
@@ -196,6 +245,7 @@ def main():
                       default="read"),
             manifest=dict(type="path"),
             reason=dict(type="str", default=""),
+            reboot=dict(type="bool", default=False),
             trackers=dict(type="list", elements="str", default=[]),
             peers=dict(type="list", elements="str", default=[]),
             seed_after=dict(type="bool"),
@@ -215,8 +265,12 @@ def main():
     p = module.params
     client = AgentClient(p["socket"])
     fetch = {key: p[key] for key in FETCH_OPTIONS if p[key] is not None}
+    try:
+        boot_id = boot.boot_id()
+    except P2PFleetError as exc:
+        module.fail_json(msg=str(exc))
     if p["step"] in LOCAL_STEPS and not os.path.exists(p["socket"]):
-        module.exit_json(**_without_agent(module, p))
+        _finish(module, dict(_without_agent(module, p), boot_id=boot_id))
     try:
         if p["step"] == "read" or module.check_mode:
             answer = dict(client.reimage(), changed=False)
@@ -233,6 +287,18 @@ def main():
     answer.setdefault("verified", (answer.get("record") or {}).get("phase") in ("verified", "tried", "confirmed"))
     if p["step"] == "verify" and not module.check_mode and not answer["verified"] and not answer["pending"]:
         module.fail_json(msg=answer.get("reason") or "the slot is not verified", **answer)
+    _finish(module, dict(answer, boot_id=boot_id))
+
+
+def _finish(module, answer):
+    """Return the step's answer; with ``reboot``, reboot when the step says so (after returning)."""
+    answer["rebooting"] = False
+    if module.params["reboot"] and answer.get("reboot") and not module.check_mode:
+        try:
+            boot.reboot_soon()
+        except P2PFleetError as exc:
+            module.fail_json(msg=str(exc), **answer)
+        answer["rebooting"] = True
     module.exit_json(**answer)
 
 

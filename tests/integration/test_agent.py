@@ -303,6 +303,12 @@ def reload_with(agent, **changes):
         time.sleep(0.05)
 
 
+def read_grubenv(grub_dir):
+    out = subprocess.run(["grub-editenv", str(grub_dir / "grubenv"), "list"], capture_output=True, text=True,
+                         check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
 def boot_files(grub_dir):
     return {p.name: p.read_bytes() for p in sorted(grub_dir.iterdir())}
 
@@ -403,14 +409,24 @@ def test_the_agent_plans_verifies_and_records_a_terminals_reimage_from_its_own_f
     assert verdict["record"]["digest"] == client.job(job_id)["digest"]
     assert agent.log().count("-> verifying") == 1, agent.log()  # the slot was read once for this release
 
-    # The slot changed after its verdict: verified again by an agent job, never trusted as it is.
-    client.reimage_step("tried")
-    with pytest.raises(AgentError, match="slot B is not the slot running now"):
+    # The switch, one step at a time, in the boot environment and the record together: tried
+    # arms B for the next boot only (after the job seeding B let go of it) and says a reboot
+    # is due; B never booted here, so confirming it is refused; the rollback drops the try.
+    tried = client.reimage_step("tried")
+    assert tried["changed"] and tried["reboot"] and tried["record"]["phase"] == "tried", tried
+    assert read_grubenv(grub_dir)["next_entry"] == "B" and read_grubenv(grub_dir)["saved_entry"] == "A"
+    assert client.job(job_id) is None, "the job seeding slot B still holds it"
+    assert tried["situation"]["pending"] == "B"
+    with pytest.raises(AgentError, match="came back on slot A, not B: the new image did not boot"):
         client.reimage_step("confirmed")
-    assert client.reimage()["record"]["phase"] == "tried"
-    client.reimage_step("rolled_back", reason="came back on slot A")
+    assert client.reimage()["record"]["phase"] == "tried" and read_grubenv(grub_dir)["saved_entry"] == "A"
+    back = client.reimage_step("rolled_back", reason="came back on slot A")
+    assert not back["reboot"] and not back["kept"], back   # A runs: no reboot needed to go back
+    assert "next_entry" not in read_grubenv(grub_dir)
     assert client.reimage()["record"] == {**client.reimage()["record"], "phase": "rolled_back",
                                           "reason": "came back on slot A"}
+    with pytest.raises(AgentError, match="slot B is rolled_back, not verified: it is never booted"):
+        client.reimage_step("tried")
 
     # Killed during a switch: B runs but was only tried (simulated: GRUB's default is B while A
     # runs, so the running slot is no fallback). Nothing is fetched until that is settled.

@@ -121,3 +121,94 @@ def test_switched_needs_the_boot_environment_to_fall_back_to_the_slot_too():
     assert outcome(record(CONFIRMED), RELEASE, "B", ["B"])[0] == "switched"
     assert outcome(record(CONFIRMED), RELEASE, "B", ["A"]) == (
         "not switched", "runs r.img on slot B, but a boot falls back to A")
+
+
+class Terminal:
+    """A terminal's boot environment as GRUB keeps it (default, one-shot), the slot it runs,
+    and its record: enough to take the switch's steps with ``move``."""
+
+    name = "grub"
+
+    def __init__(self, monkeypatch, tmp_path, phase, booted="A", default="A", pending=None):
+        import engine.reimage as reimage
+        self.booted, self.default, self.pending, self.calls = booted, default, pending, []
+        self.store = reimage.Store(str(tmp_path))
+        self.store.write(record(phase))
+        monkeypatch.setattr(reimage, "situation", lambda _d, _b: situation(
+            booted=self.booted, fallbacks=(self.default,), pending=self.pending or ""))
+        monkeypatch.setattr(reimage.boot_env, "from_settings", lambda _s: self)
+        monkeypatch.setattr(reimage.boot_env, "check_change", lambda *a, **k: self.calls.append(("check",) + a[1:3]))
+
+    def try_next(self, entry):
+        self.calls.append(("try_next", entry))
+        changed, self.pending = self.pending != entry, entry
+        return changed
+
+    def confirm(self, entry):
+        self.calls.append(("confirm", entry))
+        changed, self.default, self.pending = (self.default, self.pending) != (entry, None), entry, None
+        return changed
+
+    def reject(self, entry):
+        self.calls.append(("reject", entry))
+        changed = self.pending == entry
+        self.pending = None if changed else self.pending
+        return changed
+
+    def step(self, phase, reason="", stop_serving=None):
+        from engine.reimage import move
+        with self.store.locked():
+            return move(self.store, lambda: ([], {}), phase, reason, stop_serving=stop_serving)
+
+
+def test_tried_lets_the_slot_go_then_arms_it_once_records_it_and_asks_for_a_reboot(monkeypatch, tmp_path):
+    t = Terminal(monkeypatch, tmp_path, VERIFIED)
+    served = []
+    answer, changed = t.step(TRIED, stop_serving=lambda rec: served.append((rec["slot"], list(t.calls))))
+    assert changed and answer["reboot"] and answer["record"]["phase"] == TRIED
+    assert served == [("B", [])], "the job serving B let go of it before anything else"
+    assert t.calls == [("check", "B", "next"), ("try_next", "B")] and t.default == "A"
+    again, changed = t.step(TRIED)      # a re-run before the reboot: the same, nothing new
+    assert not changed and again["reboot"] and t.pending == "B"
+
+
+def test_tried_on_a_terminal_that_runs_the_slot_already_asks_for_no_reboot(monkeypatch, tmp_path):
+    t = Terminal(monkeypatch, tmp_path, TRIED, booted="B")           # a run stopped after the reboot
+    answer, changed = t.step(TRIED)
+    assert not changed and not answer["reboot"] and t.calls == []
+    t = Terminal(monkeypatch, tmp_path, CONFIRMED, booted="B", default="B")
+    answer, changed = t.step(TRIED)
+    assert not changed and not answer["reboot"] and answer["record"]["phase"] == CONFIRMED
+
+
+def test_confirmed_needs_the_slot_running_and_names_where_the_terminal_came_back(monkeypatch, tmp_path):
+    t = Terminal(monkeypatch, tmp_path, TRIED, booted="A")
+    with pytest.raises(ReimageError, match="came back on slot A, not B: the new image did not boot"):
+        t.step(CONFIRMED)
+    assert t.default == "A" and t.store.read()["phase"] == TRIED
+    t.booted = "B"
+    answer, changed = t.step(CONFIRMED)
+    assert changed and t.default == "B" and answer["record"]["phase"] == CONFIRMED
+    assert ("check", "B", "confirmed") in t.calls
+
+
+@pytest.mark.parametrize("booted, default, pending, reboot, kept, phase", [
+    ("B", "A", None, True, False, ROLLED_BACK),      # runs the new slot, unconfirmed: reboot back to A
+    ("A", "A", "B", False, False, ROLLED_BACK),      # never left A: drop the one-shot, no reboot
+    ("B", "B", None, False, True, CONFIRMED),        # the boot environment made the switch: kept
+])
+def test_rolled_back_decides_from_the_facts(monkeypatch, tmp_path, booted, default, pending, reboot, kept, phase):
+    t = Terminal(monkeypatch, tmp_path, TRIED, booted=booted, default=default, pending=pending)
+    answer, _changed = t.step(ROLLED_BACK, reason="health check failed")
+    assert (answer["reboot"], answer["kept"], answer["record"]["phase"]) == (reboot, kept, phase)
+    assert t.pending is None and t.default == default
+    if phase == ROLLED_BACK:
+        assert answer["record"]["reason"] == "health check failed"
+
+
+def test_a_rolled_back_slot_that_still_runs_is_never_tried_again(monkeypatch, tmp_path):
+    t = Terminal(monkeypatch, tmp_path, ROLLED_BACK, booted="B")
+    with pytest.raises(ReimageError, match="was rolled back .* but still runs: it is left by a reboot"):
+        t.step(TRIED)
+    answer, _changed = t.step(ROLLED_BACK, reason="again")
+    assert answer["reboot"] and t.calls == [("reject", "B")]

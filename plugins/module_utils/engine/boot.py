@@ -36,6 +36,7 @@ GRUBENV_SIZE = 1024
 GRUBENV_HEADER = "# GRUB Environment Block\n"
 DEFAULT_GRUBENV = "/boot/grub/grubenv"
 DEFAULT_GRUB_DEFAULT_CFG = "/boot/grub/p2pfleet-default.cfg"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BACKENDS = ("auto", "grub", "efi", "uboot")
 
 
@@ -367,6 +368,34 @@ def detect(grubenv: str = DEFAULT_GRUBENV) -> str:
                     "environment; set the backend explicitly")
 
 
+def from_settings(settings):
+    """The backend a terminal's boot settings name (``backend``, ``grubenv``,
+    ``uboot_config``: the agent's ``boot`` config, the modules' ``boot`` option)."""
+    settings = settings or {}
+    return backend(settings.get("backend") or "auto", grubenv=settings.get("grubenv") or DEFAULT_GRUBENV,
+                   uboot_config=settings.get("uboot_config"))
+
+
+def boot_id() -> str:
+    """This boot's id (a new one at every boot): how a reboot is told from no reboot."""
+    try:
+        with open(BOOT_ID, encoding="ascii") as f:
+            return f.read(64).strip()
+    except OSError as exc:
+        raise BootError(f"{BOOT_ID}: cannot read: {exc.strerror}") from None
+
+
+def reboot_soon(delay: int = 2) -> None:
+    """Reboot this host ``delay`` seconds from now, in a process of its own, so that whoever
+    asked gets its answer first (and a whole batch of terminals reboots together)."""
+    command = f"sleep {int(delay)} && exec /sbin/shutdown -r now 'p2pfleet switch'"
+    try:
+        subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise BootError(f"cannot start the reboot: {exc.strerror}") from None
+
+
 def backend(name: str, grubenv: str = DEFAULT_GRUBENV, uboot_config: str = None):
     if name == "auto":
         name = detect(grubenv)
@@ -449,9 +478,7 @@ def refuse_fallback_target(path, definitions, settings) -> None:
     if not written:
         return
     try:
-        fallbacks = fallback_slots(found, backend(settings.get("backend") or "auto",
-                                                  grubenv=settings.get("grubenv") or DEFAULT_GRUBENV,
-                                                  uboot_config=settings.get("uboot_config")))
+        fallbacks = fallback_slots(found, from_settings(settings))
     except P2PFleetError as exc:
         raise TargetRefused(f"{path}: {_is_or_holds(path, written[0])} slot {written[0].name}, and which slot this "
                             f"terminal falls back to cannot be told ({exc}); refusing to write it") from None

@@ -63,9 +63,7 @@ class Situation:
 def situation(definitions, boot_settings) -> Situation:
     """Read the slots and the boot environment (raises ``P2PFleetError`` naming the problem)."""
     found = slot_defs.resolve_slots(definitions)
-    backend = boot_env.backend(boot_settings.get("backend") or "auto",
-                               grubenv=boot_settings.get("grubenv") or boot_env.DEFAULT_GRUBENV,
-                               uboot_config=boot_settings.get("uboot_config"))
+    backend = boot_env.from_settings(boot_settings)
     fallbacks = {}
     for slot, where in boot_env.fallback_slots(found, backend):
         fallbacks[slot.name] = f"{fallbacks[slot.name]}, {where}" if slot.name in fallbacks else where
@@ -120,15 +118,21 @@ def check_step(record, phase: str, now: Situation) -> None:
         raise ReimageError("no reimage on this terminal yet; run distribute first")
     have = record.get("phase")
     slot = record.get("slot")
-    if phase == TRIED and have not in (VERIFIED, TRIED):
-        raise ReimageError(f"slot {slot} is {have}, not verified: it is never booted")
+    running = now.booted.name if now.booted else ""
+    if phase == TRIED:
+        if have == ROLLED_BACK and running == slot:
+            raise ReimageError(f"slot {slot} was rolled back ({record.get('reason') or 'it failed'}) but still runs: "
+                               "it is left by a reboot into the old slot")
+        if have not in (VERIFIED, TRIED) and not (have == CONFIRMED and running == slot):
+            raise ReimageError(f"slot {slot} is {have}, not verified: it is never booted; run verify first")
     if phase == CONFIRMED:
         if have not in (TRIED, CONFIRMED, VERIFIED):
             raise ReimageError(f"slot {slot} is {have}: only a tried slot is confirmed")
-        if now.booted is None or now.booted.name != slot:
-            running = now.booted.name if now.booted else "none"
-            raise ReimageError(f"slot {slot} is not the slot running now ({running}): only a slot that booted "
-                               "and is healthy is confirmed")
+        if running != slot and have == TRIED:
+            raise ReimageError(f"came back on slot {running or '?'}, not {slot}: the new image did not boot")
+        if running != slot:
+            raise ReimageError(f"slot {slot} is not the slot running now ({running or 'none'}): only a slot that "
+                               "booted and is healthy is confirmed")
     if phase == ROLLED_BACK and have not in (TRIED, VERIFIED, ROLLED_BACK):
         raise ReimageError(f"slot {slot} is {have}: nothing to roll back")
 
@@ -181,11 +185,7 @@ class Reimage:
         self.store = Store(session.store.root)
 
     def _now(self) -> Situation:
-        definitions, boot_settings = self.settings()
-        if not definitions:
-            raise ReimageError("this agent has no slots in its config (slots:, from the inventory's p2pfleet_slots); "
-                               "it cannot take part in a reimage")
-        return situation(definitions, boot_settings)
+        return situation(*self._settings())
 
     def describe(self) -> dict:
         return describe(self.store, self._now)
@@ -282,7 +282,19 @@ class Reimage:
                 why = self._changed_since(record) if record and record.get("phase") == VERIFIED else ""
                 if why:
                     raise ReimageError(f"slot {record['slot']} is not booted: {why}; run verify again")
-            return move(self.store, self._now, phase, reason)
+            return move(self.store, self._settings, phase, reason, stop_serving=self._stop_serving)
+
+    def _settings(self):
+        definitions, boot_settings = self.settings()
+        if not definitions:
+            raise ReimageError("this agent has no slots in its config (slots:, from the inventory's p2pfleet_slots); "
+                               "it cannot take part in a reimage")
+        return definitions, boot_settings
+
+    def _stop_serving(self, record) -> None:
+        """The slot is about to be booted: its release's job (seeding it since its fetch) lets go of it."""
+        if self.session.job(record["info_hash"]) is not None:
+            self.session.forget(record["info_hash"])
 
     def _job(self, info_hash):
         snap = self.session.job(info_hash)
@@ -299,18 +311,59 @@ def describe(store: Store, now) -> dict:
     return answer
 
 
-def move(store: Store, now, phase: str, reason: str = "") -> tuple:
-    """``tried``, ``confirmed`` or ``rolled_back``, after ``check_step`` allows it; ``now()``
-    reads the slots. Used by the agent, and by the ``reimage`` module itself on a system that
-    has no agent (a new slot booted before the roles installed one into it): the record is on
-    the state partition, which every slot shares. The caller holds ``store.locked()``."""
+def move(store: Store, settings, phase: str, reason: str = "", stop_serving=None) -> tuple:
+    """Take the switch one step, in the boot environment and in the record together, after
+    ``check_step`` allows it; ``settings()`` returns ``(slot definitions, boot settings)``.
+
+    * ``tried`` — boot the record's slot once at the next boot (``stop_serving(record)``
+      first: whatever serves the slot lets go of it) and record it; the answer's ``reboot``
+      says a reboot is due. A terminal that runs the slot already (a run stopped after its
+      reboot) or runs it confirmed is left as it is: no reboot.
+    * ``confirmed`` — make the slot the default, only while it is the slot running.
+    * ``rolled_back`` — drop the slot's one-shot and record why; ``reboot`` when the terminal
+      runs the slot (a reboot goes back to the old one). When the boot environment already
+      has the slot as its default (only recording the switch failed), it is recorded
+      ``confirmed`` instead and ``kept`` is true.
+
+    Used by the agent, and by the ``reimage`` module itself on a system that has no agent (a
+    new slot booted before the roles installed one into it): the record is on the state
+    partition, which every slot shares. The caller holds ``store.locked()``.
+    """
     if phase not in (TRIED, CONFIRMED, ROLLED_BACK):
         raise ReimageError(f"step must be distribute, verify, tried, confirmed or rolled_back, got {phase!r}")
+    definitions, boot_settings = settings()
+    now = situation(definitions, boot_settings)
     record = store.read()
-    check_step(record, phase, now())
-    if record["phase"] == phase:
-        return {"record": record}, False
-    return {"record": store.write(dict(record, phase=phase, reason=reason))}, True
+    slot = now.slot((record or {}).get("slot"))
+    running = now.booted is not None and slot is not None and now.booted.name == slot.name
+    if phase == ROLLED_BACK and running and slot.name in now.fallbacks:
+        phase = CONFIRMED  # the boot environment made the switch; only its record is missing
+        answer = {"kept": True}
+    else:
+        answer = {"kept": False}
+    check_step(record, phase, now)
+    if slot is None:
+        raise ReimageError(f"slot {record.get('slot')!r} of the reimage record is not one of this terminal's slots")
+    backend = boot_env.from_settings(boot_settings)
+    changed = False
+    if phase == TRIED and not running:
+        if stop_serving is not None:
+            stop_serving(record)
+        boot_env.check_change(definitions, slot.name, "next")
+        changed = backend.try_next(slot.entry)
+    elif phase == TRIED and record["phase"] == CONFIRMED:
+        phase = CONFIRMED  # runs it, confirmed: nothing to try
+    elif phase == CONFIRMED:
+        boot_env.check_change(definitions, slot.name, "confirmed")
+        changed = backend.confirm(slot.entry)
+    elif phase == ROLLED_BACK:
+        changed = backend.reject(slot.entry)
+    if record["phase"] != phase or (phase == ROLLED_BACK and record.get("reason") != reason):
+        record = store.write(dict(record, phase=phase, reason=reason if phase == ROLLED_BACK else ""))
+        changed = True
+    answer.update(record=record, situation=situation(definitions, boot_settings).as_dict(),
+                  reboot=(phase == TRIED and not running) or (phase == ROLLED_BACK and running))
+    return answer, changed
 
 
 def outcome(record, release: str, booted: str = "", fallback=None) -> tuple:
