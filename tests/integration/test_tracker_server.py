@@ -1,7 +1,9 @@
 """The tracker over real HTTP: protocol, allow-lists, bad input, admin, status, metrics."""
 import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -178,6 +180,20 @@ def test_metrics_endpoint_speaks_prometheus_text(tracker):
     assert 'p2pfleet_tracker_announces_total{result="failed"} 1' in text
     assert f'p2pfleet_tracker_bytes_left{{info_hash="{HASH.hex()}",name="lab"}} 400' in text
     assert "# TYPE p2pfleet_tracker_peers gauge" in text
+    assert f'p2pfleet_tracker_fleet_bytes{{info_hash="{HASH.hex()}",name="lab"}} 1000' in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with Debian's prometheus package (make deps)")
+def test_metrics_pass_promtool(tracker):
+    # Prometheus' own checker: the exposition format and the naming rules (a counter ends in
+    # _total, nothing else does, units spelled out) on every family, with peers in two swarms.
+    announce(tracker.url, HASH, pid("a"), 7000, source="127.0.0.2", left=400)
+    announce(tracker.url, HASH, pid("b"), 7001, source="127.0.0.9", left=0, event="completed")
+    announce(tracker.url, OTHER, pid("a"), 7000, source="127.0.0.2")
+    code, body = get(f"{tracker.url}/metrics")
+    assert code == 200
+    proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
 
 
 def test_page_is_served_as_html(tracker):

@@ -7,11 +7,9 @@ import logging
 import resource
 import signal
 
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-
 from ..bencode import encode
 from ..errors import ManifestError
+from ..runtime import HttpProcessingError, web
 from .aggregate_log import AggregatedLog, describe, one_line
 from .announce import AnnounceError, parse_announce, parse_scrape
 from .config import ConfigError
@@ -146,7 +144,7 @@ async def metrics(request):
         ("silent_peers", "gauge", "Peers that missed their announces.", "silent"),
         ("failed_peers", "gauge", "Peers whose job reported a failure (p2pfleet_error).", "failed"),
         ("bytes_left", "gauge", "Bytes the terminals still have to download.", "bytes_left"),
-        ("bytes_total", "gauge", "Image size times the number of terminals.", "bytes_total"),
+        ("fleet_bytes", "gauge", "Bytes the terminals download in all: image size times their number.", "bytes_total"),
         ("progress_ratio", "gauge", "Fleet progress, 0 to 1.", "progress"),
         ("upload_bytes_per_second", "gauge", "Sum of peer upload rates.", "upload_rate"),
         ("download_bytes_per_second", "gauge", "Sum of peer download rates.", "download_rate"),
