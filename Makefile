@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := util-linux fdisk e2fsprogs iproute2 kmod aria2 chromium curl \
   debootstrap systemd-container grub-common gdisk openssh-client mount \
   efibootmgr libubootenv-tool u-boot-tools \
-  qemu-system-x86 ovmf grub-efi-amd64-bin mtools busybox-static
+  qemu-system-x86 ovmf grub-efi-amd64-bin mtools busybox-static \
+  prometheus python-is-python3
 # The hosts' Python (Debian 12: CPython 3.11, glibc 2.36) for the wheelhouse.
 WHEELHOUSE ?= $(or $(P2PFLEET_LAB_CACHE),/var/cache/p2pfleet-lab)/wheelhouse
 # pip takes the platform tags literally: every manylinux level up to glibc 2.36 is listed.

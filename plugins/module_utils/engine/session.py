@@ -24,8 +24,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import libtorrent as lt
-
 from . import delta
 from . import identity as ident
 from . import jobs as J
@@ -36,6 +34,7 @@ from .files import read_capped, write_atomic
 from .image import SliceMap, Target, claim_target, held_path, open_source, overlaps, retire_fd
 from .metainfo import Manifest, fingerprint
 from .net import format_endpoint, parse_endpoint
+from .runtime import libtorrent as lt
 
 log = logging.getLogger("p2pfleet.session")
 

@@ -19,9 +19,8 @@ import resource
 import socket
 from collections import OrderedDict
 
-from aiohttp import web
-
 from ..errors import P2PFleetError
+from ..runtime import web
 from .aggregate_log import describe
 
 # Descriptors the process needs besides connections: listening sockets, the event loop,
