@@ -1,0 +1,111 @@
+"""No stage's time grows with terminals ÷ forks: on a lab of 6 terminals run with 2 forks
+(3 rounds of every per-terminal task), the agents' verify jobs of all 6 terminals run at the
+same time, so do the 6 reboots of the switch's batch, and no slot is read twice for one
+release.
+
+Measured on what the terminals themselves record: the agents' job transitions in their
+journals, and the lab firmware's log of each host's reboot (when its system went down, and
+when the firmware booted it again). A lab of its own (6 terminals, one room, 1 Gbit/s links,
+the smallest slots the lab's release image fits in)."""
+import os
+import re
+import time
+
+import pytest
+
+from conftest import LAB_SKIP_REASON
+from module_helpers import collections_path
+from reimage_helpers import grubenv, play, record, release_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
+TERMINALS = 6
+FORKS = "2"
+# "<unix time> <host> p2pfleet-agent[pid]: ... fetch release-2.img (/dev/...): checking -> downloading"
+TRANSITION = re.compile(r"^(\d+\.\d+) .*: fetch (\S+) \([^)]*\): (\w+) -> (\w+)")
+
+
+@pytest.fixture(scope="module")
+def overlap_lab(tmp_path_factory):
+    from lab import lab as labmod
+    from lab_helpers import LabHandle
+    name = f"ovl{os.getpid()}"
+    state = labmod.up(name, terminals=TERMINALS, rooms=1, rate="1gbit", uplink="1gbit", slot_size="384M")
+    try:
+        yield LabHandle(state), collections_path(tmp_path_factory.mktemp("collections"))
+    finally:
+        labmod.down(name)
+
+
+def transitions(lab, terminal, image, since):
+    """``(time, from, to)`` of the terminal's jobs of ``image`` since ``since`` (its agent's journal)."""
+    out = lab.ssh(terminal, f"journalctl -u p2pfleet-agent -o short-unix --no-pager --since @{int(since)}")
+    found = []
+    for line in out.splitlines():
+        m = TRANSITION.match(line)
+        if m and m.group(2) == image and float(m.group(1)) >= since:
+            found.append((float(m.group(1)), m.group(3), m.group(4)))
+    return found
+
+
+def reboots(lab, terminal):
+    """``(went down, came up)`` of the host's last reboot, as the lab firmware logged it
+    ("HH:MM:SS firmware[t01]: rebooting", then the boot's own start time in its status)."""
+    down = [line.split()[0] for line in lab.firmware_log(terminal).splitlines() if line.endswith(": rebooting")]
+    assert down, f"{terminal} never rebooted:\n{lab.firmware_log(terminal)}"
+    up = lab.firmware(terminal)["since"]
+    day = time.strftime("%Y-%m-%d", time.localtime(up))
+    went = time.mktime(time.strptime(f"{day} {down[-1]}", "%Y-%m-%d %H:%M:%S"))
+    return went, up
+
+
+def test_with_two_forks_the_six_verify_jobs_and_the_six_reboots_each_run_together(overlap_lab):
+    lab, collections = overlap_lab
+    terminals = lab.terminals
+    assert len(terminals) == TERMINALS
+    assert play(lab, collections, "seed.yml", "release-2.img", "--forks", FORKS).rc == 0
+    started = time.time()
+    run = play(lab, collections, "distribute.yml", "release-2.img", "--forks", FORKS,
+               "-e", "p2pfleet_local_sources=false")
+    assert run.rc == 0, run.tail()
+    # Each agent proved the whole-image digest once, at the end of its fetch.
+    for terminal in terminals:
+        reads = [t for t in transitions(lab, terminal, "release-2.img", started) if t[2] == "verifying"]
+        assert len(reads) == 1, (terminal, transitions(lab, terminal, "release-2.img", started))
+
+    # Every slot changed after its fetch (its first MiB): verify has each agent verify its slot
+    # again — started on all 6 before any is waited for, so the 6 jobs run at the same time.
+    for terminal in terminals:
+        lab.ssh(terminal, f"dd if=/dev/urandom of={record(lab, terminal)['device']} bs=1M count=1 "
+                          "conv=notrunc,fsync status=none")
+    started = time.time()
+    run = play(lab, collections, "verify.yml", "release-2.img", "--forks", FORKS)
+    assert run.rc == 0, run.tail()
+    spans = {}
+    for terminal in terminals:
+        seen = transitions(lab, terminal, "release-2.img", started)
+        ends = [t[0] for t in seen if t[2] in ("verified", "seeding")]
+        assert seen and ends, (terminal, seen)
+        spans[terminal] = (seen[0][0], ends[-1])
+        assert record(lab, terminal)["phase"] == "verified", terminal
+    latest_start = max(start for start, _end in spans.values())
+    first_end = min(end for _start, end in spans.values())
+    assert latest_start < first_end, f"the verify jobs ran one after the other, not together: {spans}"
+
+    # Verified once: asking again reads no slot.
+    started = time.time()
+    assert play(lab, collections, "verify.yml", "release-2.img", "--forks", FORKS).rc == 0
+    for terminal in terminals:
+        assert transitions(lab, terminal, "release-2.img", started) == [], terminal
+
+    # One batch of 6 reboots with 2 forks: every terminal went down before any came back up.
+    run = play(lab, collections, "switch.yml", "release-2.img", "--forks", FORKS)
+    assert run.rc == 0, run.tail()
+    spans = {terminal: reboots(lab, terminal) for terminal in terminals}
+    latest_down = max(down for down, _up in spans.values())
+    first_up = min(up for _down, up in spans.values())
+    # The firmware logs "rebooting" to the second: allow that second.
+    assert latest_down < first_up + 1, f"the reboots ran in rounds, not together: {spans}"
+    for terminal in terminals:
+        assert release_of(lab, terminal) == "2", terminal
+        assert record(lab, terminal)["phase"] == "confirmed", terminal
+        assert grubenv(lab, terminal).get("saved_entry") == record(lab, terminal)["slot"], terminal
