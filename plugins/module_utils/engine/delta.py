@@ -283,8 +283,7 @@ def find_local(manifest: Manifest, target: str, identity: dict, target_entry=Non
     fd = _open_target(io_path or target, target)
     try:
         # 2. Zero pieces.
-        zero = {index for index in range(count) if not result.have[index]
-                and hashes[index] == zero_piece_hash(length(index))}
+        zero = {index for index in range(count) if not result.have[index] and hashes[index] == zero_piece_hash(length(index))}
         step = max(1, ZERO_RUN // piece)
         for first, end in _runs(sorted(zero)):
             for start in range(first, end, step):

@@ -17,7 +17,9 @@ after each turn. Asynchronous steps — saving resume data, taking a torrent out
 matched to their job handle by handle, so one job's alert never completes another's.
 """
 import concurrent.futures
+import functools
 import logging
+import operator
 import os
 import queue
 import threading
@@ -51,6 +53,8 @@ NAME_CHECK_INTERVAL = 1.0
 # announces itself to its trackers.
 LOCAL_ANNOUNCE_INTERVAL = 10.0
 ALERT_TIMEOUT = 15.0
+# The alerts the loop reads; libtorrent posts no others.
+ALERT_CATEGORIES = ("error", "status", "storage", "tracker", "piece_progress", "ip_block")
 # A local-pieces worker looks at its cancel flag between pieces and zero-out chunks: it
 # stops within seconds. The target is never released while it may still write.
 WORKER_STOP_TIMEOUT = 600.0
@@ -110,10 +114,7 @@ def lan_settings(settings: SessionSettings) -> dict:
         "active_limit": -1,
         "upload_rate_limit": int(settings.upload_limit),
         "download_rate_limit": int(settings.download_limit),
-        "alert_mask": (
-            lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
-            | lt.alert_category.tracker | lt.alert_category.piece_progress | lt.alert_category.ip_block
-        ),
+        "alert_mask": functools.reduce(operator.or_, (getattr(lt.alert_category, name) for name in ALERT_CATEGORIES)),
     }
 
 
@@ -610,8 +611,7 @@ class Session:
                 return
         if job.resume_dirty and job.resume_path:
             since = now - job.last_resume_save
-            if since >= RESUME_SAVE_INTERVAL or (job.pieces_since_save >= RESUME_SAVE_PIECES
-                                                 and since >= RESUME_SAVE_MIN_INTERVAL):
+            if since >= RESUME_SAVE_INTERVAL or (job.pieces_since_save >= RESUME_SAVE_PIECES and since >= RESUME_SAVE_MIN_INTERVAL):
                 self._save(job)
         st = job.status
         if job.peers and now - job.last_peer_retry >= PEER_RETRY_INTERVAL:
@@ -1187,10 +1187,11 @@ def torrent_info(manifest):
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ManifestError(f"{where}: libtorrent rejects the torrent: {str(exc)[:200]}") from None
     files = ti.layout()
-    layout = [(files.file_offset(i), files.file_size(i)) for i in range(files.num_files())]
-    if (ti.total_size() != manifest.image_size or ti.piece_length() != manifest.piece_size
-            or ti.num_pieces() != manifest.piece_count
-            or layout != [(vf.offset, vf.size) for vf in manifest.files]):
+    read = (ti.total_size(), ti.piece_length(), ti.num_pieces(),
+            [(files.file_offset(i), files.file_size(i)) for i in range(files.num_files())])
+    described = (manifest.image_size, manifest.piece_size, manifest.piece_count,
+                 [(vf.offset, vf.size) for vf in manifest.files])
+    if read != described:
         raise ManifestError(f"{where}: libtorrent reads another size, piece size or file layout than the "
                             f"manifest {manifest.name} describes")
     return ti

@@ -190,8 +190,7 @@ class FleetWait:
         line = (f"{head} {100 * held / total if total else 100:5.1f} % · {count} · {mib(held)} of {mib(total)} · "
                 f"↓ {mib(rate)}/s · ETA {_eta((total - held) / rate if rate else None)} · "
                 f"{int(now - self.started)} s")
-        unheard = [t.name for t in counted if t.name not in self.done
-                   and (t.row is None or t.row.get("state") in ("silent", "stopped"))]
+        unheard = [t.name for t in counted if t.name not in self.done and (t.row is None or t.row.get("state") in ("silent", "stopped"))]
         if unheard:
             line += f" · not heard from: {_names(unheard)}"
         return line
@@ -254,8 +253,8 @@ class FleetWait:
             gone = "; ".join(_origin_gone(row) for row in origins)
             return f"{gone}; {stuck}"
         seeding = ", ".join(row.get("host") or row.get("ip") for row in origins if row.get("state") == "seeding")
-        return (f"the origin {seeding} is seeding and the tracker answers; waiting for "
-                + _names(f"{n} ({self._reason(self.terminals[n], t)})" for n in waiting))
+        reasons = _names(f"{n} ({self._reason(self.terminals[n], t)})" for n in waiting)
+        return f"the origin {seeding} is seeding and the tracker answers; waiting for {reasons}"
 
 
 def _where(row):

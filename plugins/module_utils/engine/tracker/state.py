@@ -454,11 +454,9 @@ def manifest_fields(manifest):
         raise ManifestError(f"info_hash {value!r} is not hex") from None
     name = manifest.get("name")
     size = manifest.get("image_size")
-    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS
-                             or not name.isprintable()):
+    if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name.isprintable()):
         raise ManifestError(f"manifest name must be printable text of 1..{MAX_NAME_CHARS} characters")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                             or not 0 <= size <= MAX_IMAGE_SIZE):
+    if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_IMAGE_SIZE):
         raise ManifestError(f"manifest image_size must be an integer in 0..{MAX_IMAGE_SIZE}")
     return info_hash, name, size
 
