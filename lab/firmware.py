@@ -107,6 +107,7 @@ class Firmware:
                 if label != "disk":
                     # what udev would make on a real terminal (no udev runs in a container)
                     cmd.append(f"--bind={dev}:/dev/disk/by-partlabel/{label}")
+            cmd += [f"--bind={dev}" for dev in host.get("extra_disks", [])]
         else:
             cmd.append(f"--bind-ro={lab['images']}:/srv/images")
         return cmd

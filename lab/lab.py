@@ -410,6 +410,23 @@ def flash(state, name, slot, image):
     disk.write_image(path, device)
 
 
+def add_disk(state, name, size):
+    """Give a terminal a second, blank disk of ``size`` bytes (a sparse file on a loop device),
+    as a technician would plug one in: the terminal sees it as ``/dev/loopN`` from its next
+    power-on (``power_on``), with no partitions. Returns the device."""
+    host = state["hosts"].get(name)
+    if not host or host["role"] != "terminal":
+        raise LabError(f"{name!r} is not a terminal of lab {state['name']}")
+    extra = host.setdefault("extra_disks", [])
+    path = os.path.join(state["dir"], "hosts", name, f"disk{len(extra) + 2}.img")
+    with open(path, "wb") as f:
+        f.truncate(size)
+    device = run("losetup", "--find", "--show", "--partscan", path).strip()
+    extra.append(device)
+    save(state)
+    return device
+
+
 def in_use(device):
     """Mounted in any namespace (a host's root is mounted in its firmware's), or claimed."""
     try:

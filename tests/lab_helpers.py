@@ -89,6 +89,10 @@ class LabHandle:
         until sshd answers. False if it was on already."""
         return labmod.power_on(self.state, host, wait=wait, timeout=timeout)
 
+    def add_disk(self, host, size):
+        """A second, blank disk for a terminal (lab.add_disk), seen from its next power-on."""
+        return labmod.add_disk(self.state, host, size)
+
     def is_powered(self, host):
         return labmod.is_powered(self.state, host)
 

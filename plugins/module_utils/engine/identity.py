@@ -159,6 +159,14 @@ def _gpt(disk_base: str) -> tuple:
 def read_gpt(fd: int, block: int) -> tuple:
     """``(disk GUID, [(first LBA, partition name, partition GUID), ...])`` of the GPT on the
     disk open as ``fd`` (logical blocks of ``block`` bytes); ``("", [])`` without one."""
+    disk_guid, entries = read_gpt_table(fd, block)
+    return disk_guid, [(e["first"], e["name"], e["guid"]) for e in entries]
+
+
+def read_gpt_table(fd: int, block: int) -> tuple:
+    """``(disk GUID, entries)``: every used entry of the GPT as a dict with ``number`` (from
+    1), ``first`` and ``last`` LBA (inclusive), ``type`` and ``guid`` (lower case) and
+    ``name``; ``("", [])`` without a GPT."""
     header = os.pread(fd, SECTOR, block)
     if header[:8] != GPT_SIGNATURE:
         return "", []
@@ -172,8 +180,10 @@ def read_gpt(fd: int, block: int) -> tuple:
         raw = table[i * size:(i + 1) * size]
         if len(raw) < 128 or raw[:16] == bytes(16):
             continue
-        name = raw[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
-        found.append((struct.unpack_from("<Q", raw, 32)[0], name, str(uuid.UUID(bytes_le=raw[16:32]))))
+        first, last = struct.unpack_from("<QQ", raw, 32)
+        found.append({"number": i + 1, "first": first, "last": last, "type": str(uuid.UUID(bytes_le=raw[:16])),
+                      "guid": str(uuid.UUID(bytes_le=raw[16:32])),
+                      "name": raw[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]})
     return disk_guid, found
 
 
