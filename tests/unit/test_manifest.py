@@ -135,6 +135,15 @@ def test_output_directory_must_exist(tmp_path, image_factory):
         create_manifest(image_factory(size=MIB), str(tmp_path / "missing"))
 
 
+def test_a_dry_run_into_a_directory_not_made_yet_would_make_the_manifest(tmp_path, image_factory):
+    # check mode: the role that makes the directory did not run either
+    assert create_manifest(image_factory(size=MIB), str(tmp_path / "missing"), dry_run=True) == (None, True)
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ManifestError, match="does not exist"):
+        create_manifest(image_factory(size=MIB, name="other.img"), str(tmp_path / "file"), dry_run=True)
+
+
 # --- Manifest.load refusals -------------------------------------------------------------
 
 def rewrite_json(manifest, change):

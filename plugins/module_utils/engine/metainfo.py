@@ -522,7 +522,8 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
     Returns ``(manifest, changed)``. When a manifest for the same source with the same
     fingerprint and layout is already there, nothing is hashed and ``changed`` is False.
     ``dry_run`` checks everything but hashes and writes nothing: ``(None, True)`` when a
-    manifest would be made.
+    manifest would be made — also when ``out_dir`` is not there yet (in a check run, the
+    task that makes it did not run either).
     """
     info = probe(image_path)
     name = name or os.path.basename(image_path.rstrip("/"))
@@ -531,6 +532,8 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
     piece = choose_piece_size(info.size, piece_size)
     files = plan_files(name, info.size, piece, split_size)
     if not os.path.isdir(out_dir):
+        if dry_run and not os.path.exists(out_dir):
+            return None, True
         raise ManifestError(f"{out_dir}: output directory does not exist")
     manifest_path = os.path.join(out_dir, name + MANIFEST_SUFFIX)
     fp = fingerprint(image_path)
