@@ -116,19 +116,3 @@ def test_every_role_documents_every_default_for_ansible_doc(installed_collection
     for name, option in spec["options"].items():
         assert name.startswith(f"{role}_"), f"{name}: role variables carry the role's name"
         assert option.get("description") and option.get("type"), name
-
-
-def test_execution_environment_lists_what_the_controller_needs():
-    with open(os.path.join(ROOT, "execution-environment.yml")) as f:
-        ee = yaml.safe_load(f)
-    assert ee["version"] == 3
-    deps = ee["dependencies"]
-    assert deps["ansible_core"]["package_pip"].startswith("ansible-core==")
-    assert any(c["name"].startswith("build/p2pfleet-imaging-") for c in deps["galaxy"]["collections"])
-    with open(os.path.join(ROOT, deps["system"])) as f:
-        system = f.read()
-    assert "tar" in system and "openssh" in system
-    with open(os.path.join(ROOT, "meta", "execution-environment.yml")) as f:
-        meta = yaml.safe_load(f)
-    for kind in ("python", "system"):
-        assert os.path.exists(os.path.join(ROOT, "meta", meta["dependencies"][kind])), kind

@@ -1,25 +1,25 @@
-"""Quality gates on the collection: `ansible-test sanity` and `ansible-lint --profile production`.
+"""Quality gates on the collection: `ansible-test sanity` on the published tarball under the
+oldest and newest ansible-core that meta/runtime.yml admits, and `ansible-lint --profile
+production` on the checkout.
 
-Both tools need the collection at ``.../ansible_collections/p2pfleet/imaging/``, so each test
-runs on a copy of the checkout made there: the files git lists (tracked, and untracked ones
-that are not ignored), as they are in the work tree.
+ansible-test sanity runs on what a user installs: the tarball ``ansible-galaxy collection
+build`` makes (galaxy.yml's ``build_ignore`` keeps the pytest suite, the virtual lab, the
+benchmarks and local state out of it), installed by ``ansible-galaxy collection install``.
+There are no ignore files: Automation Hub certification accepts only a short allow-list of
+ignores, and galaxy-importer warns about any.
 
-ansible-test sanity sees the collection's content. The developer tooling around it stays out
-of its copy, because ansible-test's rules for collection code (module_utils' oldest Python, no
-``print``, no ``_`` as a name, ``#!/usr/bin/env python`` only) are not rules for it: the pytest
-suite (``tests/`` except ``tests/sanity/``), the virtual lab (``lab/``, ``bin/p2pfleet-lab``)
-and the benchmarks. The few ignores left, each with its reason, are in
-tests/sanity/ignore-2.19.txt.
+``requires_ansible: >=2.19.0`` is checked at both ends: under the ansible-core this suite runs
+(the lowest admitted, and the one the lab tests play with) and under the newest release,
+installed in a virtualenv of its own (SANITY_CORES), whose Python (3.12 or later) is looked
+up on the machine. The releases in between are not run: each costs about half a minute once
+its sanity virtualenvs are built (a few minutes the first time on a machine).
 
-ansible-lint sees the whole copy; what it leaves out is declared in ``.ansible-lint``.
-
-Neither tool touches the user's ~/.ansible: both run with a HOME of their own under
-~/.cache/p2pfleet-quality-gates/, where ansible-test keeps its per-test virtualenvs between
-runs and checkouts (the first run on a machine builds them from PyPI, a few minutes; later
-runs take about a minute).
+ansible-lint sees the whole checkout (playbooks resolve the collection's own modules and roles
+in a copy under ansible_collections/p2pfleet/imaging/); what it leaves out is declared in
+``.ansible-lint``, and there is no ``.ansible-lint-ignore``.
 """
 import fcntl
-import hashlib
+import glob
 import os
 import re
 import shutil
@@ -28,18 +28,23 @@ import sys
 import textwrap
 
 import pytest
+import yaml
 
+from collection_build import (
+    BIN, build_tarball, cache_root, checkout_files, copy_collection, gate_env, gates_home, install_tarball, run_gate,
+)
 from conftest import ROOT
 
-BIN = os.path.dirname(sys.executable)
 ANSIBLE_TEST = os.path.join(BIN, "ansible-test")
 ANSIBLE_LINT = os.path.join(BIN, "ansible-lint")
-PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
+try:
+    from ansible.release import __version__ as SUITE_CORE
+except ImportError:  # the gates are skipped below
+    SUITE_CORE = "none"
 
-NOT_COLLECTION_CONTENT = ("tests/", "lab/", "benchmarks/", "bin/p2pfleet-lab")
-COLLECTION_TESTS = ("tests/sanity/",)
-# What a checkout without git (an unpacked archive) must not carry into the copies.
-LOCAL_STATE = {".git", ".venv", ".ansible", ".pytest_cache", ".hypothesis", "__pycache__"}
+# ansible-core releases whose ansible-test checks the tarball besides this suite's own, each
+# with the oldest Python its controller runs on.
+SANITY_CORES = {"2.21.5": (3, 12)}
 
 # ansible-test bootstraps pip in each sanity virtualenv with a get-pip.py it downloads from
 # ci-files.testing.ansible.com, a host this workplace cannot reach, unless the file is in its
@@ -61,75 +66,21 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(ANSIBLE_TEST) and os.path.ex
                                 reason="ansible-test and ansible-lint come with requirements-test.txt (make venv)")
 
 
-def gates_home():
-    """The tools' HOME: one per base interpreter and ansible-core, since the sanity
-    virtualenvs kept there are made from the one and hold what the other pins."""
-    from ansible.release import __version__ as ansible_version
-    key = "\0".join((os.path.realpath(sys._base_executable), sys.version, ansible_version))
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    home = os.path.join(cache, "p2pfleet-quality-gates", hashlib.sha256(key.encode()).hexdigest()[:12])
-    os.makedirs(home, exist_ok=True)
-    return home
-
-
-def checkout_files():
-    """Relative paths of the work tree's files as git sees them (all files, without git)."""
-    proc = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                          capture_output=True, check=False)
-    if proc.returncode == 0:
-        paths = [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
-        return [p for p in paths if os.path.lexists(os.path.join(ROOT, p))]  # not deleted in the tree
-    paths = []
-    for base, dirs, names in os.walk(ROOT):
-        rel = os.path.relpath(base, ROOT)
-        dirs[:] = [d for d in dirs if d not in LOCAL_STATE and os.path.normpath(os.path.join(rel, d)) != "tests/output"]
-        paths += [os.path.normpath(os.path.join(rel, n)) for n in names if not n.endswith(".pyc")]
-    return paths
-
-
-def is_collection_content(path):
-    return path.startswith(COLLECTION_TESTS) or not path.startswith(NOT_COLLECTION_CONTENT)
-
-
-def copy_collection(paths, top):
-    """Copy ``paths`` (modes and symlinks kept) to top/ansible_collections/p2pfleet/imaging."""
-    dest = os.path.join(top, "ansible_collections", "p2pfleet", "imaging")
-    for rel in paths:
-        src, dst = os.path.join(ROOT, rel), os.path.join(dest, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), dst)
-        else:
-            shutil.copy2(src, dst)
-    return dest
-
-
-def gate_env(home, collections_top):
-    """The tools' environment: their own HOME, no inherited ANSIBLE_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    user_home = os.path.expanduser("~")
-    # pip keeps reading the user's configuration and download cache.
-    env.setdefault("XDG_CONFIG_HOME", os.path.join(user_home, ".config"))
-    env.setdefault("XDG_CACHE_HOME", os.path.join(user_home, ".cache"))
-    env.update(HOME=home, ANSIBLE_COLLECTIONS_PATH=collections_top, NO_COLOR="1", PY_COLORS="0",
-               PATH=BIN + os.pathsep + env.get("PATH", os.defpath))
-    return env
-
-
-def pip_bootstrap_version():
-    """The pip version ansible-test bootstraps, which names its cached get-pip file."""
-    import ansible_test
-    source = os.path.join(os.path.dirname(ansible_test.__file__), "_internal", "python_requirements.py")
+def pip_bootstrap_version(python):
+    """The pip version the ansible-test of ``python`` bootstraps, which names its cached get-pip file."""
+    source = subprocess.run([python, "-c", "import ansible_test, os; print(os.path.dirname(ansible_test.__file__))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    source = os.path.join(source, "_internal", "python_requirements.py")
     with open(source, encoding="utf-8") as f:
         match = re.search(r"""default_packages = dict\(\s*pip=['"]([0-9.]+)['"]""", f.read())
     assert match, f"cannot find the pip version ansible-test bootstraps in {source}"
     return match.group(1)
 
 
-def provide_get_pip(home):
+def provide_get_pip(home, python):
     cache = os.path.join(home, ".ansible", "test", "cache")
     os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, "get_pip_%s.py" % pip_bootstrap_version().replace(".", "_"))
+    path = os.path.join(cache, "get_pip_%s.py" % pip_bootstrap_version(python).replace(".", "_"))
     current = None
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -140,13 +91,55 @@ def provide_get_pip(home):
         os.replace(path + ".tmp", path)
 
 
-def run_gate(argv, cwd, env, timeout):
-    try:
-        return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        pytest.fail(f"{' '.join(argv[:2])} ran longer than {timeout} s:\n{out[-20000:]}")
+def interpreter_identity(python):
+    """What the virtualenvs made from ``python`` depend on: its base interpreter and exact version."""
+    code = "import os, sys; print(os.path.realpath(sys._base_executable)); print(sys.version)"
+    base, version = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n", 1)
+    return base, version.rstrip("\n")
+
+
+def python_version(python):
+    proc = subprocess.run([python, "-c", "import sys, venv, ensurepip; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=False)
+    return tuple(int(n) for n in proc.stdout.split(".")) if proc.returncode == 0 else None
+
+
+def python_at_least(minimum):
+    """A Python with venv of at least ``minimum`` on this machine (PATH, pyenv's versions), or None."""
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.join(os.path.expanduser("~"), ".pyenv")
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(minimum[1], minimum[1] + 4)]
+    candidates += sorted(glob.glob(os.path.join(pyenv, "versions", "3.*", "bin", "python3")))
+    for python in filter(None, candidates):
+        version = python_version(python)  # a pyenv shim of a version not selected fails here
+        if version and version >= minimum:
+            return os.path.realpath(python)
+    return None
+
+
+def core_virtualenv(version, minimum_python):
+    """A virtualenv with ansible-core ``version``, kept between runs; its bin/ directory."""
+    python = python_at_least(minimum_python)
+    if python is None:
+        pytest.fail(f"ansible-core {version} needs Python {'.'.join(map(str, minimum_python))} or later "
+                    "for its controller, and this machine has none (on PATH or in pyenv)")
+    venv = os.path.join(cache_root(), f"ansible-core-{version}-py{'.'.join(map(str, python_version(python)))}")
+    os.makedirs(cache_root(), exist_ok=True)
+    with open(venv + ".lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(venv, ".installed")):
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([python, "-m", "venv", venv], check=True)
+            proc = subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--quiet",
+                                   "--disable-pip-version-check", f"ansible-core=={version}"],
+                                  capture_output=True, text=True, check=False)
+            assert proc.returncode == 0, f"cannot install ansible-core {version}:\n{proc.stdout}\n{proc.stderr}"
+            open(os.path.join(venv, ".installed"), "w", encoding="utf-8").close()
+    return os.path.join(venv, "bin")
+
+
+def requires_ansible():
+    with open(os.path.join(ROOT, "meta", "runtime.yml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)["requires_ansible"]
 
 
 @pytest.fixture(scope="module")
@@ -155,29 +148,52 @@ def files():
 
 
 @pytest.fixture(scope="module")
-def home():
-    return gates_home()
+def published(tmp_path_factory):
+    """The tarball, installed as ``ansible-galaxy collection install`` does: (top, collection dir)."""
+    tarball = build_tarball(tmp_path_factory.mktemp("build"), ROOT)
+    top = tmp_path_factory.mktemp("published")
+    return str(top), install_tarball(tarball, top)
+
+
+def test_requires_ansible_starts_at_the_core_these_tests_run():
+    lowest = ".".join(SUITE_CORE.split(".")[:2])
+    assert requires_ansible() == f">={lowest}.0", (
+        f"meta/runtime.yml admits {requires_ansible()}; sanity runs under {SUITE_CORE} and {', '.join(SANITY_CORES)}")
 
 
 @pytest.mark.timeout(900)
-def test_ansible_test_sanity(files, home, tmp_path):
-    tree = copy_collection([p for p in files if is_collection_content(p)], str(tmp_path))
-    argv = [ANSIBLE_TEST, "sanity", "--local", "--python", PYTHON_VERSION, "--color", "no"]
+@pytest.mark.parametrize("core", [SUITE_CORE] + list(SANITY_CORES))
+def test_ansible_test_sanity_on_the_published_tarball(published, core):
+    top, collection = published
+    if core == SUITE_CORE:
+        version, bin_dir, python = core, BIN, sys.executable
+    else:
+        version = core
+        bin_dir = core_virtualenv(core, SANITY_CORES[core])
+        python = os.path.join(bin_dir, "python")
+    assert not glob.glob(os.path.join(collection, "tests", "sanity", "ignore-*.txt")), "the tarball carries ignore files"
+    home = gates_home(*interpreter_identity(python), version)
+    argv = [os.path.join(bin_dir, "ansible-test"), "sanity", "--local", "--python",
+            "%d.%d" % python_version(python), "--color", "no"]
     # One run at a time builds or uses the virtualenvs kept in this HOME.
     with open(os.path.join(home, ".lock"), "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        provide_get_pip(home)
-        proc = run_gate(argv, tree, gate_env(home, str(tmp_path)), timeout=840)
+        provide_get_pip(home, python)
+        proc = run_gate(argv, collection, gate_env(home, top, bin_dir), timeout=840)
     # stdout has the findings (ERROR: path:line:col: ...) among pip's output; stderr the verdict.
     findings = "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("ERROR:", "WARNING:")))
     assert proc.returncode == 0, (
-        f"ansible-test sanity found problems (rc {proc.returncode}):\n{findings}\n{proc.stderr}\n"
-        f"--- the end of its output ---\n{proc.stdout[-3000:]}")
+        f"ansible-test sanity (ansible-core {version}) found problems (rc {proc.returncode}):\n{findings}\n"
+        f"{proc.stderr}\n--- the end of its output ---\n{proc.stdout[-3000:]}")
 
 
 @pytest.mark.timeout(600)
-def test_ansible_lint_production_profile(files, home, tmp_path):
+def test_ansible_lint_production_profile(files, tmp_path):
+    with open(os.path.join(ROOT, ".ansible-lint-ignore"), encoding="utf-8") as f:
+        unexplained = [line for line in f.read().splitlines() if line.strip() and not line.startswith("#") and "  # " not in line]
+    assert not unexplained, f".ansible-lint-ignore entries without their reason: {unexplained}"
     tree = copy_collection(files, str(tmp_path))
+    home = gates_home(*interpreter_identity(sys.executable), SUITE_CORE)
     # --offline: the collection has no dependencies to install, and is found in the copy.
     argv = [ANSIBLE_LINT, "--offline", "--profile", "production", "--nocolor", "--format", "pep8"]
     proc = run_gate(argv, tree, gate_env(home, str(tmp_path)), timeout=540)
