@@ -23,6 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, 
 PREPARE = os.path.join(ROOT, "playbooks", "prepare.yml")
 TERMINAL = "t01"
 SMALL = ("-e", "p2pfleet_prepare_boot_size=16M", "-e", "p2pfleet_prepare_state_size=16M")
+# GRUB for BIOS firmware on a GPT disk needs a partition of its own, ahead of boot.
+BIOS = ("-e", json.dumps({"p2pfleet_prepare_first_partitions": [{"label": "bios_grub", "size": "1M",
+                                                                  "type": "bios_grub"}]}))
 LAY_OUT = "Lay the disk out (refused if it holds anything, unless p2pfleet_prepare_wipe is true)"
 ANSIBLE_UUID_NAMESPACE = uuid.UUID("361E6D51-FAEC-444A-9079-341386DA8E2E")   # to_uuid's
 
@@ -79,21 +82,22 @@ def test_a_disk_with_data_is_refused_in_one_line_and_nothing_is_written(prepare_
 
 def test_with_wipe_the_disk_gets_the_layout_grub_and_the_state_file_system(prepare_lab):
     lab, spare, collections = prepare_lab
-    run = prepare(lab, collections, spare, *SMALL, "-e", "p2pfleet_prepare_wipe=true")
+    run = prepare(lab, collections, spare, *SMALL, *BIOS, "-e", "p2pfleet_prepare_wipe=true")
     assert run.rc == 0, run.tail()
     assert "No problems found" in subprocess.run(["sgdisk", "--verify", spare], capture_output=True, text=True).stdout
     parts = table(spare)["partitions"]
-    assert [p["name"] for p in parts] == ["boot", "system_a", "system_b", "p2pfleet_state"]
-    assert [p["size"] * 512 >> 20 for p in parts] == [16, 79, 79, 16]
-    boot, slot_a, slot_b, state = (f"{spare}p{n}" for n in (1, 2, 3, 4))
+    assert [p["name"] for p in parts] == ["bios_grub", "boot", "system_a", "system_b", "p2pfleet_state"]
+    assert [p["size"] * 512 >> 20 for p in parts] == [1, 16, 78, 78, 16]
+    assert parts[0]["type"] == "21686148-6449-6E6F-744E-656564454649"
+    boot, slot_a, slot_b, state = (f"{spare}p{n}" for n in (2, 3, 4, 5))
     boot_uuid = str(uuid.uuid5(ANSIBLE_UUID_NAMESPACE, TERMINAL))
     assert subprocess.run(["blkid", "-o", "value", "-s", "UUID", boot], capture_output=True,
                           text=True).stdout.strip() == boot_uuid
     grub_cfg = boot_file(boot, "/grub/grub.cfg").decode()
     assert f"search --no-floppy --set=p2pfleet_bootdev --fs-uuid {boot_uuid}" in grub_cfg
-    assert 'menuentry "System A" --id "A" {\n  set root="(${p2pfleet_disk},gpt2)"\n' \
-           "  linux /vmlinuz root=PARTLABEL=system_a ro\n" in grub_cfg, grub_cfg
-    assert 'set root="(${p2pfleet_disk},gpt3)"\n  linux /vmlinuz root=PARTLABEL=system_b ro\n' in grub_cfg
+    assert 'menuentry "System A" --id "A" {\n  set root="(${p2pfleet_disk},gpt3)"\n' \
+           "  linux /vmlinuz root=PARTLABEL=system_a rw\n" in grub_cfg, grub_cfg
+    assert 'set root="(${p2pfleet_disk},gpt4)"\n  linux /vmlinuz root=PARTLABEL=system_b rw\n' in grub_cfg
     assert 'set p2pfleet_default="A"' in grub_cfg
     grubenv = boot_file(boot, "/grub/grubenv")
     assert len(grubenv) == 1024 and grubenv.startswith(b"# GRUB Environment Block\n") and b"=" not in grubenv
@@ -108,7 +112,7 @@ def test_with_wipe_the_disk_gets_the_layout_grub_and_the_state_file_system(prepa
 def test_a_second_run_changes_nothing(prepare_lab):
     lab, spare, collections = prepare_lab
     before = digest(spare)
-    run = prepare(lab, collections, spare, *SMALL)
+    run = prepare(lab, collections, spare, *SMALL, *BIOS)
     assert run.rc == 0, run.tail()
     assert run.recap[TERMINAL]["changed"] == 0, run.changed
     assert digest(spare) == before
