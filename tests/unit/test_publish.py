@@ -87,6 +87,21 @@ def test_role_readme_documents_every_variable(role):
     assert f"role: p2pfleet.imaging.{role}" in readme, "no example"
 
 
+PLAYBOOKS = sorted(name[:-4] for name in os.listdir(os.path.join(ROOT, "playbooks"))
+                   if name.endswith(".yml") and name != "vars.yml")
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_installed_playbooks_run_by_their_collection_name(tarball, playbook, tmp_path):
+    # What README.md tells a user: install the tarball, then ansible-playbook p2pfleet.imaging.NAME.
+    install_tarball(tarball, tmp_path)
+    env = gate_env(gates_home("ansible-playbook"), tmp_path)
+    proc = run_gate([os.path.join(BIN, "ansible-playbook"), "--syntax-check", "-i", "localhost,", f"p2pfleet.imaging.{playbook}"],
+                    str(tmp_path), env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ansible_collections/p2pfleet/imaging/playbooks/{playbook}.yml" in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def importable_tarball(tmp_path_factory):
     """The tarball galaxy-importer gets: built from the checkout as it is, except that a galaxy.yml
