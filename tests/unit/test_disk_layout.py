@@ -86,6 +86,7 @@ def test_a_disk_laid_out_already_is_left_alone(disk):
     (lambda dev: subprocess.run(["sgdisk", "-n", "1:0:+8M", "-c", "1:EFI system", "-n", "2:0:0", "-c", "2:root", dev],
                                 check=True, capture_output=True), "a GPT with 2 partition(s): EFI system, root"),
     (lambda dev: _write(dev, -MIB // 2, b"old data"), "data in its last MiB"),
+    (lambda dev: subprocess.run(["sgdisk", "--clear", dev], check=True, capture_output=True), "an empty GPT"),
 ])
 def test_a_disk_that_holds_anything_is_refused_in_one_line_and_not_written(disk, make_data, says):
     dev = disk(64)

@@ -120,17 +120,19 @@ def inspect(path: str) -> Disk:
     try:
         size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
         block = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
-        _guid, entries = read_gpt_table(fd, block)
+        guid, entries = read_gpt_table(fd, block)
         head = os.pread(fd, min(size, MIB), 0)
         tail = os.pread(fd, min(size, MIB), max(0, size - MIB))
     finally:
         os.close(fd)
     found = []
     if not entries:
-        if tail[-block:][:8] == GPT_SIGNATURE:
+        if guid:
+            found.append("an empty GPT")
+        elif tail[-block:][:8] == GPT_SIGNATURE:
             found.append("a backup GPT")
         mbr = [head[446 + 16 * i:462 + 16 * i] for i in range(4)] if head[510:512] == b"\x55\xaa" else []
-        used = [e for e in mbr if e[4] != 0]
+        used = [e for e in mbr if e[4] not in (0, 0xEE)]  # 0xEE: a GPT's protective entry
         if used:
             found.append(f"an MBR partition table with {len(used)} partition(s)")
         found += [what for offset, magic, what in SIGNATURES if head[offset:offset + len(magic)] == magic]
