@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from collection_build import GALAXY, build_tarball, install_tarball
 from conftest import ROOT
 
 ENGINE = os.path.join(ROOT, "plugins", "module_utils", "engine")
@@ -37,18 +38,11 @@ def test_engine_never_imports_ansible():
 
 @pytest.fixture(scope="module")
 def installed_collection(tmp_path_factory):
-    galaxy = os.path.join(os.path.dirname(sys.executable), "ansible-galaxy")
-    if not os.path.exists(galaxy):
+    if not os.path.exists(GALAXY):
         pytest.skip("ansible-galaxy is not installed in this environment")
-    out = tmp_path_factory.mktemp("build")
-    build = subprocess.run([galaxy, "collection", "build", ROOT, "--output-path", str(out)],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    tarball = next(out.glob("p2pfleet-imaging-*.tar.gz"))
+    tarball = build_tarball(tmp_path_factory.mktemp("build"), ROOT)
     dest = tmp_path_factory.mktemp("collections")
-    install = subprocess.run([galaxy, "collection", "install", str(tarball), "-p", str(dest)],
-                             capture_output=True, text=True)
-    assert install.returncode == 0, install.stderr
+    install_tarball(tarball, dest)
     yield dest
     shutil.rmtree(dest, ignore_errors=True)
 
