@@ -69,10 +69,10 @@ class ActionModule(ActionBase):
         counts = {}
         for r in rows:
             counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        others = "".join(f", {n} {what}" for what, n in sorted(counts.items()) if what != "switched")
         lines.append(
-            f"fleet: {counts.get('switched', 0)} of {len(rows)} switched"
-            + "".join(f", {n} {what}" for what, n in sorted(counts.items()) if what != "switched")
-            + f"; {sum(r['fetched'] for r in rows) / MIB:.1f} MiB fetched over the network, "
+            f"fleet: {counts.get('switched', 0)} of {len(rows)} switched{others}; "
+            f"{sum(r['fetched'] for r in rows) / MIB:.1f} MiB fetched over the network, "
             f"{sum(r['local'] for r in rows) / MIB:.1f} MiB taken from the terminals' own disks")
         result.update(changed=False, msg=lines, rows={r["host"]: r for r in rows},
                       switched=counts.get("switched", 0) == len(rows))

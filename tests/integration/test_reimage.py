@@ -77,6 +77,12 @@ def test_a_second_run_moves_nothing_and_reboots_nothing(reimage_lab):
     third = play(lab, collections, "reimage.yml", "release-2.img")
     assert third.rc == 0, third.tail()
     assert all(stats["changed"] == 0 for stats in third.recap.values()), third.changed
+    # The summary alone judges against the release it is given, not what a terminal last confirmed.
+    alone = play(lab, collections, "summary.yml", "release-2.img")
+    assert alone.rc == 0 and f"fleet: {len(lab.terminals)} of {len(lab.terminals)} switched" in alone.flat(), alone.tail()
+    other = play(lab, collections, "summary.yml", "release-3.img")
+    assert other.rc != 0 and f"fleet: 0 of {len(lab.terminals)} switched" in other.flat(), other.tail()
+    assert "holds release-2.img (confirmed), not this release" in other.flat(), other.tail()
 
 
 def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reimage_lab, tmp_path):

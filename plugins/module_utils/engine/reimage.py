@@ -97,8 +97,7 @@ def plan(now: Situation, record, info_hash: str) -> dict:
         return {"action": FINISH_SWITCH, "slot": slot.name, "device": slot.device,
                 "reason": f"slot {slot.name} is armed to boot once at the next boot: the switch is finished (or the "
                           "try dropped) before anything is fetched"}
-    if (record.get("info_hash") == info_hash and record.get("phase") == CONFIRMED
-            and record.get("slot") == booted.name):
+    if (record.get("info_hash"), record.get("phase"), record.get("slot")) == (info_hash, CONFIRMED, booted.name):
         return {"action": CURRENT, "slot": booted.name, "device": booted.device,
                 "reason": f"runs {record.get('name')} on slot {booted.name}, confirmed"}
     free = [s for s in now.slots if not s.booted and s.name not in now.fallbacks]
@@ -203,8 +202,7 @@ class Reimage:
         answer = {"plan": chosen, "situation": now.as_dict()}
         if chosen["action"] != FETCH:
             return dict(answer, record=record, job=self._job(manifest.info_hash)), False
-        same = (record is not None and record.get("info_hash") == manifest.info_hash
-                and record.get("slot") == chosen["slot"])
+        same = record is not None and (record.get("info_hash"), record.get("slot")) == (manifest.info_hash, chosen["slot"])
         if same and record.get("phase") in (VERIFIED, TRIED) and not self._changed_since(record):
             # Verified (or tried once and back on the old slot, e.g. a run killed before its
             # reboot): nothing to fetch, the slot still holds what was proved.

@@ -22,14 +22,13 @@ import signal
 import socket
 import struct
 
-from aiohttp import web
-
 from .. import boot
 from ..errors import JobConflict, P2PFleetError
 from ..reimage import Reimage
 from ..jobs import JobStore
 from ..metainfo import Manifest
 from ..net import parse_announce_urls, parse_peer
+from ..runtime import web
 from ..session import Session, SessionSettings
 from . import config as agent_config
 
