@@ -24,8 +24,8 @@ PREPARE = os.path.join(ROOT, "playbooks", "prepare.yml")
 TERMINAL = "t01"
 SMALL = ("-e", "p2pfleet_prepare_boot_size=16M", "-e", "p2pfleet_prepare_state_size=16M")
 # GRUB for BIOS firmware on a GPT disk needs a partition of its own, ahead of boot.
-BIOS = ("-e", json.dumps({"p2pfleet_prepare_first_partitions": [{"label": "bios_grub", "size": "1M",
-                                                                  "type": "bios_grub"}]}))
+BIOS = ("-e", json.dumps({"p2pfleet_prepare_first_partitions": [
+    {"label": "bios_grub", "size": "1M", "type": "bios_grub"}]}))
 LAY_OUT = "Lay the disk out (refused if it holds anything, unless p2pfleet_prepare_wipe is true)"
 ANSIBLE_UUID_NAMESPACE = uuid.UUID("361E6D51-FAEC-444A-9079-341386DA8E2E")   # to_uuid's
 
