@@ -195,3 +195,8 @@ def test_manifest_declares_what_the_tarball_installs(tarball):
         manifest = json.load(tar.extractfile("MANIFEST.json"))["collection_info"]
     assert (manifest["namespace"], manifest["name"], manifest["version"]) == ("p2pfleet", "imaging", galaxy_yml()["version"])
     assert manifest["license"] == ["GPL-3.0-or-later"]
+
+
+def test_the_engine_says_the_collections_version():
+    from engine.version import VERSION
+    assert VERSION == galaxy_yml()["version"]

@@ -27,6 +27,7 @@ from . import bencode
 from .errors import ImageError, ManifestError, VerifyError
 from .files import read_capped, write_atomic
 from .image import probe, read_blocks
+from .version import VERSION
 
 try:
     import blake3 as _blake3
@@ -47,7 +48,7 @@ MAX_FILES = 4096
 # more, just below MAX_PIECES * MAX_PIECE; found by loading policy-built torrents.
 MAX_IMAGE = (1 << 44) - 16 * KIB - 1
 MANIFEST_FORMAT = 1
-CREATOR = "p2pfleet 0.1.0"
+CREATOR = f"p2pfleet {VERSION}"
 MANIFEST_SUFFIX = ".manifest.json"
 MAX_MANIFEST_BYTES = 4 * MIB
 MAX_TORRENT_BYTES = 16 * MIB
@@ -380,9 +381,8 @@ def _ranges(data, path) -> list:
     ranges = _field(data, "zero_pieces", list, path, default=[])
     start = 0
     for i, pair in enumerate(ranges):
-        ok = (isinstance(pair, list) and len(pair) == 2
-              and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)
-              and start <= pair[0] < pair[1])
+        ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)
+        ok = ok and start <= pair[0] < pair[1]
         if not ok:
             raise ManifestError(f"{path}: zero_pieces[{i}] must be a pair [first, end) of piece indexes, "
                                 "sorted and apart from the one before")

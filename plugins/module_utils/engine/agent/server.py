@@ -30,11 +30,11 @@ from ..metainfo import Manifest
 from ..net import parse_announce_urls, parse_peer
 from ..runtime import web
 from ..session import Session, SessionSettings
+from ..version import VERSION
 from . import config as agent_config
 
 log = logging.getLogger("p2pfleet.agent")
 
-VERSION = "0.1.0"
 API = "v1"
 MAX_BODY = 64 << 10
 _REIMAGE_KEYS = {"step", "manifest", "trackers", "peers", "seed_after", "stall_timeout", "local_sources", "check_target",
