@@ -1,11 +1,14 @@
 """One terminal never holds up the lab, and no run ever writes the slot a terminal falls
 back to: reimage.yml on a lab where terminals are powered off before and during the run,
-and where ansible-playbook is killed after the switch's reboot, before the confirm.
+where ansible-playbook is killed after the switch's reboot, before the confirm, and where
+the tracker is stopped for a minute in the middle of distribute.
 
 A lab of its own (3 terminals in 2 rooms, real agents, real reboots, real power cuts with
 ``lab power``). The tests run in order, each starting from where the one before left it."""
 import os
+import re
 import signal
+import threading
 import time
 
 import pytest
@@ -141,3 +144,75 @@ def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallbac
         assert grubenv(lab, terminal).get("saved_entry") == record(lab, terminal)["slot"], terminal
         # The slot it fell back to while the try ran was never a target.
         assert slot_digest(lab, terminal, fallback[terminal]) == before[terminal], terminal
+
+
+@pytest.mark.timeout(900)   # about 4 min alone (the roles installed first), 60 s of it the outage
+def test_the_tracker_stopped_for_a_minute_midway_is_ridden_out_and_the_run_completes(faults_lab):
+    """The swarm goes on without the tracker (its peers are connected already); the fleet
+    wait says it is away, drops nobody while it cannot see anyone, says when it is back and
+    the run verifies and switches as if nothing happened."""
+    lab, collections = faults_lab
+    from lab import lab as labmod
+    labmod.build_image(lab.state, 5)
+    outage = {}
+
+    def stop_the_tracker_for_a_minute():
+        lab.ssh("server", "systemctl stop p2pfleet-tracker")
+        outage["stopped"] = time.monotonic()
+        outage["state"] = lab.ssh("server", "systemctl is-active p2pfleet-tracker", check=False).strip()
+        time.sleep(60)
+        outage["start"] = labmod.ssh(lab.state, "server", "systemctl start p2pfleet-tracker "
+                                     "|| journalctl -u p2pfleet-tracker -n 30 --no-pager", timeout=60).stdout
+        outage["started"] = time.monotonic()
+
+    # Every byte over the network, so that there is a midway to stop the tracker at.
+    proc = play(lab, collections, "reimage.yml", "release-5.img", "-e", "p2pfleet_local_sources=false",
+                popen=True)
+    lines, arrived, outage_thread = [], [], None
+    deadline = time.monotonic() + 900
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            arrived.append(time.monotonic())
+            midway = re.search(r"p2pfleet: release-5\.img\s+([\d.]+) % ", line)
+            if outage_thread is None and midway and 30 <= float(midway.group(1)) < 50:
+                outage_thread = threading.Thread(target=stop_the_tracker_for_a_minute, daemon=True)
+                outage_thread.start()
+            assert time.monotonic() < deadline, "".join(lines[-30:])
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if outage_thread is not None:
+            outage_thread.join(120)
+        # Whatever happened, the next drill finds a tracker.
+        lab.ssh("server", "systemctl start p2pfleet-tracker", check=False)
+    out = "".join(lines)
+    flat = " ".join(out.split())
+    assert outage_thread is not None, "distribute never showed 30-50 %:\n" + out[-4000:]
+    assert outage.get("state") == "inactive" and outage.get("start") == "", outage
+    assert outage["started"] - outage["stopped"] >= 60, outage
+    assert proc.returncode == 0, out[-6000:]
+    # fleet_wait saw the outage, waited it out, and carried on to the end of the swarm.
+    assert "p2pfleet: tracker unreachable since " in out, out[-6000:]
+    back = re.search(r"p2pfleet: tracker back after (\d+) s", out)
+    assert back and 55 <= int(back.group(1)) <= 180, out[-6000:]
+    assert "dropped from the wait" not in out and "3/3 terminals done" in out, out[-6000:]
+    # ... and went on soon after the tracker was back: the agents' announces are not backed
+    # off for minutes by the outage (the swarm itself went on without the tracker).
+    at = {what: arrived[next(i for i, line in enumerate(lines) if what in line)]
+          for what in ("p2pfleet: tracker back after", "3/3 terminals done")}
+    assert at["3/3 terminals done"] - at["p2pfleet: tracker back after"] <= 60, out[-6000:]
+    assert "fleet: 3 of 3 switched" in flat, out[-4000:]
+    size_mib = lab.state["slot_size"] / (1 << 20)
+    fetched = dict((m.group(1), float(m.group(2))) for m in re.finditer(
+        r"(t\d+)\s+slot \S+\s+release-5\.img\s+fetched\s+([\d.]+) MiB", flat))
+    assert sorted(fetched) == sorted(lab.terminals), out[-4000:]
+    for terminal in lab.terminals:
+        # A minute without a tracker cost no piece twice.
+        assert fetched[terminal] <= 1.15 * size_mib, (terminal, fetched)
+        assert release_of(lab, terminal) == "5", terminal
+        assert record(lab, terminal)["phase"] == "confirmed", terminal
+        assert grubenv(lab, terminal).get("saved_entry") == record(lab, terminal)["slot"], terminal
+    assert lab.ssh("server", "systemctl is-active p2pfleet-tracker").strip() == "active"
