@@ -1,7 +1,8 @@
 """One terminal never holds up the lab, and no run ever writes the slot a terminal falls
 back to: reimage.yml on a lab where terminals are powered off before and during the run,
-where ansible-playbook is killed after the switch's reboot, before the confirm, and where
-the tracker is stopped for a minute in the middle of distribute.
+where ansible-playbook is killed at each step of the switch (after the one-shot entry and
+its reboot's start; after the reboot, before the confirm), and where the tracker is stopped
+for a minute in the middle of distribute.
 
 A lab of its own (3 terminals in 2 rooms, real agents, real reboots, real power cuts with
 ``lab power``). The tests run in order, each starting from where the one before left it."""
@@ -106,44 +107,71 @@ def test_a_terminal_cut_off_midway_is_dropped_the_others_switch_and_a_rerun_fini
     assert "fleet: 3 of 3 switched" in rerun.flat(), rerun.tail(3000)
 
 
-def test_a_switch_killed_after_its_reboot_is_finished_by_a_rerun_and_the_fallback_is_never_written(faults_lab):
+HEALTH_TASK = "Health: the new system answers with its release"
+
+
+@pytest.mark.parametrize("release, kill_at, rebooted", [
+    # every terminal armed its new slot once and started its reboot; none is back yet
+    (4, "TASK [Wait for the batch to come back", False),
+    # every terminal came back on its new slot; the health checks start; none is confirmed
+    (6, f"TASK [{HEALTH_TASK}]", True),
+], ids=["after-the-one-shot-entry", "after-the-reboot-before-confirm"])
+def test_a_switch_killed_at_each_step_is_finished_by_a_rerun_and_the_fallback_is_never_written(
+        faults_lab, tmp_path, release, kill_at, rebooted):
     lab, collections = faults_lab
     from lab import lab as labmod
-    labmod.build_image(lab.state, 4)
-    assert play(lab, collections, "seed.yml", "release-4.img").rc == 0
-    assert play(lab, collections, "distribute.yml", "release-4.img").rc == 0
-    assert play(lab, collections, "verify.yml", "release-4.img").rc == 0
-    fallback = {t: record(lab, t)["slot"] for t in lab.terminals}  # A now (release 3 runs on it)
-    fallback = {t: "B" if slot == "A" else "A" for t, slot in fallback.items()}
+    image = f"release-{release}.img"
+    labmod.build_image(lab.state, release)
+    health = tmp_path / "health.yml"
+    health.write_text(f"- name: {HEALTH_TASK}\n  ansible.builtin.command: cat /etc/lab-release\n"
+                      "  changed_when: false\n")
+    assert play(lab, collections, "seed.yml", image).rc == 0
+    assert play(lab, collections, "distribute.yml", image).rc == 0
+    assert play(lab, collections, "verify.yml", image).rc == 0
+    running = {t: record(lab, t)["slot"] for t in lab.terminals}   # the slot just verified is the other one
+    fallback = {t: "B" if slot == "A" else "A" for t, slot in running.items()}
+    boots = {t: lab.firmware(t)["boots"] for t in lab.terminals}
 
-    proc = play(lab, collections, "switch.yml", "release-4.img", popen=True)
+    proc = play(lab, collections, "switch.yml", image, "-e", f"p2pfleet_health_tasks={health}", popen=True)
     lines = []
     try:
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("TASK [See which slot came up]"):
-                break        # every terminal rebooted into its new slot; none confirmed yet
+            if line.startswith(kill_at):
+                break
         else:
-            raise AssertionError("switch ended before its reboot:\n" + "".join(lines[-40:]))
+            raise AssertionError(f"switch ended before {kill_at!r}:\n" + "".join(lines[-40:]))
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # The reboots started before the kill go on without Ansible: every terminal comes up once more.
+    for terminal in lab.terminals:
+        lab.wait_for(f"{terminal} back from its reboot",
+                     lambda t=terminal: lab.firmware(t).get("boots", 0) > boots[t]
+                     and labmod.ssh(lab.state, t, "true").returncode == 0,
+                     timeout=180)
     for terminal in lab.terminals:
         env = grubenv(lab, terminal)
-        assert env.get("saved_entry") == fallback[terminal], (terminal, env)   # tried, not confirmed
+        assert env.get("saved_entry") == fallback[terminal], (terminal, env)     # tried, not confirmed
+        assert not env.get("next_entry"), (terminal, env)                         # the one-shot was used
         assert record(lab, terminal)["phase"] == "tried", terminal
+        assert release_of(lab, terminal) == str(release), terminal               # it runs the new slot once
+        assert lab.firmware(terminal)["boots"] == boots[terminal] + 1, terminal
     # The old slot no longer runs (its own system wrote it until the reboot): from now on
     # nothing may change it — it is what every terminal falls back to.
     before = {t: slot_digest(lab, t, fallback[t]) for t in lab.terminals}
 
-    rerun = play(lab, collections, "reimage.yml", "release-4.img")
+    rerun = play(lab, collections, "reimage.yml", image, "-e", f"p2pfleet_health_tasks={health}")
     assert rerun.rc == 0, rerun.tail()
     for terminal in lab.terminals:
-        assert release_of(lab, terminal) == "4", terminal
+        assert release_of(lab, terminal) == str(release), terminal
         assert record(lab, terminal)["phase"] == "confirmed", terminal
         assert grubenv(lab, terminal).get("saved_entry") == record(lab, terminal)["slot"], terminal
-        # The slot it fell back to while the try ran was never a target.
+        # Finished where it stood: no second reboot, and the slot it fell back to while the try
+        # ran was never a target.
+        assert lab.firmware(terminal)["boots"] == boots[terminal] + 1, terminal
         assert slot_digest(lab, terminal, fallback[terminal]) == before[terminal], terminal
+    assert f"fleet: {len(lab.terminals)} of {len(lab.terminals)} switched" in rerun.flat(), rerun.tail(3000)
 
 
 @pytest.mark.timeout(900)   # about 4 min alone (the roles installed first), 60 s of it the outage
