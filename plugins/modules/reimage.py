@@ -45,7 +45,10 @@ attributes:
   check_mode:
     support: partial
     details:
-      - In check mode every step returns the record and slots as they are (V(read)) and changes nothing.
+      - In check mode V(tried), V(confirmed) and V(rolled_back) run the engine's checks and say what they would change
+        (RV(reboot), the record's next phase), writing nothing; a step the terminal's present state refuses is
+        reported in C(msg), not as a failure (the stages before it would change that state).
+      - V(distribute) and V(verify) return the record and slots as they are (V(read)) and change nothing.
   diff_mode:
     support: none
   idempotent:
@@ -222,17 +225,31 @@ LOCAL_STEPS = ("read", "tried", "confirmed", "rolled_back")
 
 
 def _without_agent(module, p):
-    """The step, by the engine's own rules, on the record of the state partition."""
+    """The step, by the engine's own rules, on the record of the state partition. Also every
+    switch step in check mode, agent or not: the engine's checks and answer, nothing written."""
     store = reimage.Store(p["state_dir"])
     boot = {k: v for k, v in (p["boot"] or {}).items() if v is not None}
 
     def settings():
         return slot_definitions(p["slots"]), boot
+
+    def read(**more):
+        return dict(reimage.describe(store, lambda: reimage.situation(*settings())), changed=False, agent=False,
+                    **more)
+    reason = " ".join(p["reason"].split())
     try:
-        if p["step"] == "read" or module.check_mode:
-            return dict(reimage.describe(store, lambda: reimage.situation(*settings())), changed=False, agent=False)
+        if p["step"] == "read":
+            return read()
+        if module.check_mode:
+            if store.read() is None:
+                return read(msg="no reimage on this terminal yet: nothing to switch")
+            try:
+                answer, changed = reimage.move(store, settings, p["step"], reason, dry_run=True)
+            except reimage.ReimageError as exc:  # the stages before would change what this step finds
+                return read(msg=f"as the terminal is now: {exc}")
+            return dict(answer, changed=changed, agent=False)
         with store.locked():
-            answer, changed = reimage.move(store, settings, p["step"], " ".join(p["reason"].split()))
+            answer, changed = reimage.move(store, settings, p["step"], reason)
         return dict(answer, changed=changed, agent=False)
     except P2PFleetError as exc:
         module.fail_json(msg=str(exc))
@@ -269,7 +286,7 @@ def main():
         boot_id = boot.boot_id()
     except P2PFleetError as exc:
         module.fail_json(msg=str(exc))
-    if p["step"] in LOCAL_STEPS and not os.path.exists(p["socket"]):
+    if p["step"] in LOCAL_STEPS and (not os.path.exists(p["socket"]) or (module.check_mode and p["step"] != "read")):
         _finish(module, dict(_without_agent(module, p), boot_id=boot_id))
     try:
         if p["step"] == "read" or module.check_mode:

@@ -139,26 +139,29 @@ class Terminal:
         monkeypatch.setattr(reimage.boot_env, "from_settings", lambda _s: self)
         monkeypatch.setattr(reimage.boot_env, "check_change", lambda *a, **k: self.calls.append(("check",) + a[1:3]))
 
-    def try_next(self, entry):
+    def try_next(self, entry, dry_run=False):
         self.calls.append(("try_next", entry))
-        changed, self.pending = self.pending != entry, entry
+        changed = self.pending != entry
+        self.pending = self.pending if dry_run else entry
         return changed
 
-    def confirm(self, entry):
+    def confirm(self, entry, dry_run=False):
         self.calls.append(("confirm", entry))
-        changed, self.default, self.pending = (self.default, self.pending) != (entry, None), entry, None
+        changed = (self.default, self.pending) != (entry, None)
+        if not dry_run:
+            self.default, self.pending = entry, None
         return changed
 
-    def reject(self, entry):
+    def reject(self, entry, dry_run=False):
         self.calls.append(("reject", entry))
         changed = self.pending == entry
-        self.pending = None if changed else self.pending
+        self.pending = None if changed and not dry_run else self.pending
         return changed
 
-    def step(self, phase, reason="", stop_serving=None):
+    def step(self, phase, reason="", stop_serving=None, dry_run=False):
         from engine.reimage import move
         with self.store.locked():
-            return move(self.store, lambda: ([], {}), phase, reason, stop_serving=stop_serving)
+            return move(self.store, lambda: ([], {}), phase, reason, stop_serving=stop_serving, dry_run=dry_run)
 
 
 def test_tried_lets_the_slot_go_then_arms_it_once_records_it_and_asks_for_a_reboot(monkeypatch, tmp_path):
@@ -212,3 +215,16 @@ def test_a_rolled_back_slot_that_still_runs_is_never_tried_again(monkeypatch, tm
         t.step(TRIED)
     answer, _changed = t.step(ROLLED_BACK, reason="again")
     assert answer["reboot"] and t.calls == [("reject", "B")]
+
+
+def test_check_mode_says_what_each_step_would_do_and_changes_nothing(monkeypatch, tmp_path):
+    t = Terminal(monkeypatch, tmp_path, VERIFIED)
+    before = t.store.read()
+    answer, changed = t.step(TRIED, stop_serving=lambda rec: pytest.fail("stopped a job in check mode"), dry_run=True)
+    assert changed and answer["reboot"] and answer["record"]["phase"] == TRIED
+    assert t.pending is None and t.store.read() == before
+    with pytest.raises(ReimageError, match="came back on slot A, not B"):
+        Terminal(monkeypatch, tmp_path, TRIED).step(CONFIRMED, dry_run=True)
+    t = Terminal(monkeypatch, tmp_path, TRIED, booted="B")
+    answer, changed = t.step(CONFIRMED, dry_run=True)
+    assert changed and t.default == "A" and t.store.read()["phase"] == TRIED

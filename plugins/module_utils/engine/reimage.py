@@ -309,7 +309,7 @@ def describe(store: Store, now) -> dict:
     return answer
 
 
-def move(store: Store, settings, phase: str, reason: str = "", stop_serving=None) -> tuple:
+def move(store: Store, settings, phase: str, reason: str = "", stop_serving=None, dry_run: bool = False) -> tuple:
     """Take the switch one step, in the boot environment and in the record together, after
     ``check_step`` allows it; ``settings()`` returns ``(slot definitions, boot settings)``.
 
@@ -325,7 +325,8 @@ def move(store: Store, settings, phase: str, reason: str = "", stop_serving=None
 
     Used by the agent, and by the ``reimage`` module itself on a system that has no agent (a
     new slot booted before the roles installed one into it): the record is on the state
-    partition, which every slot shares. The caller holds ``store.locked()``.
+    partition, which every slot shares. The caller holds ``store.locked()``. ``dry_run``
+    (check mode): the same checks and answer, nothing written, nothing stopped.
     """
     if phase not in (TRIED, CONFIRMED, ROLLED_BACK):
         raise ReimageError(f"step must be distribute, verify, tried, confirmed or rolled_back, got {phase!r}")
@@ -345,21 +346,22 @@ def move(store: Store, settings, phase: str, reason: str = "", stop_serving=None
     backend = boot_env.from_settings(boot_settings)
     changed = False
     if phase == TRIED and not running:
-        if stop_serving is not None:
+        if stop_serving is not None and not dry_run:
             stop_serving(record)
         boot_env.check_change(definitions, slot.name, "next")
-        changed = backend.try_next(slot.entry)
+        changed = backend.try_next(slot.entry, dry_run=dry_run)
     elif phase == TRIED and record["phase"] == CONFIRMED:
         phase = CONFIRMED  # runs it, confirmed: nothing to try
     elif phase == CONFIRMED:
         boot_env.check_change(definitions, slot.name, "confirmed")
-        changed = backend.confirm(slot.entry)
+        changed = backend.confirm(slot.entry, dry_run=dry_run)
     elif phase == ROLLED_BACK:
-        changed = backend.reject(slot.entry)
+        changed = backend.reject(slot.entry, dry_run=dry_run)
     if record["phase"] != phase or (phase == ROLLED_BACK and record.get("reason") != reason):
-        record = store.write(dict(record, phase=phase, reason=reason if phase == ROLLED_BACK else ""))
+        record = dict(record, phase=phase, reason=reason if phase == ROLLED_BACK else "")
+        record = record if dry_run else store.write(record)
         changed = True
-    answer.update(record=record, situation=situation(definitions, boot_settings).as_dict(),
+    answer.update(record=record, situation=(now if dry_run else situation(definitions, boot_settings)).as_dict(),
                   reboot=(phase == TRIED and not running) or (phase == ROLLED_BACK and running))
     return answer, changed
 
