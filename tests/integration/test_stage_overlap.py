@@ -1,12 +1,14 @@
 """No stage's time grows with terminals ÷ forks: on a lab of 6 terminals run with 2 forks
 (3 rounds of every per-terminal task), the agents' verify jobs of all 6 terminals run at the
 same time, so do the 6 reboots of the switch's batch, and no slot is read twice for one
-release.
+release. The lab's two rooms sit behind capped uplinks, and the image crosses each room's
+uplink about once (the tracker's bridges, docs/tracker.md).
 
 Measured on what the terminals themselves record: the agents' job transitions in their
-journals, and the lab firmware's log of each host's reboot (when its system went down, and
-when the firmware booted it again). A lab of its own (6 terminals, one room, 200 Mbit/s
-links, the smallest slots the lab's release image fits in).
+journals, the lab firmware's log of each host's reboot (when its system went down, and
+when the firmware booted it again), and the router's byte counter into each room. A lab of
+its own (6 terminals in two rooms, 200 Mbit/s links and uplinks, the smallest slots the
+lab's release image fits in).
 
 Starting a job on a terminal takes a round of forks (about a second here); a job lasts as
 long as its slot takes to read and repair. On a real lab (a 256 GB slot: minutes) the jobs
@@ -20,6 +22,7 @@ import time
 import pytest
 
 from conftest import LAB_SKIP_REASON
+from lab.sh import run as lab_run
 from module_helpers import collections_path
 from reimage_helpers import grubenv, play, record, release_of
 
@@ -35,7 +38,7 @@ def overlap_lab(tmp_path_factory):
     from lab import lab as labmod
     from lab_helpers import LabHandle
     name = f"ovl{os.getpid()}"
-    state = labmod.up(name, terminals=TERMINALS, rooms=1, rate="200mbit", uplink="1gbit", slot_size="384M")
+    state = labmod.up(name, terminals=TERMINALS, rooms=2, rate="200mbit", uplink="200mbit", slot_size="384M")
     try:
         yield LabHandle(state), collections_path(tmp_path_factory.mktemp("collections"))
     finally:
@@ -72,6 +75,13 @@ def task_results(lines, task):
     return found
 
 
+def into_rooms(lab):
+    """Bytes the lab's router has sent into each room (its leg ``roomN``)."""
+    router = f"{lab.state['prefix']}-router"
+    return {room: int(lab_run("cat", f"/sys/class/net/room{room}/statistics/tx_bytes", netns=router).strip())
+            for room in range(1, lab.state["rooms"] + 1)}
+
+
 def sshd_up(lab, terminal):
     """When sshd of the terminal's current boot started listening (its journal)."""
     out = lab.ssh(terminal, "journalctl -b -u ssh -o short-unix --no-pager")
@@ -83,10 +93,15 @@ def test_with_two_forks_the_six_verify_jobs_and_the_six_reboots_each_run_togethe
     terminals = lab.terminals
     assert len(terminals) == TERMINALS
     assert play(lab, collections, "seed.yml", "release-2.img", "--forks", FORKS).rc == 0
-    started = time.time()
+    started, before = time.time(), into_rooms(lab)
     run = play(lab, collections, "distribute.yml", "release-2.img", "--forks", FORKS,
                "-e", "p2pfleet_local_sources=false")
     assert run.rc == 0, run.tail()
+    # Each room's bridge alone fetched from outside: one copy into each room, not one per
+    # terminal there (headers, acknowledgements and the agents' announces add a few %).
+    size = os.path.getsize(os.path.join(lab.state["images"], "release-2.img"))
+    copies = {room: round((after - before[room]) / size, 2) for room, after in into_rooms(lab).items()}
+    assert all(0 < c <= 1.25 for c in copies.values()), f"copies of the image into each room: {copies}"
     # Each agent proved the whole-image digest once, at the end of its fetch.
     for terminal in terminals:
         reads = [t for t in transitions(lab, terminal, "release-2.img", started) if t[2] == "verifying"]

@@ -40,6 +40,18 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
     assert topo.is_seeder(ip("10.0.0.1")) and topo.is_seeder(ip("10.5.5.5"))   # by address, by name
     assert not topo.is_seeder(ip("10.0.0.2"))
     assert cfg.allows(ip("10.200.0.1")) and cfg.allows(ip("fd00::1"))
+    assert topo.bridges == 1 and not topo.is_site_seeder(ip("10.1.0.5"))
+
+
+def test_a_group_names_its_own_seeders_by_name_address_or_network():
+    cfg = parse({"allowed_networks": ["10.0.0.0/8"], "hosts": {"10.2.0.5": "cache-2"},
+                 "groups": {"site2": {"networks": ["10.2.0.0/16"], "seeders": ["cache-2", "10.2.0.6", "10.2.9.0/24"]}},
+                 "policy": {"bridges": 2}})
+    ip = ipaddress.ip_address
+    topo = cfg.topology
+    assert topo.bridges == 2
+    assert all(topo.is_site_seeder(ip(a)) for a in ("10.2.0.5", "10.2.0.6", "10.2.9.77"))
+    assert not topo.is_site_seeder(ip("10.2.0.7"))
     assert not cfg.allows(ip("192.168.1.1")) and not cfg.allows(ip("::1"))
 
 
@@ -73,6 +85,12 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
     (with_(admin_networks="127.0.0.1"), "admin_networks: must be a list of CIDR networks"),
     (with_(idle_timeout=0), "idle_timeout: must be an integer in 1..3600, got 0"),
     (with_(max_connections=8), "max_connections: must be an integer in 16..1000000, got 8"),
+    (with_(policy={"bridges": -1}), "policy.bridges: must be an integer in 0..1000, got -1"),
+    (with_(hosts={"10.2.0.9": "cache"}, groups={"site1": {"networks": ["10.1.0.0/24"], "seeders": ["cache"]}}),
+     "groups.site1.seeders: cache (10.2.0.9) is not in group site1"),
+    (with_(groups={"site1": {"networks": ["10.1.0.0/24"], "seeders": ["10.1.0.0/16"]}}),
+     "groups.site1.seeders: 10.1.0.0/16 is not inside a network of group site1"),
+    (with_(groups={"site1": {"seeders": "10.1.0.9"}}), "groups.site1.seeders: must be a list"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_the_key(raw, message):

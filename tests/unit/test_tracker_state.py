@@ -173,10 +173,11 @@ def test_origin_assignment_is_released_when_the_downloader_completes():
     announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
     origin_compact = ipaddress.ip_address("10.0.0.1").packed + (6881).to_bytes(2, "big")
     first = announce(tracker, clock, "10.1.0.2", b"a", SIZE, "started")
-    second = announce(tracker, clock, "10.1.0.3", b"b", SIZE, "started")
+    # b is room2's bridge; room1 holds the origin's only slot while it downloads
+    second = announce(tracker, clock, "10.2.0.3", b"b", SIZE, "started")
     assert origin_compact in _chunks(first["peers"]) and origin_compact not in _chunks(second["peers"])
     announce(tracker, clock, "10.1.0.2", b"a", 0, "completed")
-    second = announce(tracker, clock, "10.1.0.3", b"b", SIZE)
+    second = announce(tracker, clock, "10.2.0.3", b"b", SIZE)
     assert origin_compact in _chunks(second["peers"])
 
 
@@ -303,3 +304,25 @@ def test_a_failure_report_replaces_the_hosts_older_rows():
     # The restarted job fails before libtorrent's first announce: a row of its own, the only one.
     announce(tracker, clock, "10.1.0.9", b"report", 600, "stopped", port=6999, error="fetch failed: target")
     assert [(r[2], r[3]) for r in rows_of(swarm, clock)] == [(6999, "failed")]
+
+
+def test_bridges_show_in_the_status_and_the_debug_log_says_why(caplog):
+    cfg = config.parse({
+        "allowed_networks": ["10.0.0.0/8"], "interval": 10, "info_hashes": [HASH.hex()],
+        "hosts": {"10.2.0.8": "cache-2"},
+        "groups": {"room1": {"networks": ["10.1.0.0/24"]},
+                   "site2": {"networks": ["10.2.0.0/24"], "seeders": ["cache-2"]}},
+        "policy": {"seeders": ["10.0.0.1"]}})
+    clock = Clock()
+    tracker = Tracker(cfg, rng=random.Random(0), clock=clock, wall_clock=lambda: 5000.0)
+    caplog.set_level("DEBUG", logger="p2pfleet")
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
+    for ip in ("10.1.0.2", "10.1.0.3", "10.2.0.7"):
+        announce(tracker, clock, ip, ip.encode(), SIZE, "started")
+    # the site's cache host takes the bridge from the terminal that had it
+    announce(tracker, clock, "10.2.0.8", b"cache", SIZE, "started", host="cache-2")
+    rows = {row["ip"]: row for row in tracker.status(with_peers=True)[0]["peers"]}
+    assert [ip for ip, row in sorted(rows.items()) if row["bridge"]] == ["10.1.0.2", "10.2.0.8"]
+    assert rows["10.2.0.8"]["site_seeder"] and not rows["10.2.0.7"]["site_seeder"]
+    assert "group site2 bridges now: cache-2:6881" in caplog.text
+    assert "gets 3 peers as bridge: origin=1, other groups=1, own group=1" in caplog.text

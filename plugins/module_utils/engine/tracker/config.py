@@ -36,6 +36,9 @@ class Topology:
     fetch_from: dict           # group -> frozenset of groups it may fetch from
     other_group_peers: int
     origin_fanout: int
+    bridges: int = 1           # per group; 0: no bridges (policy.py)
+    site_seeder_addresses: frozenset = frozenset()
+    site_seeder_networks: tuple = ()
 
     def group_of(self, ip):
         group = self.group_addresses.get(ip)
@@ -48,6 +51,10 @@ class Topology:
 
     def is_seeder(self, ip):
         return ip in self.seeder_addresses or _in_any(ip, self.seeder_networks)
+
+    def is_site_seeder(self, ip):
+        """A seeder of its own group (``groups.*.seeders``): a site's cache host, say."""
+        return ip in self.site_seeder_addresses or _in_any(ip, self.site_seeder_networks)
 
 
 @dataclass(frozen=True)
@@ -91,10 +98,10 @@ _TOP_KEYS = {
 # The admin endpoint changes what the tracker serves: by default only from the tracker
 # host itself, where the Ansible role runs its admin calls.
 DEFAULT_ADMIN_NETWORKS = ["127.0.0.0/8", "::1/128"]
-_POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from"}
+_POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from", "bridges"}
 # Keys that were renamed: refused with the new name rather than "unknown key".
 _RENAMED = {"policy.seeder_slots": "policy.origin_fanout"}
-_GROUP_KEYS = {"networks", "hosts"}
+_GROUP_KEYS = {"networks", "hosts", "seeders"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -186,6 +193,11 @@ def _topology(raw, hosts) -> Topology:
         for network in _networks(spec.get("networks", []), f"{where}.networks"):
             group_networks.append((network, group))
     group_networks.sort(key=lambda pair: pair[0].prefixlen, reverse=True)
+    site_addresses, site_networks = set(), []
+    for group, spec in groups.items():
+        found = _site_seeders(spec, f"groups.{group}.seeders", addresses, group_networks, group_addresses, group)
+        site_addresses.update(found[0])
+        site_networks.extend(found[1])
 
     policy = _mapping(raw, "policy")
     _no_unknown(policy, _POLICY_KEYS, "policy.")
@@ -214,7 +226,43 @@ def _topology(raw, hosts) -> Topology:
         fetch_from=fetch_from,
         other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
         origin_fanout=_int(policy, "origin_fanout", 4, 1, 10000, "policy."),
+        bridges=_int(policy, "bridges", 1, 0, 1000, "policy."),
+        site_seeder_addresses=frozenset(site_addresses),
+        site_seeder_networks=tuple(site_networks),
     )
+
+
+def _site_seeders(spec, where, addresses, group_networks, group_addresses, group):
+    """A group's own seeders: host names bound under ``hosts``, addresses or networks, each
+    inside the group (a seeder of a group it is not in would serve nobody there)."""
+    def group_of(ip):
+        if ip in group_addresses:
+            return group_addresses[ip]
+        return next((g for net, g in group_networks if ip.version == net.version and ip in net), None)
+
+    found, networks = set(), []
+    for entry in _list(spec, "seeders", where.rsplit(".", 1)[0] + "."):
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except (TypeError, ValueError):
+            network = None
+        if network is None:
+            members = _bound(addresses, _name(entry, where), where)
+        elif network.num_addresses == 1:
+            members = [network.network_address]
+        else:
+            inside = any(network.version == net.version and network.subnet_of(net) and g == group
+                         for net, g in group_networks)
+            if not inside:
+                raise ConfigError(f"{where}: {entry} is not inside a network of group {group}")
+            networks.append(network)
+            continue
+        for address in members:
+            if group_of(address) != group:
+                raise ConfigError(f"{where}: {entry} ({address}) is not in group {group}; "
+                                  f"a group's seeders serve the group they are in")
+            found.add(address)
+    return found, networks
 
 
 def _bound(addresses, name, where):

@@ -1,19 +1,44 @@
 """Topology policy: which peers a requesting peer is told about.
 
-A pure function of its inputs (the random source is injected), so every rule can be tested
-without a network. The rules, in order:
+Pure functions of their inputs (the random source is injected), so every rule can be
+tested without a network. A *group* is a room or a site: the peers behind one switch or
+one routed link. The aim is that the image crosses each group's uplink about once.
 
-1. The origin seeder is told only about the downloaders currently assigned to it, so it
-   does not dial the whole fleet and spread its upload thin.
-2. A downloading peer assigned to an origin seeder gets that seeder again; one assigned to
-   none is assigned to an origin seeder that has fewer than ``origin_fanout`` assigned
-   downloaders. Few at a time means the origin's upload goes to distinct pieces that its
-   assigned downloaders then trade onwards, instead of the same first pieces to everybody.
-3. Then peers of the requester's own group (or, for a group with a fixed relation, of the
-   groups it fetches from), then at most ``other_group_peers`` from other groups.
-4. A fixed relation ``X fetches only from Y`` is enforced in both directions: X is never
-   told about peers outside Y, and peers outside Y are never told about X.
-5. A complete peer is not told about other complete peers: they have nothing to trade.
+Bridges (``policy.bridges`` per group, default 1):
+
+B1. A group that is still downloading and holds no complete peer has up to ``bridges``
+    *bridges*: downloaders that are the only ones of the group told about the origin and
+    about other groups. A bridge stays one while it is active and downloading; one that
+    completes, stops or goes silent is replaced at the next announce from its group. A
+    group's site seeders (``groups.*.seeders``: a site's cache host) are its bridges first,
+    before any terminal; other places go to the peer announcing.
+B2. A group that holds a complete peer needs no bridge: its downloaders have every piece
+    inside. Its first ``bridges`` complete peers (site seeders first) are its *gateways*:
+    what other groups' bridges are told about.
+B3. A downloading bridge is told about up to ``other_group_peers`` bridges and gateways of
+    other groups it is linked to (B6); every other peer is told only about its own group.
+
+Origin seeders (``policy.seeders``):
+
+O1. An origin seeder is told only about the downloaders assigned to it.
+O2. Only bridges are assigned to an origin, at most ``origin_fanout`` at a time per origin.
+    A bridge assigned keeps getting its origin; the assignment ends when it completes,
+    stops, goes silent or stops being a bridge.
+O3. Every group that needs the origin holds one of its slots before any group holds a
+    second: a bridge of a group that already holds a slot gets another only while more
+    slots are free than groups without one.
+
+Always:
+
+B4. Peers of the requester's home are told: its own group, or for a group with a fixed
+    relation ``X fetches only from Y``, the groups it fetches from.
+B5. A complete peer is not told about other complete peers: they have nothing to trade.
+B6. A fixed relation is enforced in both directions: X is never told about peers outside
+    Y, and peers outside Y are never told about X.
+
+With ``bridges: 0`` there are no bridges (the policy before 0.3): any downloader may be
+assigned to an origin, and every peer is told about up to ``other_group_peers`` peers of
+other groups. Kept for comparison in benchmarks/fleet.py and for flat networks.
 """
 
 from dataclasses import dataclass, field
@@ -24,11 +49,29 @@ class Decision:
     peers: list
     assigned: object = None         # the origin seeder the requester was just assigned to
     counts: dict = field(default_factory=dict)
+    role: str = "member"
 
     def explain(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        assigned = " (assigned to an origin)" if self.assigned is not None else ""
-        return f"{len(self.peers)} peers: {parts}{assigned}"
+        assigned = ", assigned to an origin" if self.assigned is not None else ""
+        return f"{len(self.peers)} peers as {self.role}: {parts}{assigned}"
+
+
+@dataclass(frozen=True)
+class View:
+    """What the swarm knows at one announce; the policy reads it and changes nothing.
+
+    ``groups`` maps each group (``None`` for ungrouped peers) to its active non-origin
+    peers, the requester included; ``origins`` are the active origin seeders;
+    ``assignments`` maps an origin seeder's key to the set of downloaders assigned to it;
+    ``bridges`` maps a group to its bridges or gateways, as chosen by ``choose_bridges``.
+    Peers have ``key``, ``group``, ``left`` and ``site_seeder`` attributes.
+    """
+
+    groups: dict
+    origins: list = ()
+    assignments: dict = field(default_factory=dict)
+    bridges: dict = field(default_factory=dict)
 
 
 def linked(topology, group_a, group_b) -> bool:
@@ -41,49 +84,93 @@ def _may_fetch(topology, group, source) -> bool:
     return sources is None or source in sources
 
 
-def select_peers(requester, groups, origins, origin_assignments, topology, numwant, rng) -> Decision:
-    """Choose up to ``numwant`` peers for ``requester``.
+def choose_bridges(members, current, requester, topology) -> tuple:
+    """The bridges (B1) or gateways (B2) of one group after an announce from ``requester``.
 
-    ``groups`` maps each group (``None`` for ungrouped peers) to its active non-origin peers,
-    the requester included; ``origins`` are the active origin seeders; ``origin_assignments``
-    maps an origin seeder's key to the set of downloaders assigned to it. Peers have ``key``,
-    ``group`` and ``left`` attributes.
+    ``members`` are the group's active non-origin peers, ``current`` its bridges or gateways
+    so far. Eligible site seeders come first, then the current ones still eligible, in
+    order, then the requester. Returns a tuple; () when the policy has no bridges.
     """
+    want = topology.bridges
+    if want <= 0:
+        return ()
+    active = set(members)
+    complete = any(p.left == 0 for p in members)
+    eligible = (lambda p: p.left == 0) if complete else (lambda p: p.left > 0)
+    chosen = []
+    for candidate in [p for p in members if p.site_seeder] + list(current) + [requester]:
+        if len(chosen) >= want:
+            break
+        if candidate in active and eligible(candidate) and candidate not in chosen:
+            chosen.append(candidate)
+    return tuple(chosen)
+
+
+def select_peers(requester, view, topology, numwant, rng) -> Decision:
+    """Choose up to ``numwant`` peers for ``requester`` (rules in the module docstring)."""
     if numwant <= 0:
         return Decision([], counts={"numwant": 0})
-    if requester in origins:
-        mine = list(origin_assignments.get(requester.key, ()))[:numwant]
-        return Decision(mine, counts={"assigned downloaders": len(mine)})
+    if requester in view.origins:
+        mine = list(view.assignments.get(requester.key, ()))[:numwant]
+        return Decision(mine, counts={"assigned downloaders": len(mine)}, role="origin")
 
+    flat = topology.bridges <= 0
+    bridge = requester in view.bridges.get(requester.group, ())
+    role = "member" if flat or not bridge else ("bridge" if requester.left > 0 else "gateway")
     chosen, assigned = [], None
-    if requester.left > 0:
-        for origin in origins:
-            if requester in origin_assignments.get(origin.key, ()):
-                chosen.append(origin)
-        if not chosen and origins:
-            free = [o for o in origins
-                    if len(origin_assignments.get(o.key, ())) < topology.origin_fanout]
-            if free:
-                assigned = min(free, key=lambda o: len(origin_assignments.get(o.key, ())))
-                chosen.append(assigned)
+    if requester.left > 0 and (flat or bridge):
+        chosen, assigned = _origin(requester, view, topology, flat)
         chosen = chosen[:numwant]
     counts = {"origin": len(chosen)}
 
     home = topology.fetch_from.get(requester.group, {requester.group})
-    preferred, others = [], []
-    for group, members in groups.items():
+    inside, outside = [], []
+    for group, members in view.groups.items():
         if not linked(topology, requester.group, group):
             continue
-        bucket = preferred if group in home else others
-        bucket.extend(p for p in members
-                      if p is not requester and (requester.left > 0 or p.left > 0))
+        if group in home:
+            inside.extend(p for p in members if p is not requester and (requester.left > 0 or p.left > 0))
+        elif flat:
+            outside.extend(p for p in members if requester.left > 0 or p.left > 0)
+        elif role == "bridge":
+            active = set(members)
+            outside.extend(p for p in view.bridges.get(group, ()) if p in active)
 
+    # A bridge's few outside peers come first: they are why it is a bridge. Without
+    # bridges, the own group comes first and the rest of the room goes to other groups.
     room = numwant - len(chosen)
-    take = min(room, len(preferred))
-    chosen.extend(rng.sample(preferred, take))
-    counts["preferred groups"] = take
-    room -= take
-    take = min(room, topology.other_group_peers, len(others))
-    chosen.extend(rng.sample(others, take))
-    counts["other groups"] = take
-    return Decision(chosen, assigned=assigned, counts=counts)
+    home_label = "own group" if home == {requester.group} else "groups fetched from"
+    for label, pool in ((("other groups", outside), (home_label, inside)) if not flat
+                        else ((home_label, inside), ("other groups", outside))):
+        limit = topology.other_group_peers if pool is outside else room
+        take = min(room, limit, len(pool))
+        chosen.extend(rng.sample(pool, take))
+        counts[label] = take
+        room -= take
+    return Decision(chosen, assigned=assigned, counts=counts, role=role)
+
+
+def _origin(requester, view, topology, flat):
+    """The origin(s) ``requester`` keeps, or the one it is assigned to now (O2, O3)."""
+    mine = [o for o in view.origins if requester in view.assignments.get(o.key, ())]
+    if mine or not view.origins:
+        return mine, None
+    load = {o.key: len(view.assignments.get(o.key, ())) for o in view.origins}
+    free = [o for o in view.origins if load[o.key] < topology.origin_fanout]
+    if not free:
+        return [], None
+    if not flat:
+        holding = {p.group for o in view.origins for p in view.assignments.get(o.key, ())}
+        if requester.group in holding:
+            waiting = sum(1 for group, members in view.groups.items()
+                          if group not in holding and _needs_origin(members))
+            if sum(topology.origin_fanout - load[o.key] for o in free) <= waiting:
+                return [], None
+    assigned = min(free, key=lambda o: load[o.key])
+    return [assigned], assigned
+
+
+def _needs_origin(members) -> bool:
+    """A group needs the origin while it downloads and holds no complete peer (B2)."""
+    members = list(members)
+    return any(p.left > 0 for p in members) and all(p.left > 0 for p in members)

@@ -11,7 +11,7 @@ import time
 from ..errors import ManifestError
 from .aggregate_log import one_line
 from .hostnames import HostNames
-from .policy import select_peers
+from .policy import View, choose_bridges, select_peers
 
 log = logging.getLogger("p2pfleet.tracker")
 
@@ -33,7 +33,7 @@ class Peer:
     """
 
     __slots__ = (
-        "key", "ip", "port", "host", "verified", "group", "origin", "compact", "uploaded", "downloaded",
+        "key", "ip", "port", "host", "verified", "group", "origin", "site_seeder", "compact", "uploaded", "downloaded",
         "left", "up_rate", "down_rate", "first_seen", "last_seen", "state", "counted", "error",
         "_sample_time", "_sample_up", "_sample_down",
     )
@@ -49,7 +49,7 @@ class Peer:
         self._sample_time = None
         self._sample_up = self._sample_down = 0
         self.host = self.group = None
-        self.verified = self.origin = False
+        self.verified = self.origin = self.site_seeder = False
         self.move(ip, port)
 
     def move(self, ip, port):
@@ -81,6 +81,7 @@ class Swarm:
         self.groups = {}           # group -> {key: Peer}, active non-origin peers
         self.origins = {}          # key -> Peer, active origin seeders
         self.origin_assignments = {}   # origin key -> set of downloaders assigned to it
+        self.bridges = {}          # group -> its bridges or gateways (policy.choose_bridges)
         self.gone = {}             # key -> Peer that stopped or went silent
         self.completed = 0
         self.largest_left = 0
@@ -107,6 +108,7 @@ class Swarm:
                 members.pop(peer.key, None)
                 if not members:
                     del self.groups[peer.group]
+                    self.bridges.pop(peer.group, None)
             self._release(peer)
         peer.state = state
         peer.up_rate = peer.down_rate = 0.0
@@ -164,6 +166,7 @@ class Swarm:
             peer.host, peer.verified = host, verified
             peer.group = topology.group_of(ip)
             peer.origin = topology.is_seeder(ip)
+            peer.site_seeder = not peer.origin and topology.is_site_seeder(ip)
             self._add(peer)
             log.debug("%s: new peer %s group=%s origin=%s", self.name, _label(peer),
                       peer.group, peer.origin)
@@ -180,15 +183,33 @@ class Swarm:
                 self.completed += 1
 
         numwant = config.default_numwant if req.numwant is None else req.numwant
-        groups = {group: members.values() for group, members in self.groups.items()}
-        decision = select_peers(peer, groups, list(self.origins.values()),
-                                self.origin_assignments, topology, numwant, rng)
+        groups = {group: list(members.values()) for group, members in self.groups.items()}
+        if not peer.origin:
+            self._choose_bridges(peer, groups.get(peer.group, ()), topology)
+        view = View(groups, list(self.origins.values()), self.origin_assignments, self.bridges)
+        decision = select_peers(peer, view, topology, numwant, rng)
         if decision.assigned is not None:
             self.origin_assignments.setdefault(decision.assigned.key, set()).add(peer)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s (group %s, left %d) gets %s", self.name, _label(peer),
                       peer.group, peer.left, decision.explain())
         return self._response(config, decision.peers, req)
+
+    def _choose_bridges(self, peer, members, topology):
+        """Renew the bridges of the announcing peer's group; a peer that stops being a
+        bridge gives its origin slot back (policy O2)."""
+        before = self.bridges.get(peer.group, ())
+        after = choose_bridges(members, before, peer, topology)
+        if after:
+            self.bridges[peer.group] = after
+        else:
+            self.bridges.pop(peer.group, None)
+        for dropped in (p for p in before if p not in after):
+            self._release(dropped)
+        if after != before and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: group %s %s now: %s", self.name, peer.group,
+                      "gateways" if any(p.left == 0 for p in after) else "bridges",
+                      ", ".join(_label(p) for p in after) or "none")
 
     def _failed(self, req, ip, name, config, now):
         """A p2pfleet job reports (event=stopped, p2pfleet_error) that it failed, and why.
@@ -257,6 +278,7 @@ class Swarm:
     def status(self, now, wall_now, with_peers=True):
         size = self.size
         rows, bytes_left, terminals, fetched, local = [], 0, 0, 0, 0
+        bridges = {p for chosen in self.bridges.values() for p in chosen}
         for peer in [*self.peers.values(), *self.gone.values()]:
             if not peer.origin:
                 terminals += 1
@@ -264,7 +286,7 @@ class Swarm:
                 fetched += peer.downloaded
                 local += _local(peer, size)
             if with_peers:
-                rows.append(self._peer_row(peer, size, now, wall_now))
+                rows.append(self._peer_row(peer, size, now, wall_now, peer in bridges))
         active = self.peers.values()
         totals = {
             "peers": len(self.peers),
@@ -292,7 +314,7 @@ class Swarm:
         return status
 
     @staticmethod
-    def _peer_row(peer, size, now, wall_now):
+    def _peer_row(peer, size, now, wall_now, bridge=False):
         if peer.state != "active":
             state = peer.state
         elif peer.origin:
@@ -301,7 +323,7 @@ class Swarm:
             state = "complete" if peer.left == 0 else "downloading"
         return {
             "host": peer.host, "verified": peer.verified, "ip": str(peer.ip), "port": peer.port, "group": peer.group,
-            "origin": peer.origin, "state": state, "error": peer.error, "left": peer.left,
+            "origin": peer.origin, "site_seeder": peer.site_seeder, "bridge": bridge, "state": state, "error": peer.error, "left": peer.left,
             "progress": _fraction(size - min(peer.left, size), size) if size else (1.0 if peer.left == 0 else 0.0),
             "uploaded": peer.uploaded, "downloaded": peer.downloaded, "local": 0 if peer.origin else _local(peer, size),
             "upload_rate": round(peer.up_rate, 1), "download_rate": round(peer.down_rate, 1),
