@@ -19,6 +19,9 @@ def parser():
     u.add_argument("--rate", default=None, help="cap of every host link, both ways, e.g. 100mbit (default: none)")
     u.add_argument("--uplink", default=None, help="cap of each room's uplink, both ways (default: none)")
     u.add_argument("--slot-size", default="1G", help="size of slots A and B (default 1G)")
+    u.add_argument("--light", action="store_true",
+                   help="hosts as bare network namespaces (same network, caps and disks; no root file system, "
+                        "systemd, sshd or inventory): for the fleet benchmark's large labs")
     sub.add_parser("status", help="hosts, addresses, power state, booted slot")
     s = sub.add_parser("ssh", help="SSH into a host (or run a command there)")
     s.add_argument("host")
@@ -62,8 +65,12 @@ def main(argv=None):
 
 def dispatch(args):
     if args.command == "up":
-        state = lab.up(args.lab, args.terminals, args.rooms, args.rate, args.uplink, args.slot_size)
-        print(f"inventory: {state['inventory']}")
+        state = lab.up(args.lab, args.terminals, args.rooms, args.rate, args.uplink, args.slot_size,
+                       light=args.light)
+        if state["light"]:
+            print(f"light lab: hosts are network namespaces {state['prefix']}-HOST (ip netns exec), no inventory")
+        else:
+            print(f"inventory: {state['inventory']}")
         return 0
     if args.command == "down":
         lab.down(args.lab)
@@ -71,8 +78,9 @@ def dispatch(args):
         return 0
     state = lab.load(args.lab)
     if args.command == "status":
-        print(f"lab {state['name']}: prefix {state['prefix']}, network {state['network']}, "
-              f"inventory {state['inventory']}")
+        print(f"lab {state['name']}: prefix {state['prefix']}, network {state['network']}, " +
+              ("light (bare network namespaces), no inventory" if state.get("light")
+               else f"inventory {state['inventory']}"))
         rows = [("HOST", "ROLE", "ROOM", "ADDRESS", "POWER", "SLOT", "BOOTS")] + lab.status(state)
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
@@ -96,6 +104,7 @@ def power(state, action, names, wait=True):
     """``power off|on|status HOST...``: one line per host, every name checked before any is touched."""
     for name in names:
         lab.check_host(state, name)
+    lab.refuse_light(state, "no firmware to power a host off or on")
     if action == "status":
         for name in names:
             fw = lab.firmware_status(state, name)

@@ -27,6 +27,7 @@ LABS = os.environ.get("P2PFLEET_LAB_DIR", "/var/lib/p2pfleet-lab")
 WHEELHOUSE = os.path.join(rootfs.CACHE, "wheelhouse")
 TOOLS = ("debootstrap", "systemd-nspawn", "grub-editenv", "sgdisk", "mkfs.ext4", "losetup",
          "ip", "tc", "ssh", "ssh-keygen", "mount")
+LIGHT_TOOLS = ("sgdisk", "losetup", "partx", "ip", "tc")
 BOOT_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
 # Detached loop devices go when their last user does, after the writeback of what the hosts
@@ -62,10 +63,10 @@ def save(state):
     os.rename(tmp, os.path.join(state["dir"], "state.json"))
 
 
-def preflight():
+def preflight(tools=TOOLS):
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, loop devices, mounts)")
-    missing = [tool for tool in TOOLS if not shutil.which(tool)]
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)} (make deps installs them)")
 
@@ -97,22 +98,31 @@ def allocate_number():
     raise LabError(f"all {net.MAX_LABS} lab numbers are in use (lab down an old lab)")
 
 
-def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=sys.stderr):
-    """Build the lab and boot every host; returns its state. On any failure, nothing is left."""
+def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=sys.stderr, light=False):
+    """Build the lab and boot every host; returns its state. On any failure, nothing is left.
+
+    ``light``: the same network, caps and addresses, and every terminal's disk, but the hosts
+    are bare network namespaces: no root file system, firmware, systemd, sshd or inventory.
+    What runs in a host is what is started there with ``ip netns exec``: the fleet benchmark
+    runs its agents so, and 40 to 64 terminals fit a 2-core machine.
+    """
     check_name(name)
     if not 1 <= rooms <= net.MAX_ROOMS:
         raise LabError(f"--rooms must be between 1 and {net.MAX_ROOMS}")
     if not rooms <= terminals <= rooms * net.MAX_TERMINALS_PER_ROOM:
         raise LabError(f"--terminals must be between --rooms ({rooms}) and {rooms * net.MAX_TERMINALS_PER_ROOM}")
     rate_bits, uplink_bits, slot_bytes = net.parse_rate(rate), net.parse_rate(uplink), disk.parse_size(slot_size)
-    preflight()
+    preflight(LIGHT_TOOLS if light else TOOLS)
     if os.path.exists(lab_dir(name)):
         raise LabError(f"lab {name!r} is already up (lab down --lab {name} first)")
     net.prepare_host()
     started = time.monotonic()
-    base = rootfs.base_rootfs(log)
-    disk.check_slot_size(base, slot_bytes)
-    images = disk.ensure_images(base, disk.images_dir(rootfs.CACHE, os.path.basename(base), slot_bytes), slot_bytes)
+    base = images = None
+    if not light:
+        base = rootfs.base_rootfs(log)
+        disk.check_slot_size(base, slot_bytes)
+        images = disk.ensure_images(base, disk.images_dir(rootfs.CACHE, os.path.basename(base), slot_bytes),
+                                    slot_bytes)
 
     os.makedirs(LABS, exist_ok=True)
     with open(os.path.join(LABS, ".lock"), "w") as lock:
@@ -126,14 +136,14 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
         state = {"name": name, "number": number, "prefix": prefix, "dir": directory, "admin": f"{prefix}-admin",
                  "network": str(net.lab_network(number)), "rootfs": base, "images": images,
                  "rate": rate_bits, "uplink": uplink_bits, "rooms": rooms, "slot_size": slot_bytes,
-                 "key": os.path.join(directory, "id_ed25519"), "inventory": os.path.join(directory, "inventory.yml"),
-                 "hosts": {}}
+                 "light": light, "key": None if light else os.path.join(directory, "id_ed25519"),
+                 "inventory": None if light else os.path.join(directory, "inventory.yml"), "hosts": {}}
         save(state)
     try:
         phases = build(state, terminals)
-        print(f"lab {name} up: {terminals} terminals in {rooms} room(s) in {time.monotonic() - started:.1f} s "
-              f"({', '.join(f'{phase} {seconds:.1f} s' for phase, seconds in phases.items())})",
-              file=log, flush=True)
+        took = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items())
+        print(f"lab {name} up{' (light)' if light else ''}: {terminals} terminals in {rooms} room(s) in "
+              f"{time.monotonic() - started:.1f} s ({took})", file=log, flush=True)
         return state
     except BaseException:
         print(f"lab {name}: bring-up failed, tearing down", file=log, flush=True)
@@ -145,12 +155,13 @@ def up(name, terminals=4, rooms=1, rate=None, uplink=None, slot_size="1G", log=s
 
 
 def build(state, terminals):
-    """Network, hosts, disks, boot; returns how long each phase took."""
-    prefix, number, directory = state["prefix"], state["number"], state["dir"]
+    """Network, hosts, disks, boot (a light lab: network and disks); returns how long each phase took."""
+    prefix, number, directory, light = state["prefix"], state["number"], state["dir"], state["light"]
     phases, started = {}, time.monotonic()
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"p2pfleet-lab-{state['name']}", "-f", state["key"])
-    shutil.copyfile(state["key"] + ".pub", os.path.join(directory, "authorized_keys"))
-    os.chmod(os.path.join(directory, "authorized_keys"), 0o600)
+    if not light:
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"p2pfleet-lab-{state['name']}", "-f", state["key"])
+        shutil.copyfile(state["key"] + ".pub", os.path.join(directory, "authorized_keys"))
+        os.chmod(os.path.join(directory, "authorized_keys"), 0o600)
     net.build(prefix, number, state["rooms"], state["uplink"], state["admin"])
 
     names = terminal_names(terminals)
@@ -164,6 +175,9 @@ def build(state, terminals):
         host["netns"] = f"{prefix}-{name}"
         host["uuid"] = str(uuid.uuid5(token, name))
         host["address"] = net.add_host(prefix, number, name, host["room"], host["index"], state["rate"])
+        os.makedirs(os.path.join(directory, "hosts", name))
+        if light:
+            continue
         # mount points: the root, and either the server's overlay or a terminal's boot and state
         for sub in ("root",) + (("boot", "state") if host["role"] == "terminal" else ("upper", "work")):
             os.makedirs(os.path.join(directory, "hosts", name, sub))
@@ -171,21 +185,26 @@ def build(state, terminals):
     save(state)
     phases["network"], started = time.monotonic() - started, time.monotonic()
 
-    release_1 = os.path.join(state["images"], "release-1.img")
-
     def prepare(name):
         hostdir = os.path.join(directory, "hosts", name)
         disk.make_disk(os.path.join(hostdir, "disk.img"), state["slot_size"])
         parts = disk.attach(os.path.join(hostdir, "disk.img"))
         hosts[name]["disk"] = parts
+        if light:                        # the partitions as they are: nothing boots from them
+            return
+        release_1 = os.path.join(state["images"], "release-1.img")
         disk.format_boot(parts["boot"], os.path.join(hostdir, "boot"))
         disk.format_state(parts["p2pfleet_state"], os.path.join(hostdir, "state"))
         disk.write_image(release_1, parts["system_a"])
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    # sgdisk sleeps a second after writing a table: a light lab's disks, with nothing to write
+    # after it, are made 16 at a time
+    with concurrent.futures.ThreadPoolExecutor(16 if light else 4) as pool:
         list(pool.map(prepare, [n for n, h in hosts.items() if h["role"] == "terminal"]))
     save(state)
     phases["disks"], started = time.monotonic() - started, time.monotonic()
+    if light:
+        return phases
     for name in hosts:
         start_firmware(state, name)
     wait_booted(state, list(hosts), BOOT_TIMEOUT)
@@ -205,6 +224,12 @@ def start_firmware(state, name):
     with open(os.path.join(hostdir, "firmware.pid"), "w") as f:
         f.write(str(proc.pid))
     return proc.pid
+
+
+def refuse_light(state, what):
+    """A light lab's hosts are bare network namespaces: say so in one line, naming what is missing."""
+    if state.get("light"):
+        raise LabError(f"lab {state['name']} is light (bare network namespaces): {what}")
 
 
 def check_host(state, name):
@@ -261,6 +286,7 @@ def power_off(state, name, timeout=STOP_TIMEOUT):
     this returns. Returns False if the host was off already.
     """
     check_host(state, name)
+    refuse_light(state, "no firmware to power a host off or on")
     pids = host_processes(state, name)
     if not pids:
         net.link_down(state["hosts"][name]["netns"])      # a halted host's NIC too
@@ -314,6 +340,7 @@ def power_on(state, name, wait=False, timeout=BOOT_TIMEOUT):
     power cut first. With ``wait``, returns once its systemd has booted and sshd answers.
     Returns False if the host was on already."""
     check_host(state, name)
+    refuse_light(state, "no firmware to power a host off or on")
     if firmware_pid(state, name):
         return False
     power_off(state, name)
@@ -350,6 +377,7 @@ def is_up(state):
 
 def ssh_command(state, name, *command):
     host = check_host(state, name)
+    refuse_light(state, "no host to ssh into")
     if not is_up(state):
         raise LabError(f"lab {state['name']} has no network (its admin link {state['admin']} is gone)")
     return ["ssh", "-i", state["key"], *SSH_OPTIONS, f"root@{host['address']}", *command]
@@ -363,6 +391,7 @@ def ssh(state, name, *command, timeout=60, stdin=None):
 
 def wait_booted(state, names, timeout):
     """Wait until every host's systemd finished booting and answers over SSH, or fail naming them."""
+    refuse_light(state, "nothing boots")
     deadline = time.monotonic() + timeout
 
     def wait(name):
@@ -387,6 +416,7 @@ def wait_booted(state, names, timeout):
 def reboot(state, name):
     """Ctrl-alt-del for a running host; power on a host that is off."""
     check_host(state, name)
+    refuse_light(state, "no host to reboot")
     pid = firmware_pid(state, name)
     if pid:
         os.kill(pid, signal.SIGHUP)
@@ -401,6 +431,8 @@ def flash(state, name, slot, image):
         raise LabError(f"{name!r} is not a terminal of lab {state['name']}")
     if slot not in disk.SLOT_LABELS:
         raise LabError(f"bad slot {slot!r}: A or B")
+    if os.sep not in image:
+        refuse_light(state, f"no release images: give {image!r} as a path")
     path = image if os.sep in image else os.path.join(state["images"], image)
     if not os.path.isfile(path):
         raise LabError(f"no image {path}")
@@ -439,12 +471,14 @@ def in_use(device):
 
 
 def build_image(state, release, broken=False):
+    refuse_light(state, "no root file system to build images from")
     name = "broken.img" if broken else f"release-{release}.img"
     return disk.build_image(state["rootfs"], os.path.join(state["images"], name), release, state["slot_size"], broken)
 
 
 def upgrade_image(state, source_release, release, package_mib=8):
     """release-RELEASE.img: release-SOURCE_RELEASE.img with a package upgraded inside (disk.upgrade_image)."""
+    refuse_light(state, "no release images to upgrade")
     images = state["images"]
     return disk.upgrade_image(os.path.join(images, f"release-{source_release}.img"),
                               os.path.join(images, f"release-{release}.img"), release, package_mib)
@@ -551,11 +585,17 @@ def mounts_under(directory):
 
 
 def status(state):
-    """Rows for ``lab status``: host, role, room, address, power state, booted slot, boots."""
+    """Rows for ``lab status``: host, role, room, address, power state (a light lab's hosts:
+    ``netns``), booted slot, boots."""
     rows = []
     for name, host in state["hosts"].items():
         fw = firmware_status(state, name)
-        power = fw.get("state", "?") if firmware_pid(state, name) else ("halted" if fw.get("state") == "halted" else "off")
+        if state.get("light"):
+            power = "netns"
+        elif firmware_pid(state, name):
+            power = fw.get("state", "?")
+        else:
+            power = "halted" if fw.get("state") == "halted" else "off"
         rows.append((name, host["role"], f"room{host['room']}" if host["room"] else "core", host["address"],
                      power, fw.get("slot") or "-", str(fw.get("boots", 0))))
     return rows
