@@ -11,10 +11,17 @@ behind a router) it runs, for each terminal count N, in one run:
   partition) and seeding on.
 
 and prints the physical floor T_min (one terminal alone, measured: one HTTP download at
-the same link rate), T_http, T_p2p, efficiency T_min / T_p2p, the speed-up over HTTP, how
-many copies of the image the origin sent, ramp-up (until every terminal holds its first
-piece), tail (from 90 % to 100 % of the fleet's bytes), how busy the terminals' uplinks
-were, the bytes that crossed each room's uplink, and the machine's CPU.
+the same link rate) and the bound the caps set, T_bound = max(F/U_server, F/D_terminal,
+F/U_uplink), T_http, T_p2p, efficiency T_min / T_p2p and T_bound / T_p2p, the speed-up over
+HTTP, how many copies of the image the origin sent, ramp-up (until every terminal holds its
+first piece), tail (from 90 % to 100 % of the fleet's bytes), how busy the terminals' uplinks
+were, the bytes that crossed each room's uplink, the terminals that got their first piece
+and finished last, and the machine's CPU with the share of it the lab's processes took.
+``--json FILE`` writes the same, one object per N.
+
+``--light`` runs on a light lab (bare network namespaces, docs/lab.md), so that 40-64
+terminals fit a 2-core machine. ``--origin-leaves COPIES`` stops the origin once it has sent
+that many copies and reports whether the fleet still completes or stalls.
 
 The agents run from this checkout inside the hosts' network namespaces (same links, same
 caps as the hosts' own processes), with their state on the controller: the benchmark needs
@@ -51,7 +58,7 @@ os.environ.setdefault("P2PFLEET_LAB_DIR", "/dev/shm/p2pfleet-bench-labs")
 
 from _agent_client import AgentClient, AgentError  # noqa: E402
 from bench_files import make_image  # noqa: E402
-from machine import cpu_percent, cpu_ticks  # noqa: E402
+from machine import cpu_percent, cpu_ticks, memory_available, process_ticks  # noqa: E402
 from engine import metainfo  # noqa: E402
 from lab import lab as labs  # noqa: E402
 from lab import net as lab_net  # noqa: E402
@@ -64,6 +71,11 @@ TRACKER_PORT = 6969
 HTTP_PORT = 8080
 POLL = 0.25
 START_TIMEOUT = 30.0
+# A Python agent takes about a CPU-second to start: 41 of them on 2 cores, beside a running
+# lab, take tens of seconds, so the wait for the agents grows with their number.
+START_PER_AGENT = 2.0
+STALL_TIMEOUT = 60.0
+AGENT_MEMORY = 100 * MIB          # an agent's resident memory, with libtorrent's buffers, at most
 
 
 class BenchError(Exception):
@@ -89,6 +101,10 @@ class Procs:
         proc.terminate()
         proc.wait(30)
         self.procs = [(name, p) for name, p in self.procs if p is not proc]
+
+    def pids(self):
+        """The processes' pids: ``ip netns exec`` execs the command, so they are the agents' own."""
+        return [proc.pid for _, proc in self.procs if proc.poll() is None]
 
     def check(self):
         for name, proc in self.procs:
@@ -160,7 +176,7 @@ class Fleet:
     def announce(self):
         return f"http://{self.server['address']}:{TRACKER_PORT}/announce"
 
-    def start_tracker(self, origin_fanout, other_group_peers):
+    def start_tracker(self, origin_fanout, other_group_peers, bridges=None):
         rooms = {}
         for name in self.terminals:
             rooms.setdefault(f"room{self.hosts[name]['room']}", []).append(name)
@@ -176,6 +192,8 @@ class Fleet:
                        "other_group_peers": other_group_peers},
             "log_level": "warning",
         }
+        if bridges is not None:         # only when asked: a tracker without the key keeps its default
+            config["policy"]["bridges"] = bridges
         path = os.path.join(self.work, "tracker.yml")
         with open(path, "w") as f:
             json.dump(config, f)
@@ -196,6 +214,7 @@ class Fleet:
         return json.loads(proc.stdout) if proc.returncode == 0 else None
 
     def start_agents(self):
+        start_wait = START_TIMEOUT + START_PER_AGENT * (1 + len(self.terminals))
         for name in ["server"] + self.terminals:
             home = os.path.join(self.work, "agents", name)
             os.makedirs(home, exist_ok=True)
@@ -206,7 +225,7 @@ class Fleet:
             with open(path, "w") as f:
                 json.dump(config, f)
             self.procs.start(self.netns(name), f"agent-{name}", P2PFLEET + ["agent", "--config", path])
-            self.clients[name] = AgentClient(config["socket"], timeout=60, start_wait=START_TIMEOUT)
+            self.clients[name] = AgentClient(config["socket"], timeout=60, start_wait=start_wait)
         for name, client in self.clients.items():
             try:
                 client.info()
@@ -238,7 +257,8 @@ def http_fanout(fleet, image, terminals):
 class Distribution:
     """One image distributed by the swarm to ``terminals``; its measurements."""
 
-    def __init__(self, fleet, manifest, image, terminals, timeout, super_seeding=False, slot="system_b"):
+    def __init__(self, fleet, manifest, image, terminals, timeout, super_seeding=False, slot="system_b",
+                 origin_leaves=None, stall_timeout=STALL_TIMEOUT):
         self.super_seeding = super_seeding
         self.slot = slot
         self.fleet, self.manifest, self.image, self.terminals = fleet, manifest, image, terminals
@@ -247,6 +267,11 @@ class Distribution:
         self.samples = []         # (seconds, bytes held by the whole fleet)
         self.jobs = {}
         self.origin_peers = 0     # most peers the origin was connected to at once
+        self.origin_payload = 0
+        # --origin-leaves: the origin's seed job is stopped once it has uploaded this many copies
+        self.origin_leaves, self.stall_timeout = origin_leaves, stall_timeout
+        self.origin_left = None   # (seconds, copies uploaded) when it was stopped
+        self.stalled = None       # what was missing when the fleet stopped making progress without it
 
     def run(self):
         fleet, server = self.fleet, self.fleet.clients["server"]
@@ -261,7 +286,7 @@ class Distribution:
         counters = self._uplink_counters()
         wire_rx = {t: counter(fleet.netns(t), "eth0", "rx") for t in self.terminals}
         origin_wire = counter(core, "eth0", "tx")
-        cpu = cpu_ticks()
+        cpu, lab_cpu = cpu_ticks(), process_ticks(fleet.procs.pids())
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(len(self.terminals)) as pool:
             answers = pool.map(lambda t: fleet.clients[t].put_fetch(
@@ -269,17 +294,19 @@ class Distribution:
                 self.terminals)
             for t, answer in zip(self.terminals, answers):
                 self.jobs[t] = answer["job"]["id"]
-        total = self.manifest.image_size * len(self.terminals)
+        size = self.manifest.image_size
+        total = size * len(self.terminals)
+        progress = (0, 0.0)       # (bytes the fleet held, when that last changed)
         while len(self.verified) < len(self.terminals):
-            now = time.monotonic() - started
             held = 0
             for t in self.terminals:
                 job = fleet.clients[t].job(self.jobs[t])
+                now = time.monotonic() - started            # per terminal: 40 answers take a while
                 if job is None or job["state"] in ("failed", "stopped"):
                     raise BenchError(f"the fetch on {t} ended {job and job['state']}: {job and job['error']}")
                 done = job["bytes_done"]
                 if job["state"] in ("verified", "seeding"):
-                    done = self.manifest.image_size     # whole, whatever a re-added torrent reports
+                    done = size     # whole, whatever a re-added torrent reports
                 held += done
                 if done > 0:
                     self.first.setdefault(t, now)
@@ -288,15 +315,28 @@ class Distribution:
                 if job["state"] in ("verified", "seeding"):
                     self.verified.setdefault(t, now)
                     self.downloaded.setdefault(t, now)
+            now = time.monotonic() - started
             self.samples.append((now, held))
-            self.origin_peers = max(self.origin_peers, server.job(self.jobs["server"])["peers"])
+            if held != progress[0]:
+                progress = (held, now)
+            origin = server.job(self.jobs["server"])
+            self.origin_peers = max(self.origin_peers, origin["peers"])
+            self.origin_payload = max(self.origin_payload, origin["uploaded"])
+            if self.origin_leaves and self.origin_left is None and origin["uploaded"] >= self.origin_leaves * size:
+                server.stop(self.jobs["server"])
+                self.origin_left = (now, origin["uploaded"] / size)
+            if self.origin_left and now - progress[1] > self.stall_timeout:
+                late = [t for t in self.terminals if t not in self.downloaded]
+                self.stalled = {"at": round(progress[1], 1), "terminals": late, "missing": 1 - held / total}
+                break
             if now > self.timeout:
                 late = sorted(set(self.terminals) - set(self.verified))
                 raise BenchError(f"the fleet did not finish within {self.timeout:.0f} s: {', '.join(late)} "
                                  f"not verified; the fleet held {held / total:.0%} of its bytes")
             time.sleep(POLL)
         self.cpu = cpu_percent(cpu, cpu_ticks())
-        self.origin_payload = server.job(self.jobs["server"])["uploaded"]
+        self.lab_cpu = cpu_percent(lab_cpu, process_ticks(fleet.procs.pids()))
+        self.origin_payload = max(self.origin_payload, server.job(self.jobs["server"])["uploaded"])
         self.origin_wire = counter(core, "eth0", "tx") - origin_wire
         self.uplinks = {room: self._uplink_bytes(room) - before for room, before in counters.items()}
         finished = {t: fleet.clients[t].job(self.jobs[t]) for t in self.terminals}
@@ -331,28 +371,38 @@ class Distribution:
             except AgentError as exc:
                 print(f"warning: removing the job on {name}: {exc}", file=sys.stderr)
 
-    # -- results
+    # -- results (None: a fleet that stalled never got there)
     @property
     def t_fleet(self):
-        return max(self.downloaded.values())
+        return None if self.stalled else max(self.downloaded.values())
 
     @property
     def t_verified(self):
-        return max(self.verified.values())
+        return None if self.stalled else max(self.verified.values())
 
     @property
     def ramp_up(self):
-        return max(self.first.values())
+        return max(self.first.values()) if len(self.first) == len(self.terminals) else None
 
     @property
     def tail(self):
+        if self.stalled:
+            return None
         total = self.manifest.image_size * len(self.terminals)
         t90 = next((t for t, held in self.samples if held >= 0.9 * total), self.t_fleet)
         return self.t_fleet - t90
 
     def uplink_use(self, rate_bytes):
         """Terminals' upload as a share of what their links could have sent meanwhile."""
+        if self.stalled:
+            return None
         return sum(self.uploads.values()) / (len(self.terminals) * rate_bytes * self.t_fleet)
+
+    def latest(self, times, count=3):
+        """The ``count`` terminals that came last in ``times`` (first piece, or done), latest
+        first; a terminal that never got there is ``None``."""
+        order = sorted(self.terminals, key=lambda t: (t in times, -times.get(t, 0.0)))
+        return [(t, times.get(t)) for t in order[:count]]
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -371,17 +421,21 @@ def slot_size_for(size):
     return f"{max(1, -(-size // (1 << 30)))}G"
 
 
-def check_memory(size, terminals, http_size):
-    """Refuse early when the lab's disks and images (in memory by default) cannot fit."""
-    if not os.environ["P2PFLEET_LAB_DIR"].startswith("/dev/shm"):
-        return
-    need = terminals * (size + 320 * MIB) + 2 * size + http_size + 2 * (1 << 30)
-    with open("/proc/meminfo") as f:
-        avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+def check_memory(size, terminals, http_size, light=False):
+    """Refuse early when the lab's disks, images and agents cannot fit in memory.
+
+    Per terminal: the image in its slot (in memory by default) and its agent; a full lab's
+    terminal also holds release 1 in slot A and runs a container.
+    """
+    per_terminal = AGENT_MEMORY + (0 if light else 320 * MIB)
+    if os.environ["P2PFLEET_LAB_DIR"].startswith("/dev/shm"):
+        per_terminal += size
+    need = terminals * per_terminal + 2 * size + http_size + (1 << 30)
+    avail = memory_available()
     if need > avail:
-        raise SystemExit(f"this run needs about {need >> 30} GiB of memory for the lab's disks and images, "
-                         f"{avail >> 30} GiB are available: fewer terminals, a smaller --size, or "
-                         f"P2PFLEET_LAB_DIR on a disk")
+        raise SystemExit(f"this run needs about {need / (1 << 30):.1f} GiB of memory for the lab's disks, images "
+                         f"and agents, {avail / (1 << 30):.1f} GiB are available: fewer terminals, a smaller "
+                         f"--size, or P2PFLEET_LAB_DIR on a disk")
 
 
 def main():
@@ -399,6 +453,20 @@ def main():
     parser.add_argument("--other-group-peers", type=int, default=4,
                         help="tracker policy other_group_peers: peers from other rooms each peer is told about "
                              "(default 4, the tracker's)")
+    parser.add_argument("--bridges", type=int, default=None, metavar="N",
+                        help="tracker policy bridges: peers per room told about the origin and the other rooms "
+                             "(default: not set, the tracker's default)")
+    parser.add_argument("--origin-leaves", type=float, default=None, metavar="COPIES",
+                        help="stop the origin's seed job once it has uploaded COPIES x the image (e.g. 1.05), and "
+                             "report whether the fleet still completes or stalls")
+    parser.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT, metavar="S",
+                        help=f"with --origin-leaves: the fleet has stalled after S s without progress "
+                             f"(default {STALL_TIMEOUT:g})")
+    parser.add_argument("--light", action="store_true",
+                        help="a light lab (hosts as bare network namespaces: same network, caps and disks), so "
+                             "that 40-64 terminals fit this machine; ignored when --lab names a lab that is up")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the results to FILE: a JSON list, one object per N with every column")
     parser.add_argument("--super-seeding", action="store_true", help="the origin seeds in super-seeding mode")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP fan-outs (T_min still measured)")
     parser.add_argument("--delta", type=float, default=None, metavar="PCT",
@@ -422,6 +490,12 @@ def main():
         sys.exit("--rate must be a rate (the benchmark compares against the link rate)")
     if args.rooms > 1 and args.rooms > counts[0]:
         sys.exit("--rooms cannot exceed the smallest terminal count")
+    if args.origin_leaves is not None and args.origin_leaves <= 0:
+        sys.exit("--origin-leaves must be a number of copies above 0, e.g. 1.05")
+    if args.bridges is not None and args.bridges < 0:
+        sys.exit("--bridges must be 0 or more")
+    # A terminated run must still take its lab down: let SIGTERM unwind like ^C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     reused = os.path.isdir(labs.lab_dir(args.lab))
     if reused:
@@ -429,30 +503,40 @@ def main():
         if not labs.is_up(state):
             sys.exit(f"lab {args.lab} has a directory but no network: lab down --lab {args.lab}")
         print(f"reusing lab {args.lab} ({len(state['hosts']) - 1} terminals, rate {state['rate']}, "
-              f"{state['rooms']} room(s)); --rate/--rooms/--uplink are the lab's", flush=True)
+              f"{state['rooms']} room(s){', light' if state.get('light') else ''}); "
+              f"--rate/--rooms/--uplink/--light are the lab's", flush=True)
         rate_bits = state["rate"]
+        if rate_bits is None:
+            sys.exit(f"lab {args.lab} has uncapped links: the benchmark compares against the link rate")
     else:
-        check_memory(size, counts[-1], http_size)
+        check_memory(size, counts[-1], http_size, args.light)
         state = labs.up(args.lab, terminals=counts[-1], rooms=args.rooms, rate=args.rate, uplink=args.uplink,
-                        slot_size=slot_size_for(size))
-    if state["slot_size"] < size:
-        sys.exit(f"the lab's slots ({state['slot_size'] >> 20} MiB) are smaller than the image")
-    # Inside the lab's directory: whatever a failed run leaves goes with the lab.
-    work = tempfile.mkdtemp(prefix="fleet-", dir=state["dir"])
-    fleet = Fleet(state, work, counts[-1])
-    rate_bytes = rate_bits / 8
+                        slot_size=slot_size_for(size), light=args.light)
+    work = fleet = None
     try:
+        if state["slot_size"] < size:
+            raise BenchError(f"the lab's slots ({state['slot_size'] >> 20} MiB) are smaller than the image")
+        # Inside the lab's directory: whatever a failed run leaves goes with the lab.
+        work = tempfile.mkdtemp(prefix="fleet-", dir=state["dir"])
+        fleet = Fleet(state, work, counts[-1])
         if args.delta is not None or args.zeros is not None:
             report_delta(run_delta(fleet, args, counts, size, piece_size), args, state, size, rate_bits)
         else:
-            results = run(fleet, args, counts, size, http_size, piece_size, rate_bytes)
-            report(results, args, state, size, http_size, rate_bits)
+            results = run(fleet, args, counts, size, http_size, piece_size, rate_bits / 8)
+            rows = report(results, args, state, size, http_size, rate_bits)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
+                print(f"\nresults written to {args.json}")
     except (BenchError, LabError) as exc:
         hint = f"logs in {work}" if args.keep else "run again with --keep to keep the logs and the lab"
         sys.exit(f"fleet benchmark: {exc} ({hint})")
+    except KeyboardInterrupt:
+        sys.exit("fleet benchmark: interrupted")
     finally:
-        fleet.close()
-        if not args.keep:
+        if fleet:
+            fleet.close()
+        if work and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         if not (reused or args.keep):
             labs.down(args.lab)
@@ -483,7 +567,7 @@ def run(fleet, args, counts, size, http_size, piece_size, rate_bytes):
     fleet.procs.stop(server)
     os.unlink(http_image)
 
-    fleet.start_tracker(args.origin_fanout, args.other_group_peers)
+    fleet.start_tracker(args.origin_fanout, args.other_group_peers, args.bridges)
     fleet.start_agents()
     results["p2p"] = {}
     for n in counts:
@@ -492,7 +576,8 @@ def run(fleet, args, counts, size, http_size, piece_size, rate_bytes):
         manifest, _ = metainfo.create_manifest(image, fleet.manifest_dir, name=f"fleet-{n}", piece_size=piece_size)
         fleet.procs.check()
         dist = Distribution(fleet, manifest, image, fleet.terminals[:n], timeout=max(120.0, 20 * results["t_min"]),
-                            super_seeding=args.super_seeding)
+                            super_seeding=args.super_seeding, origin_leaves=args.origin_leaves,
+                            stall_timeout=args.stall_timeout)
         try:
             dist.run()
         finally:
@@ -500,8 +585,13 @@ def run(fleet, args, counts, size, http_size, piece_size, rate_bytes):
         os.unlink(image)
         results["p2p"][n] = dist
         results["piece_size"], results["pieces"] = manifest.piece_size, manifest.piece_count
-        print(f"P2P to {n}: {dist.t_fleet:.1f} s (all verified at {dist.t_verified:.1f} s), origin sent "
-              f"{dist.origin_payload / size:.2f} copies", flush=True)
+        if dist.stalled:
+            print(f"P2P to {n}: stalled ({len(dist.stalled['terminals'])} terminal(s) not done, "
+                  f"{dist.stalled['missing']:.1%} of the fleet's bytes missing), origin sent "
+                  f"{dist.origin_payload / size:.2f} copies", flush=True)
+        else:
+            print(f"P2P to {n}: {dist.t_fleet:.1f} s (all verified at {dist.t_verified:.1f} s), origin sent "
+                  f"{dist.origin_payload / size:.2f} copies", flush=True)
     return results
 
 
@@ -539,7 +629,7 @@ def distribute(fleet, manifest, image, terminals, timeout, slot):
 
 def run_delta(fleet, args, counts, size, piece_size):
     """Full image vs. release 2 with --delta % changed pieces; random vs. --zeros % zero image."""
-    fleet.start_tracker(args.origin_fanout, args.other_group_peers)
+    fleet.start_tracker(args.origin_fanout, args.other_group_peers, args.bridges)
     fleet.start_agents()
     timeout = max(300.0, 40 * size / (lab_net.parse_rate(args.rate) or 1) * 8)
     results = {"counts": counts, "delta": {}, "zeros": {}}
@@ -613,41 +703,99 @@ def report_delta(results, args, state, size, rate_bits):
           "bytes each terminal took\nfrom its own disks; rejected = local pieces that failed their check.")
 
 
+def t_bound(size, state):
+    """The floor the configured caps set: the server sends the image at least once, every
+    terminal receives it, and every room's uplink carries it in at least once (the terminals
+    are behind the router whatever the number of rooms). Returns ``(T_bound, {term: s})``."""
+    terms = {"F/U_server": size * 8 / state["rate"], "F/D_terminal": size * 8 / state["rate"]}
+    if state["uplink"]:
+        terms["F/U_uplink"] = size * 8 / state["uplink"]
+    return max(terms.values()), terms
+
+
+def cell(value, width, spec=".1f", suffix=""):
+    """``value`` formatted and right-aligned in ``width``, or ``-`` when there is none."""
+    return f"{'-' if value is None else format(value, spec) + suffix:>{width}}"
+
+
 def report(results, args, state, size, http_size, rate_bits):
+    """Print the table; returns its rows, one dict per N, for ``--json``."""
     t_min, counts = results["t_min"], results["counts"]
+    bound, terms = t_bound(size, state)
     piece = results["piece_size"]
     print(f"\nfleet benchmark: image {size / MIB:.0f} MiB in {results['pieces']} pieces of "
           f"{piece // 1024} KiB; links {rate_bits / 1e6:g} Mbit/s (goodput {results['goodput'] * 8 / 1e6:.1f}); "
           f"{state['rooms']} room(s), uplink {state['uplink'] / 1e6 if state['uplink'] else 'uncapped'}"
-          f"{' Mbit/s' if state['uplink'] else ''}; origin_fanout {args.origin_fanout}, other_group_peers {args.other_group_peers}; "
-          f"{os.cpu_count()} cores")
+          f"{' Mbit/s' if state['uplink'] else ''}; origin_fanout {args.origin_fanout}, other_group_peers "
+          f"{args.other_group_peers}{'' if args.bridges is None else f', bridges {args.bridges}'}"
+          f"{f'; origin leaves at {args.origin_leaves:g} copies' if args.origin_leaves else ''}; "
+          f"{'light ' if state.get('light') else ''}lab {state['name']} ({state['prefix']}-*); {os.cpu_count()} cores")
     scaled = f" (HTTP measured on {http_size / MIB:.0f} MiB, scaled ×{size / http_size:g})" if http_size != size else ""
-    print(f"T_min = one terminal alone = {t_min:.1f} s{scaled}\n")
-    header = (f"{'N':>3} {'T_http':>8} {'T_p2p':>7} {'eff':>5} {'speed-up':>9} {'/N':>5} {'origin':>7} "
-              f"{'o.peers':>7} {'ramp-up':>8} {'tail':>6} {'upl use':>8} {'verified':>9} {'CPU':>5}")
+    print(f"T_min = one terminal alone = {t_min:.1f} s{scaled}")
+    print(f"T_bound = max({', '.join(f'{k} {v:.1f} s' for k, v in terms.items())}) = {bound:.1f} s\n")
+    header = (f"{'N':>3} {'T_http':>8} {'T_p2p':>7} {'eff':>5} {'eff_bound':>9} {'speed-up':>9} {'/N':>5} "
+              f"{'origin':>7} {'o.peers':>7} {'ramp-up':>8} {'tail':>6} {'upl use':>8} {'verified':>9} {'CPU':>5} "
+              f"{'lab CPU':>7}")
     print(header)
+    rows = []
     for n in counts:
         d = results["p2p"][n]
-        t_http = results["http"].get(n)
-        speed = f"{t_http / d.t_fleet:8.1f}x" if t_http else f"{'-':>9}"
-        per_n = f"{t_http / d.t_fleet / n:5.2f}" if t_http else f"{'-':>5}"
-        http = f"{t_http:7.1f}s" if t_http else f"{'-':>8}"
-        print(f"{n:>3} {http} {d.t_fleet:6.1f}s {t_min / d.t_fleet:5.2f} {speed} {per_n} "
-              f"{d.origin_payload / size:6.2f}x {d.origin_peers:7d} {d.ramp_up:7.1f}s {d.tail:5.1f}s "
-              f"{100 * d.uplink_use(results['goodput']):7.0f}% {d.t_verified:8.1f}s {d.cpu:4.0f}%")
-    if len(counts) > 1:
+        t_http, t_p2p = results["http"].get(n), d.t_fleet
+        use = d.uplink_use(results["goodput"])
+        row = {
+            "n": n, "size": size, "pieces": results["pieces"], "piece_size": piece, "rate": state["rate"],
+            "uplink": state["uplink"], "rooms": state["rooms"], "light": bool(state.get("light")),
+            "origin_fanout": args.origin_fanout, "other_group_peers": args.other_group_peers,
+            "bridges": args.bridges, "origin_leaves": args.origin_leaves, "cores": os.cpu_count(),
+            "t_min": t_min, "t_bound": bound, "t_http": t_http, "t_p2p": t_p2p,
+            "eff": t_min / t_p2p if t_p2p else None, "eff_bound": bound / t_p2p if t_p2p else None,
+            "speed_up": t_http / t_p2p if t_http and t_p2p else None,
+            "origin_copies": d.origin_payload / size, "origin_peers": d.origin_peers, "ramp_up": d.ramp_up,
+            "tail": d.tail, "upl_use": use, "verified": d.t_verified, "cpu": d.cpu, "lab_cpu": d.lab_cpu,
+            "room_copies": {f"room{room}": b / size for room, b in sorted(d.uplinks.items())},
+            "first_piece": dict(sorted(d.first.items())), "done": dict(sorted(d.downloaded.items())),
+            "origin_left": {"at": d.origin_left[0], "copies": d.origin_left[1]} if d.origin_left else None,
+            "stalled": d.stalled,
+        }
+        rows.append(row)
+        p2p = cell(t_p2p, 7, suffix="s") if t_p2p else f"{'stalled':>7}"
+        per_n = row["speed_up"] / n if row["speed_up"] else None
+        print(f"{n:>3} {cell(t_http, 8, suffix='s')} {p2p} {cell(row['eff'], 5, '.2f')}"
+              f" {cell(row['eff_bound'], 9, '.2f')} {cell(row['speed_up'], 9, suffix='x')} {cell(per_n, 5, '.2f')}"
+              f" {cell(row['origin_copies'], 7, '.2f', 'x')} {d.origin_peers:7d} {cell(d.ramp_up, 8, suffix='s')}"
+              f" {cell(d.tail, 6, suffix='s')} {cell(use and 100 * use, 8, '.0f', '%')}"
+              f" {cell(d.t_verified, 9, suffix='s')} {d.cpu:4.0f}% {d.lab_cpu:6.0f}%")
+    if len(counts) > 1 and all(results["p2p"][n].t_fleet for n in (counts[0], counts[-1])):
         first, last = results["p2p"][counts[0]], results["p2p"][counts[-1]]
         print(f"\nfleet time N={counts[-1]} / N={counts[0]}: {last.t_fleet / first.t_fleet:.2f}")
+    print()
     for n in counts:
         d = results["p2p"][n]
         if d.uplinks:
             print(f"N={n}: copies of the image into each room (wire bytes, headers included): " +
                   ", ".join(f"room{room} {b / size:.2f}" for room, b in sorted(d.uplinks.items())))
-    print("\neff = T_min / T_p2p (1.0 = the whole lab in the time one terminal takes alone); speed-up = T_http / "
-          "T_p2p;\norigin = payload the server's agent uploaded, in copies of the image; ramp-up = until every "
-          "terminal held a piece;\ntail = 90 % to 100 % of the fleet's bytes; upl use = terminals' upload / what "
-          "their links could carry in T_p2p;\nverified = until every terminal verified its whole slot; CPU = "
-          "this machine, all cores.")
+        print(f"N={n}: latest first piece: {latest(d.latest(d.first))}; latest done: {latest(d.latest(d.downloaded))}")
+        if d.origin_left:
+            at, copies = d.origin_left
+            if d.stalled:
+                missing = d.stalled["terminals"]
+                outcome = (f"STALLED: no progress for {args.stall_timeout:g} s after {d.stalled['at']:.1f} s; "
+                           f"{len(missing)} terminal(s) not done ({', '.join(missing)}), "
+                           f"{d.stalled['missing']:.2%} of the fleet's bytes missing")
+            else:
+                outcome = f"the fleet completed (T_p2p {d.t_fleet:.1f} s)"
+            print(f"N={n}: the origin left at {at:.1f} s, having sent {copies:.3f} copies: {outcome}")
+    print("\neff = T_min / T_p2p (1.0 = the whole lab in the time one terminal takes alone); eff_bound = T_bound / "
+          "T_p2p (T_bound from\nthe configured caps, headers included: about 0.95 is the most a run can show); "
+          "speed-up = T_http / T_p2p;\norigin = payload the server's agent uploaded, in copies of the image; ramp-up "
+          "= until every terminal held a piece;\ntail = 90 % to 100 % of the fleet's bytes; upl use = terminals' "
+          "upload / what their links could carry in T_p2p;\nverified = until every terminal verified its whole slot; "
+          "CPU = this machine, all cores; lab CPU = the part of it\nthe lab's agents and tracker used.")
+    return rows
+
+
+def latest(entries):
+    return ", ".join(f"{t} {'never' if s is None else f'{s:.1f} s'}" for t, s in entries)
 
 
 if __name__ == "__main__":
