@@ -14,6 +14,7 @@ class P:
     group: object
     left: int = 100
     site_seeder: bool = False
+    listening: bool = True
 
 
 def topology(**policy):
@@ -167,6 +168,20 @@ def test_o3_every_group_holds_an_origin_slot_before_any_holds_two():
     assigned = [p.key for p in order if fleet.announce(p).assigned is origin]
     # room1's second bridge waits while room3 (downloading, holding no slot) has none
     assert assigned == ["room1-0", "room2-0", "room3-0"]
+
+
+# -- L1: not listening yet -----------------------------------------------------------------
+def test_l1_a_peer_in_its_local_phase_is_handed_to_nobody_and_is_no_bridge():
+    groups = swarm(room1=3)
+    reading = groups["room1"][0]
+    reading.listening = False
+    fleet = Fleet(topology(bridges=1), groups, [P("origin", None, left=0)])
+    fleet.announce(reading)
+    assert fleet.bridges["room1"] == ()
+    decision = fleet.announce(groups["room1"][1])
+    assert decision.role == "bridge" and keys(decision.peers) == {"origin", "room1-2"}
+    reading.listening = True
+    assert "room1-0" in keys(fleet.announce(groups["room1"][2]).peers)
 
 
 # -- B4-B6 ----------------------------------------------------------------------------------

@@ -326,3 +326,19 @@ def test_bridges_show_in_the_status_and_the_debug_log_says_why(caplog):
     assert rows["10.2.0.8"]["site_seeder"] and not rows["10.2.0.7"]["site_seeder"]
     assert "group site2 bridges now: cache-2:6881" in caplog.text
     assert "gets 3 peers as bridge: origin=1, other groups=1, own group=1" in caplog.text
+
+
+def test_a_fetch_in_its_local_phase_is_shown_but_handed_to_nobody_until_its_torrent_announces():
+    from engine.failure_report import PEER_ID_PREFIX
+    tracker, clock = make()
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
+    # the agent's own report while it reads its disks: no torrent listens yet
+    announce(tracker, clock, "10.1.0.2", PEER_ID_PREFIX + b"abc", SIZE, "started")
+    other = announce(tracker, clock, "10.1.0.3", b"b", SIZE, "started")
+    reading = ipaddress.ip_address("10.1.0.2").packed + (6881).to_bytes(2, "big")
+    assert reading not in _chunks(other["peers"])
+    status = tracker.status(with_peers=True)[0]
+    assert status["totals"]["downloading"] == 2                  # the fleet wait sees it alive
+    # its torrent's first announce (libtorrent's peer id) replaces the row: now it is handed out
+    announce(tracker, clock, "10.1.0.2", b"-LT2010-xyz", SIZE, "started")
+    assert reading in _chunks(announce(tracker, clock, "10.1.0.3", b"b", SIZE)["peers"])

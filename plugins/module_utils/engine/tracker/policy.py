@@ -30,6 +30,10 @@ O3. Every group that needs the origin holds one of its slots before any group ho
 
 Always:
 
+L1. A peer that is not listening yet is handed to nobody and is no bridge: a fetch in its
+    local phase (reading its own disks before its torrent starts) announces so the fleet
+    wait sees it alive, but a connection to it now would fail, and a peer that failed to
+    connect waits before it tries again.
 B4. Peers of the requester's home are told: its own group, or for a group with a fixed
     relation ``X fetches only from Y``, the groups it fetches from.
 B5. A complete peer is not told about other complete peers: they have nothing to trade.
@@ -65,7 +69,7 @@ class View:
     peers, the requester included; ``origins`` are the active origin seeders;
     ``assignments`` maps an origin seeder's key to the set of downloaders assigned to it;
     ``bridges`` maps a group to its bridges or gateways, as chosen by ``choose_bridges``.
-    Peers have ``key``, ``group``, ``left`` and ``site_seeder`` attributes.
+    Peers have ``key``, ``group``, ``left``, ``site_seeder`` and ``listening`` attributes.
     """
 
     groups: dict
@@ -96,7 +100,9 @@ def choose_bridges(members, current, requester, topology) -> tuple:
         return ()
     active = set(members)
     complete = any(p.left == 0 for p in members)
-    eligible = (lambda p: p.left == 0) if complete else (lambda p: p.left > 0)
+    def eligible(p):
+        return p.listening and (p.left == 0 if complete else p.left > 0)
+
     chosen = []
     for candidate in [p for p in members if p.site_seeder] + list(current) + [requester]:
         if len(chosen) >= want:
@@ -129,9 +135,10 @@ def select_peers(requester, view, topology, numwant, rng) -> Decision:
         if not linked(topology, requester.group, group):
             continue
         if group in home:
-            inside.extend(p for p in members if p is not requester and (requester.left > 0 or p.left > 0))
+            inside.extend(p for p in members
+                          if p is not requester and p.listening and (requester.left > 0 or p.left > 0))
         elif flat:
-            outside.extend(p for p in members if requester.left > 0 or p.left > 0)
+            outside.extend(p for p in members if p.listening and (requester.left > 0 or p.left > 0))
         elif role == "bridge":
             active = set(members)
             outside.extend(p for p in view.bridges.get(group, ()) if p in active)

@@ -9,6 +9,7 @@ import stat
 import time
 
 from ..errors import ManifestError
+from ..failure_report import PEER_ID_PREFIX as REPORT_PEER_ID_PREFIX
 from .aggregate_log import one_line
 from .hostnames import HostNames
 from .policy import View, choose_bridges, select_peers
@@ -33,7 +34,7 @@ class Peer:
     """
 
     __slots__ = (
-        "key", "ip", "port", "host", "verified", "group", "origin", "site_seeder", "compact", "uploaded", "downloaded",
+        "key", "ip", "port", "host", "verified", "group", "origin", "site_seeder", "listening", "compact", "uploaded", "downloaded",
         "left", "up_rate", "down_rate", "first_seen", "last_seen", "state", "counted", "error",
         "_sample_time", "_sample_up", "_sample_down",
     )
@@ -50,6 +51,7 @@ class Peer:
         self._sample_up = self._sample_down = 0
         self.host = self.group = None
         self.verified = self.origin = self.site_seeder = False
+        self.listening = True
         self.move(ip, port)
 
     def move(self, ip, port):
@@ -172,6 +174,9 @@ class Swarm:
                       peer.group, peer.origin)
 
         peer.sample(req.uploaded, req.downloaded, now, restarted=req.event == "started")
+        # The agent's own reports (a fetch in its local phase) come from no torrent: nobody
+        # can connect to that peer yet (policy L1). Its torrent's first announce replaces it.
+        peer.listening = not req.peer_id.startswith(REPORT_PEER_ID_PREFIX)
         peer.left = req.left
         peer.last_seen = now
         if req.left > self.largest_left:
