@@ -6,6 +6,7 @@ for a minute in the middle of distribute.
 
 A lab of its own (3 terminals in 2 rooms, real agents, real reboots, real power cuts with
 ``lab power``). The tests run in order, each starting from where the one before left it."""
+import concurrent.futures
 import os
 import re
 import signal
@@ -28,6 +29,8 @@ def faults_lab(tmp_path_factory):
     from lab_helpers import LabHandle
     name = f"faults{os.getpid()}"
     # 100 Mbit/s links and 512 MiB slots: distribute takes long enough to cut a terminal midway.
+    # (Not 384 MiB: progress comes with the agents' announces, and at 384 MiB the tracker drill's
+    # 30-50 % window was seen skipped.)
     state = labmod.up(name, terminals=3, rooms=2, rate="100mbit", uplink="200mbit", slot_size="512M")
     try:
         yield LabHandle(state), collections_path(tmp_path_factory.mktemp("collections"))
@@ -37,6 +40,13 @@ def faults_lab(tmp_path_factory):
 
 def slot_digest(lab, terminal, slot):
     return lab.ssh(terminal, f"sha256sum $(blkid -t PARTLABEL={LABELS[slot]} -o device) | cut -c1-64").strip()
+
+
+def slot_digests(lab, slots):
+    """{terminal: digest of its slot slots[terminal]}, the terminals hashing at the same time."""
+    with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
+        digests = {t: pool.submit(slot_digest, lab, t, slot) for t, slot in slots.items()}
+        return {t: digest.result() for t, digest in digests.items()}
 
 
 def summary_line(run, terminal):
@@ -158,10 +168,11 @@ def test_a_switch_killed_at_each_step_is_finished_by_a_rerun_and_the_fallback_is
         assert lab.firmware(terminal)["boots"] == boots[terminal] + 1, terminal
     # The old slot no longer runs (its own system wrote it until the reboot): from now on
     # nothing may change it — it is what every terminal falls back to.
-    before = {t: slot_digest(lab, t, fallback[t]) for t in lab.terminals}
+    before = slot_digests(lab, fallback)
 
     rerun = play(lab, collections, "reimage.yml", image, "-e", f"p2pfleet_health_tasks={health}")
     assert rerun.rc == 0, rerun.tail()
+    after = slot_digests(lab, fallback)
     for terminal in lab.terminals:
         assert release_of(lab, terminal) == str(release), terminal
         assert record(lab, terminal)["phase"] == "confirmed", terminal
@@ -169,7 +180,7 @@ def test_a_switch_killed_at_each_step_is_finished_by_a_rerun_and_the_fallback_is
         # Finished where it stood: no second reboot, and the slot it fell back to while the try
         # ran was never a target.
         assert lab.firmware(terminal)["boots"] == boots[terminal] + 1, terminal
-        assert slot_digest(lab, terminal, fallback[terminal]) == before[terminal], terminal
+        assert after[terminal] == before[terminal], terminal
     assert f"fleet: {len(lab.terminals)} of {len(lab.terminals)} switched" in rerun.flat(), rerun.tail(3000)
 
 
