@@ -4,6 +4,12 @@ verification, and terminals that really reboot into the new slot and keep it. Th
 wrong in real labs: a run killed midway, an agent killed, a slot that went bad after its
 fetch, a release that does not boot.
 
+And `ansible-playbook --check` of reimage.yml (AWX's "Check" job) on this lab before anything
+is installed, and again right after the first reimage: it completes, reports what a real run
+would change, shows config changes with --diff — and changes nothing on the hosts
+(check_mode_helpers.py says what is compared). They share the lab and its first real run
+instead of a lab and a reimage of their own.
+
 A lab of its own (it ends far from release 1, which the session lab's other tests expect).
 The tests run in order, each starting from where the one before left the lab."""
 import json
@@ -14,6 +20,7 @@ import time
 
 import pytest
 
+from check_mode_helpers import assert_unchanged, snapshot
 from conftest import LAB_SKIP_REASON
 from module_helpers import collections_path
 from playbook_helpers import run_playbook
@@ -53,6 +60,21 @@ def jobs(lab, collections, tmp_path, manifest):
     return result
 
 
+def test_check_on_a_fresh_lab_reports_the_install_and_changes_nothing(reimage_lab):
+    lab, collections = reimage_lab
+    before = snapshot(lab)
+    run = play(lab, collections, "reimage.yml", "release-2.img", "--check")
+    assert_unchanged(before, snapshot(lab))
+    for host in lab.hosts:
+        assert "p2pfleet.imaging.engine : Copy the engine to the host" in run.changed_tasks(host), run.changed
+        assert "p2pfleet.imaging.swarm_client : Install the agent's systemd unit (shipped with the engine)" \
+            in run.changed_tasks(host), run.changed
+    assert "p2pfleet.imaging.tracker : Render the tracker's config from the inventory" in run.changed_tasks("server")
+    assert "check mode: /srv/images/release-2.img on server has no manifest yet" in run.flat(), run.tail()
+    assert run.rc == 0, run.tail()
+    assert f"fleet: 0 of {len(lab.terminals)} switched" in run.flat(), run.tail(3000)
+
+
 def test_one_run_reimages_the_lab_and_every_terminal_boots_release_2(reimage_lab):
     lab, collections = reimage_lab
     run = play(lab, collections, "reimage.yml", "release-2.img")
@@ -63,6 +85,25 @@ def test_one_run_reimages_the_lab_and_every_terminal_boots_release_2(reimage_lab
         assert release_of(lab, terminal) == "2", terminal
         env = grubenv(lab, terminal)
         assert env.get("saved_entry") == "B" and not env.get("next_entry"), (terminal, env)
+
+
+def test_check_after_a_reimage_reports_only_the_agent_the_new_slot_lacks_and_changes_nothing(reimage_lab):
+    """Right after the first real reimage (the test before): the lab holds release 2, confirmed."""
+    lab, collections = reimage_lab
+    before = snapshot(lab)
+    run = play(lab, collections, "reimage.yml", "release-2.img", "--check", "--diff")
+    assert run.rc == 0, run.tail()
+    assert_unchanged(before, snapshot(lab))
+    # release 2's image carries no agent: a real run would install it into the new system, and
+    # change nothing else (the next test's second run)
+    assert run.changed_tasks("server") == [], run.changed
+    for terminal in lab.terminals:
+        changed = run.changed_tasks(terminal)
+        assert "p2pfleet.imaging.swarm_client : Render the agent's config from the inventory" in changed, run.changed
+        assert all(task.startswith(("p2pfleet.imaging.engine : ", "p2pfleet.imaging.swarm_client : "))
+                   for task in changed), changed
+    assert f'+host_name: "{lab.terminals[0]}"' in run.out, run.tail()      # --diff shows the config to come
+    assert f"{lab.terminals[0]} " in run.out and "switched: runs release-2.img on slot B, confirmed" in run.flat()
 
 
 def test_a_second_run_moves_nothing_and_reboots_nothing(reimage_lab):
