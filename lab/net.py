@@ -33,16 +33,39 @@ def ensure_unreachable_guard():
         run("ip", "route", "add", "unreachable", str(LAB_RANGE))
 
 
+# The kernel's neighbour (ARP/NDP) table is one for the whole machine, every network
+# namespace's entries counted together against gc_thresh3 (default 1024). A lab of N hosts
+# on one switch needs about N² entries: at 40 terminals the table overflowed ("neighbor
+# table overflow!"), the last hosts to start could resolve nobody and nobody them, and they
+# sat with no peer for minutes (issue 18) — an artefact of one machine hosting the lab;
+# real terminals each have their own table. Room for 2 labs of 64 hosts in one room.
+NEIGH_THRESHOLDS = {"gc_thresh1": 4096, "gc_thresh2": 16384, "gc_thresh3": 32768}
+
+
+def raise_neighbour_limits():
+    """Raise (never lower) the machine's neighbour-table limits to ``NEIGH_THRESHOLDS``."""
+    for family in ("ipv4", "ipv6"):
+        for key, wanted in NEIGH_THRESHOLDS.items():
+            path = f"/proc/sys/net/{family}/neigh/default/{key}"
+            with open(path) as f:
+                current = int(f.read())
+            if current < wanted:
+                with open(path, "w") as f:
+                    f.write(str(wanted))
+
+
 def prepare_host():
-    """The two machine-wide things every lab relies on, made once and left in place.
+    """The machine-wide things every lab relies on, made once and left in place.
 
     - the unreachable guard route (see ensure_unreachable_guard);
+    - neighbour-table limits large enough for a lab's hosts (raise_neighbour_limits);
     - /run/netns as a shared bind mount of itself, which ``ip netns add`` makes the first time
       any namespace is added on a machine and never removes (it holds every namespace's
       mount, whoever made it). Made here, before the first lab, so a lab's own teardown
       leaves the mount table exactly as it found it.
     """
     ensure_unreachable_guard()
+    raise_neighbour_limits()
     os.makedirs("/run/netns", exist_ok=True)
     if subprocess.run(["mountpoint", "-q", "/run/netns"]).returncode != 0:
         run("mount", "--bind", "/run/netns", "/run/netns")
