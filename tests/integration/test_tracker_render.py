@@ -33,19 +33,20 @@ def render(tmp_path, inventory, **variables):
 
 
 def test_two_sites_with_a_cache_host_render_groups_bridges_and_the_site_seeder(tmp_path):
-    cfg, text = render(tmp_path, INVENTORY, tracker_bridges=2)
+    cfg, text = render(tmp_path, INVENTORY, tracker_bridges=3, tracker_group_bridges={"branch": 1})
     topo = cfg.topology
     by_name = {name: address for address, name in cfg.hosts.items()}
     assert topo.group_of(by_name["cache-branch"]) == "branch" == topo.group_of(by_name["pc-br-01"])
     assert topo.group_of(by_name["pc-hq-02"]) == "head-office"
     assert topo.is_site_seeder(by_name["cache-branch"]) and not topo.is_site_seeder(by_name["pc-br-01"])
-    assert topo.is_seeder(by_name["server"]) and topo.bridges == 2
+    assert topo.is_seeder(by_name["server"]) and topo.bridges == 3
+    assert topo.bridges_of("branch") == 1 and topo.bridges_of("head-office") == 3
     assert "seeders: [\"cache-branch\"]" in text.replace("'", '"'), text
 
 
-def test_an_inventory_without_site_seeders_renders_one_bridge_per_room(tmp_path):
+def test_an_inventory_without_site_seeders_renders_two_bridges_per_room(tmp_path):
     inventory = INVENTORY.replace("site_seeders:\n  hosts:\n    cache-branch: {ansible_host: 10.30.0.5, p2pfleet_room: branch}\n", "")
     cfg, _text = render(tmp_path, inventory)
-    assert cfg.topology.bridges == 1
+    assert cfg.topology.bridges == 2
     assert not cfg.topology.site_seeder_addresses and not cfg.topology.site_seeder_networks
     assert sorted({g for _n, g in cfg.topology.group_networks}) == ["branch", "head-office"]

@@ -40,7 +40,7 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
     assert topo.is_seeder(ip("10.0.0.1")) and topo.is_seeder(ip("10.5.5.5"))   # by address, by name
     assert not topo.is_seeder(ip("10.0.0.2"))
     assert cfg.allows(ip("10.200.0.1")) and cfg.allows(ip("fd00::1"))
-    assert topo.bridges == 1 and not topo.is_site_seeder(ip("10.1.0.5"))
+    assert topo.bridges == 2 and not topo.is_site_seeder(ip("10.1.0.5"))
 
 
 def test_a_group_names_its_own_seeders_by_name_address_or_network():
@@ -91,6 +91,7 @@ def test_a_group_names_its_own_seeders_by_name_address_or_network():
     (with_(groups={"site1": {"networks": ["10.1.0.0/24"], "seeders": ["10.1.0.0/16"]}}),
      "groups.site1.seeders: 10.1.0.0/16 is not inside a network of group site1"),
     (with_(groups={"site1": {"seeders": "10.1.0.9"}}), "groups.site1.seeders: must be a list"),
+    (with_(groups={"site1": {"bridges": 0}}), "groups.site1.bridges: must be an integer in 1..1000, got 0"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_the_key(raw, message):

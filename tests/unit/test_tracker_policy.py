@@ -97,6 +97,15 @@ def test_b1_a_downloading_site_seeder_is_bridge_before_the_peer_announcing():
     assert fleet.bridges["site2"] == (cache,)
 
 
+def test_b1_a_group_may_have_its_own_number_of_bridges():
+    raw = {"allowed_networks": ["0.0.0.0/0"], "policy": {"bridges": 3},
+           "groups": {"room1": {"networks": ["10.1.0.0/24"]}, "site2": {"networks": ["10.2.0.0/24"], "bridges": 1}}}
+    fleet = Fleet(config.parse(raw).topology, swarm(room1=4, site2=4))
+    for p in fleet.groups["room1"] + fleet.groups["site2"]:
+        fleet.announce(p)
+    assert len(fleet.bridges["room1"]) == 3 and len(fleet.bridges["site2"]) == 1
+
+
 # -- B2: gateways ---------------------------------------------------------------------------
 def test_b2_a_group_holding_a_complete_peer_has_no_bridges_only_gateways():
     groups = swarm(room1=4)
@@ -187,7 +196,8 @@ def test_l1_a_peer_in_its_local_phase_is_handed_to_nobody_and_is_no_bridge():
 # -- B4-B6 ----------------------------------------------------------------------------------
 def test_b4_b6_fixed_relation_room2_fetches_only_from_room1_and_the_origin():
     origin = P("origin", None, left=0)
-    fleet = Fleet(topology(fetch_from={"room2": ["room1"]}, other_group_peers=5), swarm(room1=3, room2=3, room3=3),
+    fleet = Fleet(topology(fetch_from={"room2": ["room1"]}, other_group_peers=5, bridges=1),
+                  swarm(room1=3, room2=3, room3=3),
                   [origin])
     decision = fleet.announce(fleet.groups["room2"][0])
     assert keys(decision.peers) == {"origin", "room1-0", "room1-1", "room1-2"}

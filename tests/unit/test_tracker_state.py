@@ -311,8 +311,8 @@ def test_bridges_show_in_the_status_and_the_debug_log_says_why(caplog):
         "allowed_networks": ["10.0.0.0/8"], "interval": 10, "info_hashes": [HASH.hex()],
         "hosts": {"10.2.0.8": "cache-2"},
         "groups": {"room1": {"networks": ["10.1.0.0/24"]},
-                   "site2": {"networks": ["10.2.0.0/24"], "seeders": ["cache-2"]}},
-        "policy": {"seeders": ["10.0.0.1"]}})
+                   "site2": {"networks": ["10.2.0.0/24"], "seeders": ["cache-2"], "bridges": 1}},
+        "policy": {"seeders": ["10.0.0.1"], "bridges": 1}})
     clock = Clock()
     tracker = Tracker(cfg, rng=random.Random(0), clock=clock, wall_clock=lambda: 5000.0)
     caplog.set_level("DEBUG", logger="p2pfleet")

@@ -36,7 +36,8 @@ class Topology:
     fetch_from: dict           # group -> frozenset of groups it may fetch from
     other_group_peers: int
     origin_fanout: int
-    bridges: int = 1           # per group; 0: no bridges (policy.py)
+    bridges: int = 2           # per group; 0: no bridges (policy.py)
+    group_bridges: dict = field(default_factory=dict)   # group -> its own number of bridges
     site_seeder_addresses: frozenset = frozenset()
     site_seeder_networks: tuple = ()
 
@@ -51,6 +52,9 @@ class Topology:
 
     def is_seeder(self, ip):
         return ip in self.seeder_addresses or _in_any(ip, self.seeder_networks)
+
+    def bridges_of(self, group):
+        return self.group_bridges.get(group, self.bridges)
 
     def is_site_seeder(self, ip):
         """A seeder of its own group (``groups.*.seeders``): a site's cache host, say."""
@@ -101,7 +105,7 @@ DEFAULT_ADMIN_NETWORKS = ["127.0.0.0/8", "::1/128"]
 _POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from", "bridges"}
 # Keys that were renamed: refused with the new name rather than "unknown key".
 _RENAMED = {"policy.seeder_slots": "policy.origin_fanout"}
-_GROUP_KEYS = {"networks", "hosts", "seeders"}
+_GROUP_KEYS = {"networks", "hosts", "seeders", "bridges"}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -193,8 +197,10 @@ def _topology(raw, hosts) -> Topology:
         for network in _networks(spec.get("networks", []), f"{where}.networks"):
             group_networks.append((network, group))
     group_networks.sort(key=lambda pair: pair[0].prefixlen, reverse=True)
-    site_addresses, site_networks = set(), []
+    site_addresses, site_networks, group_bridges = set(), [], {}
     for group, spec in groups.items():
+        if "bridges" in spec:
+            group_bridges[group] = _int(spec, "bridges", 2, 1, 1000, f"groups.{group}.")
         found = _site_seeders(spec, f"groups.{group}.seeders", addresses, group_networks, group_addresses, group)
         site_addresses.update(found[0])
         site_networks.extend(found[1])
@@ -226,7 +232,8 @@ def _topology(raw, hosts) -> Topology:
         fetch_from=fetch_from,
         other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
         origin_fanout=_int(policy, "origin_fanout", 4, 1, 10000, "policy."),
-        bridges=_int(policy, "bridges", 1, 0, 1000, "policy."),
+        bridges=_int(policy, "bridges", 2, 0, 1000, "policy."),
+        group_bridges=group_bridges,
         site_seeder_addresses=frozenset(site_addresses),
         site_seeder_networks=tuple(site_networks),
     )

@@ -4,7 +4,7 @@ Pure functions of their inputs (the random source is injected), so every rule ca
 tested without a network. A *group* is a room or a site: the peers behind one switch or
 one routed link. The aim is that the image crosses each group's uplink about once.
 
-Bridges (``policy.bridges`` per group, default 1):
+Bridges (``policy.bridges`` per group, default 2; ``groups.*.bridges`` for one group):
 
 B1. A group that is still downloading and holds no complete peer has up to ``bridges``
     *bridges*: downloaders that are the only ones of the group told about the origin and
@@ -95,11 +95,12 @@ def choose_bridges(members, current, requester, topology) -> tuple:
     so far. Eligible site seeders come first, then the current ones still eligible, in
     order, then the requester. Returns a tuple; () when the policy has no bridges.
     """
-    want = topology.bridges
-    if want <= 0:
+    if topology.bridges <= 0:
         return ()
+    want = topology.bridges_of(requester.group)
     active = set(members)
     complete = any(p.left == 0 for p in members)
+
     def eligible(p):
         return p.listening and (p.left == 0 if complete else p.left > 0)
 
