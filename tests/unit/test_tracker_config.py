@@ -43,6 +43,14 @@ policy: {seeders: [server-1, 10.0.0.1], origin_fanout: 3, other_group_peers: 2,
     assert topo.bridges == 2 and not topo.is_site_seeder(ip("10.1.0.5"))
 
 
+def test_one_group_or_none_has_no_bridges_by_default():
+    one = parse({"allowed_networks": ["10.0.0.0/8"], "groups": {"room1": {"networks": ["10.1.0.0/24"]}}})
+    assert one.topology.bridges == 0
+    assert parse({"allowed_networks": ["10.0.0.0/8"]}).topology.bridges == 0
+    asked = parse({"allowed_networks": ["10.0.0.0/8"], "groups": {"room1": {}}, "policy": {"bridges": 2}})
+    assert asked.topology.bridges == 2
+
+
 def test_a_group_names_its_own_seeders_by_name_address_or_network():
     cfg = parse({"allowed_networks": ["10.0.0.0/8"], "hosts": {"10.2.0.5": "cache-2"},
                  "groups": {"site2": {"networks": ["10.2.0.0/16"], "seeders": ["cache-2", "10.2.0.6", "10.2.9.0/24"]}},

@@ -4,7 +4,8 @@ Pure functions of their inputs (the random source is injected), so every rule ca
 tested without a network. A *group* is a room or a site: the peers behind one switch or
 one routed link. The aim is that the image crosses each group's uplink about once.
 
-Bridges (``policy.bridges`` per group, default 2; ``groups.*.bridges`` for one group):
+Bridges (``policy.bridges`` per group, default 2 with two or more groups, else 0;
+``groups.*.bridges`` for one group):
 
 B1. A group that is still downloading and holds no complete peer has up to ``bridges``
     *bridges*: downloaders that are the only ones of the group told about the origin and
