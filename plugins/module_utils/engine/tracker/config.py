@@ -42,13 +42,7 @@ class Topology:
     site_seeder_networks: tuple = ()
 
     def group_of(self, ip):
-        group = self.group_addresses.get(ip)
-        if group is not None:
-            return group
-        for network, group in self.group_networks:
-            if ip.version == network.version and ip in network:
-                return group
-        return None
+        return _group_of(ip, self.group_addresses, self.group_networks)
 
     def is_seeder(self, ip):
         return ip in self.seeder_addresses or _in_any(ip, self.seeder_networks)
@@ -87,6 +81,14 @@ class TrackerConfig:
 
     def allows_admin(self, ip) -> bool:
         return _in_any(ip, self.admin_networks)
+
+
+def _group_of(ip, group_addresses, group_networks):
+    """The group listing ``ip``'s host by name, else the most specific network's group."""
+    group = group_addresses.get(ip)
+    if group is not None:
+        return group
+    return next((g for network, g in group_networks if ip.version == network.version and ip in network), None)
 
 
 def _in_any(ip, networks):
@@ -201,7 +203,7 @@ def _topology(raw, hosts) -> Topology:
     site_addresses, site_networks, group_bridges = set(), [], {}
     for group, spec in groups.items():
         if "bridges" in spec:
-            group_bridges[group] = _int(spec, "bridges", 2, 1, 1000, f"groups.{group}.")
+            group_bridges[group] = _int(spec, "bridges", DEFAULT_BRIDGES, 1, 1000, f"groups.{group}.")
         found = _site_seeders(spec, f"groups.{group}.seeders", addresses, group_networks, group_addresses, group)
         site_addresses.update(found[0])
         site_networks.extend(found[1])
@@ -245,11 +247,6 @@ def _topology(raw, hosts) -> Topology:
 def _site_seeders(spec, where, addresses, group_networks, group_addresses, group):
     """A group's own seeders: host names bound under ``hosts``, addresses or networks, each
     inside the group (a seeder of a group it is not in would serve nobody there)."""
-    def group_of(ip):
-        if ip in group_addresses:
-            return group_addresses[ip]
-        return next((g for net, g in group_networks if ip.version == net.version and ip in net), None)
-
     found, networks = set(), []
     for entry in _list(spec, "seeders", where.rsplit(".", 1)[0] + "."):
         try:
@@ -268,7 +265,7 @@ def _site_seeders(spec, where, addresses, group_networks, group_addresses, group
             networks.append(network)
             continue
         for address in members:
-            if group_of(address) != group:
+            if _group_of(address, group_addresses, group_networks) != group:
                 raise ConfigError(f"{where}: {entry} ({address}) is not in group {group}; "
                                   f"a group's seeders serve the group they are in")
             found.add(address)
