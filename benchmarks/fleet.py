@@ -176,7 +176,7 @@ class Fleet:
     def announce(self):
         return f"http://{self.server['address']}:{TRACKER_PORT}/announce"
 
-    def start_tracker(self, origin_fanout, other_group_peers, bridges=None):
+    def start_tracker(self, origin_fanout, other_group_peers, bridges=None, stripes=None):
         rooms = {}
         for name in self.terminals:
             rooms.setdefault(f"room{self.hosts[name]['room']}", []).append(name)
@@ -194,6 +194,8 @@ class Fleet:
         }
         if bridges is not None:         # only when asked: a tracker without the key keeps its default
             config["policy"]["bridges"] = bridges
+        if stripes is not None:
+            config["policy"]["stripes"] = stripes
         path = os.path.join(self.work, "tracker.yml")
         with open(path, "w") as f:
             json.dump(config, f)
@@ -456,6 +458,9 @@ def main():
     parser.add_argument("--bridges", type=int, default=None, metavar="N",
                         help="tracker policy bridges: peers per room told about the origin and the other rooms "
                              "(default: not set, the tracker's default)")
+    parser.add_argument("--stripes", choices=("on", "off"), default=None,
+                        help="tracker policy stripes: hand each origin downloader its share of the pieces "
+                             "(default: not set, the tracker's default)")
     parser.add_argument("--origin-leaves", type=float, default=None, metavar="COPIES",
                         help="stop the origin's seed job once it has uploaded COPIES x the image (e.g. 1.05), and "
                              "report whether the fleet still completes or stalls")
@@ -567,7 +572,7 @@ def run(fleet, args, counts, size, http_size, piece_size, rate_bytes):
     fleet.procs.stop(server)
     os.unlink(http_image)
 
-    fleet.start_tracker(args.origin_fanout, args.other_group_peers, args.bridges)
+    fleet.start_tracker(args.origin_fanout, args.other_group_peers, args.bridges, stripes_arg(args))
     fleet.start_agents()
     results["p2p"] = {}
     for n in counts:
@@ -627,9 +632,14 @@ def distribute(fleet, manifest, image, terminals, timeout, slot):
     return dist
 
 
+def stripes_arg(args):
+    """policy.stripes as --stripes asks (None: the tracker's default)."""
+    return None if args.stripes is None else args.stripes == "on"
+
+
 def run_delta(fleet, args, counts, size, piece_size):
     """Full image vs. release 2 with --delta % changed pieces; random vs. --zeros % zero image."""
-    fleet.start_tracker(args.origin_fanout, args.other_group_peers, args.bridges)
+    fleet.start_tracker(args.origin_fanout, args.other_group_peers, args.bridges, stripes_arg(args))
     fleet.start_agents()
     timeout = max(300.0, 40 * size / (lab_net.parse_rate(args.rate) or 1) * 8)
     results = {"counts": counts, "delta": {}, "zeros": {}}
@@ -728,6 +738,7 @@ def report(results, args, state, size, http_size, rate_bits):
           f"{state['rooms']} room(s), uplink {state['uplink'] / 1e6 if state['uplink'] else 'uncapped'}"
           f"{' Mbit/s' if state['uplink'] else ''}; origin_fanout {args.origin_fanout}, other_group_peers "
           f"{args.other_group_peers}{'' if args.bridges is None else f', bridges {args.bridges}'}"
+          f"{'' if args.stripes is None else f', stripes {args.stripes}'}"
           f"{f'; origin leaves at {args.origin_leaves:g} copies' if args.origin_leaves else ''}; "
           f"{'light ' if state.get('light') else ''}lab {state['name']} ({state['prefix']}-*); {os.cpu_count()} cores")
     scaled = f" (HTTP measured on {http_size / MIB:.0f} MiB, scaled ×{size / http_size:g})" if http_size != size else ""
@@ -746,7 +757,7 @@ def report(results, args, state, size, http_size, rate_bits):
             "n": n, "size": size, "pieces": results["pieces"], "piece_size": piece, "rate": state["rate"],
             "uplink": state["uplink"], "rooms": state["rooms"], "light": bool(state.get("light")),
             "origin_fanout": args.origin_fanout, "other_group_peers": args.other_group_peers,
-            "bridges": args.bridges, "origin_leaves": args.origin_leaves, "cores": os.cpu_count(),
+            "bridges": args.bridges, "stripes": stripes_arg(args), "origin_leaves": args.origin_leaves, "cores": os.cpu_count(),
             "t_min": t_min, "t_bound": bound, "t_http": t_http, "t_p2p": t_p2p,
             "eff": t_min / t_p2p if t_p2p else None, "eff_bound": bound / t_p2p if t_p2p else None,
             "speed_up": t_http / t_p2p if t_http and t_p2p else None,

@@ -33,8 +33,9 @@ def render(tmp_path, inventory, **variables):
 
 
 def test_two_sites_with_a_cache_host_render_groups_bridges_and_the_site_seeder(tmp_path):
-    cfg, text = render(tmp_path, INVENTORY, tracker_bridges=3, tracker_group_bridges={"branch": 1})
+    cfg, text = render(tmp_path, INVENTORY, tracker_bridges=3, tracker_group_bridges={"branch": 1}, tracker_stripes=False)
     topo = cfg.topology
+    assert not topo.stripes
     by_name = {name: address for address, name in cfg.hosts.items()}
     assert topo.group_of(by_name["cache-branch"]) == "branch" == topo.group_of(by_name["pc-br-01"])
     assert topo.group_of(by_name["pc-hq-02"]) == "head-office"
@@ -47,6 +48,6 @@ def test_two_sites_with_a_cache_host_render_groups_bridges_and_the_site_seeder(t
 def test_an_inventory_without_site_seeders_renders_two_bridges_per_room(tmp_path):
     inventory = INVENTORY.replace("site_seeders:\n  hosts:\n    cache-branch: {ansible_host: 10.30.0.5, p2pfleet_room: branch}\n", "")
     cfg, _text = render(tmp_path, inventory)
-    assert cfg.topology.bridges == 2
+    assert cfg.topology.bridges == 2 and cfg.topology.stripes
     assert not cfg.topology.site_seeder_addresses and not cfg.topology.site_seeder_networks
     assert sorted({g for _n, g in cfg.topology.group_networks}) == ["branch", "head-office"]

@@ -239,3 +239,54 @@ def test_a_tracker_away_for_half_a_minute_hears_from_a_job_again_within_seconds_
     back = time.monotonic()
     wait_until(heard, 20, "origin announced to the tracker after its return", interval=0.2)
     print(f"origin back on the tracker {time.monotonic() - back:.1f} s after its return")
+
+
+def test_an_origin_that_leaves_after_1_15_copies_leaves_every_piece_behind(lab):
+    """The tracker hands each of the origin's downloaders its stripe (policy O4) and our
+    fetch jobs ask the origin for theirs first, so every piece leaves the origin early: it
+    can stop at 1.15 copies and the terminals still finish. Measured here, the copies the
+    origin had sent when its last block left it once: 1.22-1.25 without stripes (two
+    downloaders asked it for the same pieces), 1.06-1.09 with them."""
+    from swarm_helpers import Proc
+    manifests = lab.tmp / "small-pieces"
+    manifests.mkdir()
+    image = random_image(lab.tmp / "big.img", 16 * MIB, seed=7)
+    run_cli("manifest", image, "--out", manifests, "--piece-size", "32K", check=True)
+    tracker = lab.start_tracker(interval=2, min_interval=1, manifest_dir=str(manifests), hosts={"127.0.0.2": "origin"},
+                                policy={"seeders": ["origin"], "origin_fanout": 2})
+    save = lab.tmp / "origin"
+    save.mkdir()
+    shutil.copyfile(image, save / "big.img")
+    origin = LtPeer("127.0.0.2", manifests / "big.img.torrent", save, f"{tracker.url}/announce?host=origin",
+                    upload_limit=2 * MIB)
+    lab.peers.append(origin)
+    lt = origin.lt
+    origin.session.apply_settings({"alert_mask": lt.alert_category.upload})
+    wait_until(origin.is_seed, 20, "origin seeding")
+    jobs = []
+    for n in range(3, 7):
+        ip, host = f"127.0.0.{n}", f"pc-{n}"
+        jobs.append(Proc("fetch", manifests / "big.img.manifest.json", lab.tmp / f"{host}.img",
+                         "--listen", f"{ip}:{free_port(ip)}", "--tracker", f"{tracker.url}/announce?host={host}",
+                         "--state-dir", lab.tmp / f"state-{host}", "--stall-timeout", "20", log_path=lab.tmp / host))
+    lab.jobs.extend(jobs)
+    blocks = 16 * MIB // (16 * 1024)
+    sent, out, first_copy = 0, set(), None
+
+    def origin_may_leave():
+        nonlocal sent, first_copy
+        for alert in origin.session.pop_alerts():
+            if isinstance(alert, lt.block_uploaded_alert):
+                sent += 1
+                out.add((alert.piece_index, alert.block_index))
+                if first_copy is None and len(out) == blocks:
+                    first_copy = sent / blocks
+        return sent >= 1.15 * blocks or all(job.popen.poll() is not None for job in jobs)
+
+    wait_until(origin_may_leave, 120, "origin sent 1.15 copies", interval=0.01)
+    origin.handle.pause()
+    print(f"every block had left the origin after {first_copy} copies; it left at {sent / blocks:.3f}")
+    for job in jobs:
+        assert job.wait_exit(60, "fetch after the origin left") == 0, \
+            f"the origin left at {sent / blocks:.3f} copies, {blocks - len(out)} blocks never sent: " + job.stderr()[-800:]
+        assert job.result()["verified"] is True

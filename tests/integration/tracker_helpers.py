@@ -170,7 +170,7 @@ class LtPeer:
     so the tracker sees progress while the test watches.
     """
 
-    def __init__(self, ip, torrent, save_path, tracker_url, stock=False, download_limit=0):
+    def __init__(self, ip, torrent, save_path, tracker_url, stock=False, download_limit=0, upload_limit=0):
         import libtorrent as lt
         self.lt = lt
         self.ip = ip
@@ -181,10 +181,10 @@ class LtPeer:
                 "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
                 "enable_outgoing_utp": False, "enable_incoming_utp": False,
                 "allow_multiple_connections_per_ip": True, "min_announce_interval": 1,
-                "download_rate_limit": download_limit,
+                "download_rate_limit": download_limit, "upload_rate_limit": upload_limit,
             })
         self.session = lt.session(settings)
-        if download_limit:
+        if download_limit or upload_limit:
             # Loopback counts as a local network, which libtorrent exempts from rate limits.
             everyone = lt.ip_filter()
             everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)

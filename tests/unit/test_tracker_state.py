@@ -342,3 +342,33 @@ def test_a_fetch_in_its_local_phase_is_shown_but_handed_to_nobody_until_its_torr
     # its torrent's first announce (libtorrent's peer id) replaces the row: now it is handed out
     announce(tracker, clock, "10.1.0.2", b"-LT2010-xyz", SIZE, "started")
     assert reading in _chunks(announce(tracker, clock, "10.1.0.3", b"b", SIZE)["peers"])
+
+
+def test_a_local_phase_report_arriving_after_its_torrent_announced_changes_nothing():
+    """The agent sends its last report just before its torrent starts; on the wire it may
+    arrive after the torrent's first announce. It must not take that row's place (and its
+    origin slot): the row would flip between the two, and the slot with it."""
+    from engine.failure_report import PEER_ID_PREFIX
+    tracker, clock = make(bridges=0, origin_fanout=1)
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
+    announce(tracker, clock, "10.1.0.2", b"-LT2010-xyz", SIZE, "started", host="pc-2")
+    clock.now += 1
+    announce(tracker, clock, "10.1.0.2", PEER_ID_PREFIX + b"late", SIZE, "started", host="pc-2")
+    swarm = tracker.swarms[HASH]
+    (row,) = [p for p in swarm.peers.values() if p.host == "pc-2"]
+    assert row.listening and row in swarm.origin_assignments[(ipaddress.ip_address("10.0.0.1"), b"origin".ljust(20, b"."))]
+    # An agent restarted on the same port: its old torrent row has gone quiet, its report is news.
+    clock.now += 20
+    announce(tracker, clock, "10.1.0.2", PEER_ID_PREFIX + b"new", SIZE, "started", host="pc-2")
+    (row,) = [p for p in swarm.peers.values() if p.host == "pc-2"]
+    assert not row.listening
+
+
+def test_without_bridges_a_fetch_in_its_local_phase_gets_no_origin_slot():
+    from engine.failure_report import PEER_ID_PREFIX
+    tracker, clock = make(bridges=0, origin_fanout=1)
+    announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
+    announce(tracker, clock, "10.1.0.2", PEER_ID_PREFIX + b"abc", SIZE, "started")
+    announce(tracker, clock, "10.1.0.3", b"b", SIZE, "started")
+    origin = announce(tracker, clock, "10.0.0.1", b"origin", 0)
+    assert _chunks(origin["peers"]) == [ipaddress.ip_address("10.1.0.3").packed + (6881).to_bytes(2, "big")]

@@ -216,6 +216,7 @@ class Job:
         self.error = ""
         self.warning = ""
         self.tracker_error = ""
+        self.stripe = None  # the tracker id last followed (stripes.py)
         self.digest = ""
         self.handle = None
         self.status = None

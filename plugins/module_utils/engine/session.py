@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from . import delta
 from . import identity as ident
 from . import jobs as J
+from . import stripes
 from . import verify
 from .errors import JobConflict, ManifestError, P2PFleetError, StateError, SwarmError, TargetRefused
 from .failure_report import REPORT_TIMEOUT, report_failure, report_local_progress
@@ -475,6 +476,17 @@ class Session:
             job.tracker_error = alert.message()
         elif isinstance(alert, lt.tracker_reply_alert):
             job.tracker_error = ""
+            if job.action == "fetch":
+                self._follow_stripe(job)
+
+    @staticmethod
+    def _follow_stripe(job) -> None:
+        """Ask the origin for this fetch's stripe first, as its tracker said (stripes.py)."""
+        said, priorities = stripes.follow(job.handle.trackers(), job.stripe, job.manifest.piece_count)
+        if priorities is not None:
+            job.handle.prioritize_pieces(priorities)
+            log.info("%s: origin stripe %s", job.manifest.name, said[len(stripes.PREFIX):])
+        job.stripe = said
 
     def _write_resume(self, job, params) -> None:
         if self.store is None or job.action != "fetch":
@@ -747,6 +759,9 @@ class Session:
         return atp
 
     def _add(self, job, atp) -> None:
+        # Every torrent starts without a stripe; its tracker's reply hands one (stripes.py).
+        atp.piece_priorities = []
+        job.stripe = None
         try:
             job.handle = self._lt.add_torrent(atp)
         except RuntimeError as exc:

@@ -40,6 +40,7 @@ class Topology:
     group_bridges: dict = field(default_factory=dict)   # group -> its own number of bridges
     site_seeder_addresses: frozenset = frozenset()
     site_seeder_networks: tuple = ()
+    stripes: bool = True       # hand each origin downloader its stripe (stripes.py)
 
     def group_of(self, ip):
         return _group_of(ip, self.group_addresses, self.group_networks)
@@ -104,7 +105,7 @@ _TOP_KEYS = {
 # The admin endpoint changes what the tracker serves: by default only from the tracker
 # host itself, where the Ansible role runs its admin calls.
 DEFAULT_ADMIN_NETWORKS = ["127.0.0.0/8", "::1/128"]
-_POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from", "bridges"}
+_POLICY_KEYS = {"other_group_peers", "seeders", "origin_fanout", "fetch_from", "bridges", "stripes"}
 # Keys that were renamed: refused with the new name rather than "unknown key".
 _RENAMED = {"policy.seeder_slots": "policy.origin_fanout"}
 _GROUP_KEYS = {"networks", "hosts", "seeders", "bridges"}
@@ -241,6 +242,7 @@ def _topology(raw, hosts) -> Topology:
         group_bridges=group_bridges,
         site_seeder_addresses=frozenset(site_addresses),
         site_seeder_networks=tuple(site_networks),
+        stripes=_bool(policy, "stripes", True, "policy."),
     )
 
 
@@ -294,6 +296,13 @@ def _int(mapping, key, default, low, high, prefix=""):
     value = mapping.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{prefix}{key}: must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def _bool(mapping, key, default, prefix=""):
+    value = mapping.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{prefix}{key}: must be true or false, got {value!r}")
     return value
 
 

@@ -28,13 +28,19 @@ O2. Only bridges are assigned to an origin, at most ``origin_fanout`` at a time 
 O3. Every group that needs the origin holds one of its slots before any group holds a
     second: a bridge of a group that already holds a slot gets another only while more
     slots are free than groups without one.
+O4. Each downloader assigned to an origin is handed a *stripe* (``policy.stripes``, default
+    on; stripes.py): the pieces it asks the origin for first. The stripes of the assigned
+    downloaders are disjoint and, once they have settled, cover every piece, so the origin
+    sends each piece about once before any piece twice. The tracker keeps the stripes
+    (state.py); this module only says who is assigned.
 
 Always:
 
-L1. A peer that is not listening yet is handed to nobody and is no bridge: a fetch in its
-    local phase (reading its own disks before its torrent starts) announces so the fleet
-    wait sees it alive, but a connection to it now would fail, and a peer that failed to
-    connect waits before it tries again.
+L1. A peer that is not listening yet is handed to nobody, is no bridge and gets no origin
+    slot: a fetch in its local phase (reading its own disks before its torrent starts)
+    announces so the fleet wait sees it alive, but a connection to it now would fail, and
+    a peer that failed to connect waits before it tries again. (Its last report may arrive
+    after its torrent's first announce; the tracker drops such a late report, state.py.)
 B4. Peers of the requester's home are told: its own group, or for a group with a fixed
     relation ``X fetches only from Y``, the groups it fetches from.
 B5. A complete peer is not told about other complete peers: they have nothing to trade.
@@ -126,7 +132,7 @@ def select_peers(requester, view, topology, numwant, rng) -> Decision:
     bridge = requester in view.bridges.get(requester.group, ())
     role = "member" if flat or not bridge else ("bridge" if requester.left > 0 else "gateway")
     chosen, assigned = [], None
-    if requester.left > 0 and (flat or bridge):
+    if requester.left > 0 and requester.listening and (flat or bridge):
         chosen, assigned = _origin(requester, view, topology, flat)
         chosen = chosen[:numwant]
     counts = {"origin": len(chosen)}

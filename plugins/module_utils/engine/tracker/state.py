@@ -12,6 +12,7 @@ from ..errors import ManifestError
 from ..failure_report import PEER_ID_PREFIX as REPORT_PEER_ID_PREFIX
 from .aggregate_log import one_line
 from .hostnames import HostNames
+from .. import stripes
 from .policy import View, choose_bridges, select_peers
 
 log = logging.getLogger("p2pfleet.tracker")
@@ -84,6 +85,7 @@ class Swarm:
         self.origins = {}          # key -> Peer, active origin seeders
         self.origin_assignments = {}   # origin key -> set of downloaders assigned to it
         self.bridges = {}          # group -> its bridges or gateways (policy.choose_bridges)
+        self.stripe_index = {}     # downloader holding an origin slot -> (stripe index, since)
         self.gone = {}             # key -> Peer that stopped or went silent
         self.completed = 0
         self.largest_left = 0
@@ -157,6 +159,11 @@ class Swarm:
                 log.debug("%s: %s stopped", self.name, _label(peer))
             return self._response(config, [], req)
 
+        # The agent's own reports (a fetch in its local phase) come from no torrent: nobody
+        # can connect to that peer yet (policy L1). Its torrent's first announce replaces it.
+        listening = not req.peer_id.startswith(REPORT_PEER_ID_PREFIX)
+        if not listening and self._late_report(ip, req.port, now, config.min_interval):
+            return self._response(config, [], req)
         host, verified = name
         topology = config.topology
         if peer is None or peer.port != req.port or peer.host != host:
@@ -174,9 +181,7 @@ class Swarm:
                       peer.group, peer.origin)
 
         peer.sample(req.uploaded, req.downloaded, now, restarted=req.event == "started")
-        # The agent's own reports (a fetch in its local phase) come from no torrent: nobody
-        # can connect to that peer yet (policy L1). Its torrent's first announce replaces it.
-        peer.listening = not req.peer_id.startswith(REPORT_PEER_ID_PREFIX)
+        peer.listening = listening
         peer.left = req.left
         peer.last_seen = now
         if req.left > self.largest_left:
@@ -195,10 +200,51 @@ class Swarm:
         decision = select_peers(peer, view, topology, numwant, rng)
         if decision.assigned is not None:
             self.origin_assignments.setdefault(decision.assigned.key, set()).add(peer)
+        tracker_id = None
+        if topology.stripes and not peer.origin:
+            tracker_id = stripes.tracker_id(*self._stripe_of(peer, topology, now, config.min_interval))
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: %s (group %s, left %d) gets %s", self.name, _label(peer),
-                      peer.group, peer.left, decision.explain())
-        return self._response(config, decision.peers, req)
+            log.debug("%s: %s (group %s, left %d) gets %s%s", self.name, _label(peer),
+                      peer.group, peer.left, decision.explain(),
+                      f"; {tracker_id[len(stripes.PREFIX):]}" if tracker_id else "")
+        # A holder's stripe changes as slots are taken and freed: it hears back sooner.
+        holder = peer in self.stripe_index
+        return self._response(config, decision.peers, req, tracker_id,
+                              interval=config.min_interval if holder else config.interval)
+
+    def _late_report(self, ip, port, now, recent):
+        """Is a local-phase report from ``ip``:``port`` late: sent before its torrent's first
+        announce but arriving after it? Its torrent's row then announced ``recent``ly; a row
+        of an earlier run (an agent restarted on the same port) went quiet and is replaced."""
+        current = self.by_addr.get((ip, port))
+        return current is not None and current.listening and now - current.last_seen < recent
+
+    def _stripe_of(self, peer, topology, now, settle):
+        """(count, residues) of ``peer``'s origin stripe (policy O4); no residues: none.
+
+        A holder keeps its index while it holds its slot. Indices no holder has are dealt
+        only to holders that have held theirs for ``settle`` seconds: at the start of a run
+        the other slots fill within seconds, and a stripe dealt away then would be asked
+        for twice until the next announce.
+        """
+        holders = {p for assigned in self.origin_assignments.values() for p in assigned}
+        count = topology.origin_fanout * max(1, len(self.origins))
+        held = self.stripe_index
+        for gone in [p for p, (i, _since) in held.items() if p not in holders or i >= count]:
+            del held[gone]
+        for holder in sorted(holders - held.keys(), key=lambda p: (p.first_seen, str(p.ip), p.key[1])):
+            index = stripes.index_for({p: i for p, (i, _since) in held.items()}, count)
+            if index is None:
+                break
+            held[holder] = (index, now)
+        if peer not in held:
+            return count, frozenset()
+        settled = [p for p, (_i, since) in held.items() if now - since >= settle]
+        if peer not in settled:
+            return count, frozenset({held[peer][0]})
+        indices = {p: i for p, (i, _since) in held.items()}
+        dealt = stripes.assign(settled, indices, count, taken=set(indices.values()))
+        return count, dealt[peer]
 
     def _choose_bridges(self, peer, members, topology):
         """Renew the bridges of the announcing peer's group; a peer that stops being a
@@ -246,14 +292,16 @@ class Swarm:
         peer.last_seen = now
         log.warning("%s: %s failed: %s", self.name, _label(peer), req.error)
 
-    def _response(self, config, peers, req):
+    def _response(self, config, peers, req, tracker_id=None, interval=None):
         complete = sum(1 for p in self.peers.values() if p.left == 0)
         response = {
-            "interval": config.interval,
+            "interval": config.interval if interval is None else interval,
             "min interval": config.min_interval,
             "complete": complete,
             "incomplete": len(self.peers) - complete,
         }
+        if tracker_id is not None:
+            response["tracker id"] = tracker_id
         if req.compact:
             response["peers"] = b"".join(p.compact for p in peers if p.ip.version == 4)
             response["peers6"] = b"".join(p.compact for p in peers if p.ip.version == 6)
@@ -291,7 +339,8 @@ class Swarm:
                 fetched += peer.downloaded
                 local += _local(peer, size)
             if with_peers:
-                rows.append(self._peer_row(peer, size, now, wall_now, peer in bridges))
+                stripe = self.stripe_index.get(peer, (None,))[0]
+                rows.append(self._peer_row(peer, size, now, wall_now, peer in bridges, stripe))
         active = self.peers.values()
         totals = {
             "peers": len(self.peers),
@@ -319,7 +368,7 @@ class Swarm:
         return status
 
     @staticmethod
-    def _peer_row(peer, size, now, wall_now, bridge=False):
+    def _peer_row(peer, size, now, wall_now, bridge=False, stripe=None):
         if peer.state != "active":
             state = peer.state
         elif peer.origin:
@@ -328,7 +377,7 @@ class Swarm:
             state = "complete" if peer.left == 0 else "downloading"
         return {
             "host": peer.host, "verified": peer.verified, "ip": str(peer.ip), "port": peer.port, "group": peer.group,
-            "origin": peer.origin, "site_seeder": peer.site_seeder, "bridge": bridge, "state": state, "error": peer.error, "left": peer.left,
+            "origin": peer.origin, "site_seeder": peer.site_seeder, "bridge": bridge, "stripe": stripe, "state": state, "error": peer.error, "left": peer.left,
             "progress": _fraction(size - min(peer.left, size), size) if size else (1.0 if peer.left == 0 else 0.0),
             "uploaded": peer.uploaded, "downloaded": peer.downloaded, "local": 0 if peer.origin else _local(peer, size),
             "upload_rate": round(peer.up_rate, 1), "download_rate": round(peer.down_rate, 1),
