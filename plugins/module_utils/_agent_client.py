@@ -13,8 +13,6 @@ import json
 import socket
 import time
 
-DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
-
 
 class AgentError(Exception):
     """The agent refused a request, or could not be reached. ``str()`` is one line."""
@@ -43,7 +41,7 @@ class _UnixConnection(http.client.HTTPConnection):
 class AgentClient:
     """One method per API call of the agent; each returns the decoded JSON answer."""
 
-    def __init__(self, socket_path=DEFAULT_SOCKET, timeout=180.0, start_wait=15.0):
+    def __init__(self, socket_path, timeout=180.0, start_wait=15.0):
         self.socket_path = socket_path
         self.timeout = timeout
         # An agent that is restarting (systemd restarts it seconds after a crash, a role

@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.agent import DEFAULT_SOCKET
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import Manifest
-
-DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
 
 AGENT_ARGS = dict(socket=dict(type="path", default=DEFAULT_SOCKET))
 

@@ -37,11 +37,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .errors import ImageError, ManifestError, StateError, TargetRefused
+from .errors import Cancelled, ImageError, ManifestError, StateError, TargetRefused
 from .files import ensure_private_dir, read_capped, write_atomic
 from .identity import difference as identity_difference
 from .image import refuse_device_in_use
-from .jobs import Cancelled
 from .metainfo import Manifest, fingerprint, zero_piece_hash
 
 log = logging.getLogger("p2pfleet.delta")

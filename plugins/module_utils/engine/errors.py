@@ -5,6 +5,10 @@ class P2PFleetError(Exception):
     """Base of every error the engine raises on purpose."""
 
 
+class Cancelled(Exception):
+    """A verify pass was cut short because its job is being stopped (never shown to anyone)."""
+
+
 class ImageError(P2PFleetError):
     """An image or target cannot be read or used as asked."""
 
@@ -26,6 +30,10 @@ class SwarmError(P2PFleetError):
 
 class VerifyError(P2PFleetError):
     """The bytes on the target do not match the manifest."""
+
+
+class ConfigError(P2PFleetError):
+    """A config file (the agent's or the tracker's) is missing, unreadable or invalid."""
 
 
 class StateError(P2PFleetError):

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 
-from .errors import P2PFleetError, StateError, VerifyError
+from .errors import Cancelled, P2PFleetError, StateError, VerifyError
 from .files import ensure_private_dir, read_capped, write_atomic
 from .metainfo import Manifest
 
@@ -193,10 +193,6 @@ class RateMeter:
 
     def reset(self):
         self._samples = []
-
-
-class Cancelled(Exception):
-    """A verify pass was cut short because its job is being stopped."""
 
 
 class Job:

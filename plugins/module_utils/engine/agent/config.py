@@ -7,21 +7,17 @@ import os
 from dataclasses import dataclass, field
 
 from ..boot import BACKENDS
-from ..errors import P2PFleetError
+from ..errors import ConfigError, P2PFleetError
 from ..files import read_yaml
 from ..delta import CHECK_MODES, DEFAULT_LINK_RATE
 from ..net import parse_announce_urls, parse_endpoint, parse_networks
 from ..slots import check_definitions
+from . import DEFAULT_SOCKET
 
-DEFAULT_SOCKET = "/run/p2pfleet/agent.sock"
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Keys a SIGHUP cannot change: they are bound when the agent starts.
 RESTART_KEYS = ("listen", "socket", "state_dir")
-
-
-class ConfigError(P2PFleetError):
-    """The agent config file is missing, unreadable or invalid."""
 
 
 @dataclass(frozen=True)

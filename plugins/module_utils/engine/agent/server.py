@@ -23,7 +23,7 @@ import socket
 import struct
 
 from .. import boot
-from ..errors import JobConflict, P2PFleetError
+from ..errors import ConfigError, JobConflict, P2PFleetError
 from ..reimage import Reimage
 from ..jobs import JobStore
 from ..metainfo import Manifest
@@ -248,7 +248,7 @@ def _prepare_socket(path: str) -> None:
         except OSError:
             os.unlink(path)  # left by an agent that died
         else:
-            raise agent_config.ConfigError(f"{path}: another agent is already running on this socket")
+            raise ConfigError(f"{path}: another agent is already running on this socket")
         finally:
             probe.close()
 

@@ -10,14 +10,10 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from ..errors import P2PFleetError
+from ..errors import ConfigError
 from ..files import read_yaml
 
 _HEX = set("0123456789abcdef")
-
-
-class ConfigError(P2PFleetError):
-    """The tracker config file is missing, unreadable or invalid."""
 
 
 @dataclass(frozen=True)
