@@ -181,7 +181,7 @@ class Session:
         self._last_update = 0.0
         self._blocked_logged = set()
         self._reporters = []
-        self.blocked_peers = 0
+        self._blocked_peers = 0
         self._thread = threading.Thread(target=self._run, name="p2pfleet-session", daemon=True)
         self._thread.start()
 
@@ -220,6 +220,17 @@ class Session:
     def slot_ledger(self) -> list:
         """What this host knows its slots hold (``delta.LedgerEntry.as_dict`` each)."""
         return [entry.as_dict() for entry in self.ledger.entries()] if self.ledger else []
+
+    def note_slots_in_use(self) -> None:
+        """Mark ``changed`` every slot of the ledger that is in use now (mounted, the running
+        root, swap): a slot booted since its image was verified is never trusted as is."""
+        if self.ledger is not None:
+            self.ledger.note_in_use()
+
+    def blocked_peers(self) -> int:
+        """How many connections from outside the allowed networks were refused so far."""
+        with self._cond:
+            return self._blocked_peers
 
     def stop(self, job_id, timeout: float = 60.0) -> J.JobSnapshot:
         """Stop a job (resume data saved, target released); it stays listed as stopped."""
@@ -444,7 +455,8 @@ class Session:
                 self._resolve(job)
             return
         if isinstance(alert, lt.peer_blocked_alert):
-            self.blocked_peers += 1
+            with self._cond:
+                self._blocked_peers += 1
             address = str(alert.ip[0]) if isinstance(alert.ip, tuple) else str(alert.ip)
             if address not in self._blocked_logged and len(self._blocked_logged) < 1000:
                 self._blocked_logged.add(address)

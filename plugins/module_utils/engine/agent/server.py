@@ -57,9 +57,8 @@ class Agent:
                                                list(config.allowed_networks), config.link_rate), self.store,
                                target_guard=self._refuse_boot_slots)
         self.reimage = Reimage(self.session, lambda: (self.config.slots, self.config.boot))
-        # A slot booted since its image was verified (mounted now) is never trusted as is.
         try:
-            self.session.ledger.note_in_use()
+            self.session.note_slots_in_use()
         except (P2PFleetError, OSError, ValueError) as exc:  # the ledger never keeps the agent from starting
             log.error("slot ledger: %s", exc)
 
@@ -85,7 +84,7 @@ class Agent:
             "upload_limit": cfg.upload_limit, "download_limit": cfg.download_limit,
             "seed_after_fetch": cfg.seed_after_fetch, "stall_timeout": cfg.stall_timeout,
             "local_sources": cfg.local_sources, "check_target": cfg.check_target, "link_rate": cfg.link_rate,
-            "jobs": len(self.session.jobs()), "blocked_peers": self.session.blocked_peers,
+            "jobs": len(self.session.jobs()), "blocked_peers": self.session.blocked_peers(),
             "slots": self.session.slot_ledger(),
             "slot_definitions": [dict(d) for d in cfg.slots], "boot": dict(cfg.boot),
         })
