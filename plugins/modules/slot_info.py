@@ -108,11 +108,12 @@ from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.image impo
 
 
 def _next_boot(found, env):
-    entries = {s.entry: s.name for s in found}
-    for key in ("next_entry", "saved_entry"):
-        if env.get(key) in entries:
-            return entries[env[key]]
-    return found[0].name
+    """The engine's rule (the one-shot, else the default) over the entries that name a slot;
+    the first slot when neither does."""
+    names = {s.entry: s.name for s in found}
+    known = {key: env[key] for key in ("next_entry", "saved_entry") if env.get(key) in names}
+    state = boot.BootState("grub", default=known.get("saved_entry"), pending=known.get("next_entry"))
+    return names.get(state.next_boot(), found[0].name)
 
 
 def main():
