@@ -35,8 +35,9 @@ def reimage_lab(tmp_path_factory):
     from lab import lab as labmod
     from lab_helpers import LabHandle
     name = f"reimage{os.getpid()}"
-    # Small images keep the run short; the rooms and caps make the swarm matter.
-    state = labmod.up(name, terminals=3, rooms=2, rate="200mbit", uplink="200mbit", slot_size="512M")
+    # The smallest slots the release image fits in keep the run short (every fetch, verify and
+    # check-mode snapshot reads whole slots); the rooms and caps make the swarm matter.
+    state = labmod.up(name, terminals=3, rooms=2, rate="200mbit", uplink="200mbit", slot_size="384M")
     try:
         yield LabHandle(state), collections_path(tmp_path_factory.mktemp("collections"))
     finally:
