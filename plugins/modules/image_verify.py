@@ -90,7 +90,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import image, verify
-from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError, VerifyError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import Manifest
 
 
@@ -112,19 +112,19 @@ def main():
             image.refuse_device_in_use(p["target"], os.stat(p["target"]).st_rdev)
         elif not stat.S_ISREG(os.stat(p["target"]).st_mode):
             module.fail_json(msg=f"{p['target']}: not a partition or image file")
-        result = verify.verify_target(manifest, p["target"])
-    except VerifyError as exc:
-        failed = dict(verified=False, msg=str(exc))
-        if p["pieces"]:
-            try:
-                bad = verify.bad_pieces(manifest, p["target"])
-            except P2PFleetError as inner:
-                module.fail_json(msg=f"{exc}; the pieces could not be checked: {inner}", verified=False)
-            failed.update(bad_pieces=len(bad), first_bad_pieces=bad[:20],
-                          msg=f"{exc}; {len(bad)} of {manifest.piece_count} pieces are wrong")
-        module.fail_json(**failed)
+        check = verify.check_target(manifest, p["target"], pieces=p["pieces"])
     except P2PFleetError as exc:
         module.fail_json(msg=str(exc), verified=False)
+    if check.mismatch is not None:
+        exc = check.mismatch
+        if check.pieces_error is not None:
+            module.fail_json(msg=f"{exc}; the pieces could not be checked: {check.pieces_error}", verified=False)
+        failed = dict(verified=False, msg=str(exc))
+        if check.bad is not None:
+            failed.update(bad_pieces=len(check.bad), first_bad_pieces=check.bad[:20],
+                          msg=f"{exc}; {len(check.bad)} of {manifest.piece_count} pieces are wrong")
+        module.fail_json(**failed)
+    result = check.digest
     seconds = time.monotonic() - started
     module.exit_json(changed=False, verified=True, digest=f"{result.algorithm}:{result.value}", bytes=result.size,
                      seconds=round(seconds, 3), mib_per_second=round(result.size / (1 << 20) / max(seconds, 1e-9), 1))

@@ -107,3 +107,17 @@ def test_verifies_a_loop_device_and_finds_its_bad_piece(manifest, loop_factory):
     with pytest.raises(VerifyError):
         verify.verify_target(manifest, dev)
     assert verify.bad_pieces(manifest, dev) == [7]
+
+
+def test_check_target_gives_the_digest_or_the_mismatch_and_the_wrong_pieces(manifest, copy, monkeypatch):
+    assert verify.check_target(manifest, copy).digest.value == manifest.digest
+    flip(copy, 5 * PIECE + 100)
+    found = verify.check_target(manifest, copy)
+    assert found.digest is None and "does not match" in str(found.mismatch) and found.bad == [5]
+    assert verify.check_target(manifest, copy, pieces=False).bad is None
+
+    def unreadable(*_args, **_kwargs):
+        raise ImageError(f"{copy}: went away")
+    monkeypatch.setattr(verify, "bad_pieces", unreadable)
+    found = verify.check_target(manifest, copy)
+    assert found.bad is None and str(found.pieces_error) == f"{copy}: went away" and found.mismatch is not None

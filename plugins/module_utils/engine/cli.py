@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import jobs, metainfo, verify
-from .errors import P2PFleetError, StateError, SwarmError, VerifyError
+from .errors import P2PFleetError, StateError, SwarmError
 from .files import ensure_private_dir
 from .image import claim_target
 from .jobs import JobStore
@@ -261,16 +261,17 @@ def cmd_verify(args) -> int:
     rep = Reporter(as_json=args.json)
     manifest = metainfo.Manifest.load(args.manifest)
     started = time.monotonic()
-    try:
-        digest = verify.verify_target(manifest, args.target, progress=lambda d, t: rep.bytes("verifying", d, t))
-    except VerifyError:
-        rep.end()
-        if args.pieces:
-            bad = verify.bad_pieces(manifest, args.target)
-            _result(args, {"target": args.target, "verified": False, "bad_pieces": len(bad),
-                           "first_bad_pieces": bad[:20]})
-        raise
+    check = verify.check_target(manifest, args.target, pieces=args.pieces,
+                                progress=lambda d, t: rep.bytes("verifying", d, t))
     rep.end()
+    if check.mismatch is not None:
+        if check.pieces_error is not None:
+            raise check.pieces_error
+        if check.bad is not None:
+            _result(args, {"target": args.target, "verified": False, "bad_pieces": len(check.bad),
+                           "first_bad_pieces": check.bad[:20]})
+        raise check.mismatch
+    digest = check.digest
     seconds = time.monotonic() - started
     _result(args, {"target": args.target, "verified": True, "digest": f"{digest.algorithm}:{digest.value}",
                    "seconds": round(seconds, 3),

@@ -9,7 +9,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from .errors import VerifyError
+from .errors import P2PFleetError, VerifyError
 from .image import read_blocks
 from .metainfo import DEFAULT_ALGORITHM, hash_pieces, new_digest
 
@@ -50,6 +50,30 @@ def bad_pieces(manifest, path: str, progress=None, io_path: str = None) -> list:
     expected = manifest.piece_hashes()
     found = hash_pieces(io_path or path, manifest.image_size, manifest.piece_size, progress=progress)
     return [index for index, (want, got) in enumerate(zip(expected, found)) if want != got]
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """What ``check_target`` found: the digest, or the mismatch and which pieces are wrong."""
+    digest: DigestResult = None
+    mismatch: VerifyError = None        # the whole-image digest did not match
+    bad: list = None                    # the wrong pieces, when asked for
+    pieces_error: P2PFleetError = None  # asked for, but the pieces could not be checked
+
+
+def check_target(manifest, path: str, pieces: bool = True, progress=None) -> TargetCheck:
+    """Verify ``path`` against the manifest; on a mismatch and with ``pieces``, also find the
+    wrong pieces. The one check behind the ``image_verify`` module and ``p2pfleet verify``,
+    each of which words the answer its own way. Errors other than the mismatch propagate."""
+    try:
+        return TargetCheck(digest=verify_target(manifest, path, progress=progress))
+    except VerifyError as exc:
+        if not pieces:
+            return TargetCheck(mismatch=exc)
+        try:
+            return TargetCheck(mismatch=exc, bad=bad_pieces(manifest, path))
+        except P2PFleetError as inner:
+            return TargetCheck(mismatch=exc, pieces_error=inner)
 
 
 def spot_check(manifest, fd: int, path: str, samples: int = 8) -> None:
