@@ -15,10 +15,10 @@ import time
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.urls import open_url
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.aggregate_log import one_line
-from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.fleet import FleetWait, WaitFailed
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.fleet import FleetWait, WaitFailed, status_url
+from ansible_collections.p2pfleet.imaging.plugins.plugin_utils._action import ArgSpecAction
 
 display = Display()
 
@@ -64,17 +64,14 @@ def _check(args):
             refuse(name, "must be more than 0 and at most 86400 seconds")
 
 
-class ActionModule(ActionBase):
+class ActionModule(ArgSpecAction):
 
-    TRANSFERS_FILES = False
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        # One line naming the option for a bad one (ArgumentSpecValidator underneath).
-        _validation, args = self.validate_argument_spec(ARGUMENT_SPEC)
+    def run_action(self, args, result, task_vars):
         _check(args)
         base = args["url"].rstrip("/")
-        status_url = f"{base}/status/{args['info_hash'].lower()}.json"
+        url = status_url(base, args["info_hash"])
         interval, report_every = args["interval"], args["report_every"]
         display.display(f"p2pfleet: fleet page {base}/ — following {len(args['terminals'])} terminals")
 
@@ -82,7 +79,7 @@ class ActionModule(ActionBase):
         wait = FleetWait(args["terminals"], args["drop_after"], args["stall_timeout"], args["tracker_grace"],
                          args["timeout"], started, time.time())
         while True:
-            status, error = self._read(status_url)
+            status, error = self._read(url)
             now = time.monotonic()
             events = wait.read(status, now) if error is None else wait.unreachable(error, now, time.time())
             for event in events:

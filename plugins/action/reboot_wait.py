@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from ansible.errors import AnsibleConnectionFailure
-from ansible.plugins.action import ActionBase
+from ansible_collections.p2pfleet.imaging.plugins.plugin_utils._action import ArgSpecAction, one_line
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 ARGUMENT_SPEC = dict(
@@ -22,8 +22,8 @@ ARGUMENT_SPEC = dict(
 )
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(ArgSpecAction):
+    ARGUMENT_SPEC = ARGUMENT_SPEC
 
     def _boot_id(self):
         """The boot id the terminal answers with now, or ``("", why not)``."""
@@ -35,14 +35,12 @@ class ActionModule(ActionBase):
                 self._connection.reset()
             except AnsibleConnectionFailure:
                 pass
-            return "", " ".join(str(exc).split())[:200]
+            return "", one_line(exc, 200)
         if out.get("rc") != 0:
-            return "", " ".join((out.get("stderr") or out.get("stdout") or "").split())[:200]
+            return "", one_line(out.get("stderr") or out.get("stdout"), 200)
         return (out.get("stdout") or "").strip(), ""
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def run_action(self, args, result, task_vars):
         before = args["boot_id"].strip()
         if not before:
             return dict(result, failed=True, msg="boot_id: empty; give the boot id taken before the reboot")

@@ -8,8 +8,8 @@ engine/reimage.py (``outcome``); this file gathers and prints."""
 from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.reimage import outcome
+from ansible_collections.p2pfleet.imaging.plugins.plugin_utils._action import ArgSpecAction, one_line
 
 ARGUMENT_SPEC = dict(
     terminals=dict(type="list", elements="str", required=True),
@@ -43,18 +43,12 @@ def row(host, hv, release, dropped):
             "why": why, "fetched": job.get("downloaded", 0) or 0, "local": job.get("local_bytes", 0) or 0}
 
 
-def one_line(text):
-    return " ".join(str(text or "").split())[:300]
-
-
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(ArgSpecAction):
+    ARGUMENT_SPEC = ARGUMENT_SPEC
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        hostvars = (task_vars or {}).get("hostvars", {})
+    def run_action(self, args, result, task_vars):
+        hostvars = task_vars.get("hostvars", {})
         release = args["release"] or next(
             (hostvars[h].get("p2pfleet_release", {}).get("info_hash", "") for h in args["terminals"]
              if h in hostvars and hostvars[h].get("p2pfleet_release")), "")

@@ -99,7 +99,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.aggregate_log import one_line
-from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.fleet import rows_by_host
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.fleet import fleet_done, status_url
 
 
 def main():
@@ -116,7 +116,7 @@ def main():
     info_hash = p["info_hash"].lower()
     if len(info_hash) != 40 or any(c not in "0123456789abcdef" for c in info_hash):
         module.fail_json(msg=f"info_hash: must be 40 hex digits, got {p['info_hash']!r}")
-    url = f"{p['url'].rstrip('/')}/status/{info_hash}.json"
+    url = status_url(p["url"], info_hash)
     try:
         response = open_url(url, timeout=p["timeout"], validate_certs=True)
         swarm = json.loads(response.read())
@@ -125,13 +125,8 @@ def main():
         if status == 404:
             module.fail_json(msg=f"{url}: the tracker does not know image {info_hash}")
         module.fail_json(msg=f"{url}: cannot read the tracker's status: {one_line(exc)}")
-    # The same row speaks for a terminal here as in fleet_wait.
-    by_host = rows_by_host(swarm)
-    missing = [host for host in p["terminals"] if host not in by_host]
-    wanted = [by_host[host] for host in p["terminals"] if host in by_host] if p["terminals"] else \
-        [row for row in swarm.get("peers", []) if not row.get("origin")]
-    done = bool(wanted) and not missing and all(row.get("left") == 0 and row.get("state") != "failed"
-                                                for row in wanted)
+    # The same row speaks for a terminal, by the same rule, here as in fleet_wait.
+    done, missing = fleet_done(swarm, p["terminals"])
     module.exit_json(changed=False, swarm=swarm, progress=swarm.get("totals", {}).get("progress", 0.0),
                      done=done, missing=missing)
 

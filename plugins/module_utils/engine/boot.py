@@ -84,6 +84,30 @@ def _entry(entry) -> str:
     return entry
 
 
+def _refuse_default(entry):
+    raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
+
+
+class _OneShotVariable:
+    """A backend whose environment holds the one-shot entry in one variable (GRUB, U-Boot):
+    ``_arm(entry)`` sets it, ``_disarm()`` clears it; ``query()`` reads both entries."""
+
+    def try_next(self, entry, dry_run=False) -> bool:
+        entry = _entry(entry)
+        if self.query().pending == entry:
+            return False
+        return _apply([lambda: self._arm(entry)], dry_run)
+
+    def reject(self, entry, dry_run=False) -> bool:
+        entry = _entry(entry)
+        state = self.query()
+        if state.default == entry:
+            _refuse_default(entry)
+        if state.pending == entry:
+            return _apply([self._disarm], dry_run)
+        return False
+
+
 # -- GRUB ------------------------------------------------------------------------------
 def parse_grub_env(text: str) -> dict:
     """The variables of a GRUB environment block (an empty or damaged block has none)."""
@@ -105,7 +129,7 @@ def read_grub_env(path: str) -> dict:
     return parse_grub_env(raw.decode("utf-8", errors="replace"))
 
 
-class GrubBackend:
+class GrubBackend(_OneShotVariable):
     """GRUB with the collection's A/B configuration (see ``docs/boot.md``).
 
     One-shot boots use ``next_entry``, which the configuration clears before it boots;
@@ -172,13 +196,11 @@ class GrubBackend:
             found.append((entries[0], f"GRUB's first slot, as no {os.path.basename(self.default_cfg)} names one"))
         return found
 
-    def try_next(self, entry, dry_run=False) -> bool:
-        entry = _entry(entry)
-        if self.query().pending == entry:
-            return False
-        if not dry_run:
-            self._editenv("set", f"next_entry={entry}")
-        return True
+    def _arm(self, entry) -> None:
+        self._editenv("set", f"next_entry={entry}")
+
+    def _disarm(self) -> None:
+        self._editenv("unset", "next_entry")
 
     def confirm(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
@@ -190,17 +212,8 @@ class GrubBackend:
         if self._env().get("saved_entry") != entry:
             steps.append(lambda: self._editenv("set", f"saved_entry={entry}"))
         if state.pending:
-            steps.append(lambda: self._editenv("unset", "next_entry"))
+            steps.append(self._disarm)
         return _apply(steps, dry_run)
-
-    def reject(self, entry, dry_run=False) -> bool:
-        entry = _entry(entry)
-        state = self.query()
-        if state.default == entry:
-            raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
-        if state.pending == entry:
-            return _apply([lambda: self._editenv("unset", "next_entry")], dry_run)
-        return False
 
 
 # -- UEFI --------------------------------------------------------------------------------
@@ -291,14 +304,14 @@ class EfiBackend:
         number = self._number(info, entry)
         order = [n.upper() for n in info.get("BootOrder", "").split(",") if n]
         if order and order[0] == number:
-            raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
+            _refuse_default(entry)
         if (info.get("BootNext") or "").upper() == number:
             return _apply([lambda: _run([self.cmd, "--delete-bootnext"], "delete BootNext", self.env)], dry_run)
         return False
 
 
 # -- U-Boot ------------------------------------------------------------------------------
-class UBootBackend:
+class UBootBackend(_OneShotVariable):
     """U-Boot's environment through ``fw_printenv``/``fw_setenv`` (``/etc/fw_env.config``).
 
     The collection's boot script (``docs/boot.md``) boots ``p2pfleet_next`` once (clearing
@@ -330,11 +343,11 @@ class UBootBackend:
         default = self.query().default
         return [(default, f"U-Boot {self.DEFAULT}")] if default else []
 
-    def try_next(self, entry, dry_run=False) -> bool:
-        entry = _entry(entry)
-        if self.query().pending == entry:
-            return False
-        return _apply([lambda: self._set(self.NEXT, entry)], dry_run)
+    def _arm(self, entry) -> None:
+        self._set(self.NEXT, entry)
+
+    def _disarm(self) -> None:
+        self._set(self.NEXT)
 
     def confirm(self, entry, dry_run=False) -> bool:
         entry = _entry(entry)
@@ -343,17 +356,8 @@ class UBootBackend:
         if state.default != entry:
             steps.append(lambda: self._set(self.DEFAULT, entry))
         if state.pending:
-            steps.append(lambda: self._set(self.NEXT))
+            steps.append(self._disarm)
         return _apply(steps, dry_run)
-
-    def reject(self, entry, dry_run=False) -> bool:
-        entry = _entry(entry)
-        state = self.query()
-        if state.default == entry:
-            raise BootError(f"entry {entry} is the confirmed default; confirm another slot before rejecting it")
-        if state.pending == entry:
-            return _apply([lambda: self._set(self.NEXT)], dry_run)
-        return False
 
 
 def detect(grubenv: str = DEFAULT_GRUBENV) -> str:

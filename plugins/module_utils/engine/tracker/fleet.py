@@ -4,7 +4,8 @@ and how long the tracker may be away.
 
 ``fleet_wait`` (an action plugin) reads ``/status/<info_hash>.json`` every few seconds and
 hands each answer, or each failure to get one, to a :class:`FleetWait`; ``fleet_status``
-picks rows with :func:`rows_by_host`. No I/O and no clock of its own here: times are passed
+answers with :func:`fleet_done`. Both read a row by :func:`rows_by_host` and
+:func:`holds_image`, from :func:`status_url`. No I/O and no clock of its own here: times are passed
 in, so the rules are tested with a fake clock and the plugin stays glue.
 
 The rules, in one place:
@@ -35,6 +36,27 @@ MAX_NAMED = 8
 
 class WaitFailed(Exception):
     """The fleet wait gives up; the message is one line for the task's ``msg``."""
+
+
+def status_url(base, info_hash):
+    """Where the tracker at ``base`` publishes the status of one image's swarm."""
+    return f"{base.rstrip('/')}/status/{info_hash.lower()}.json"
+
+
+def holds_image(row):
+    """The terminal of ``row`` holds the whole image (a row whose job failed never does)."""
+    return row.get("left") == 0 and row.get("state") != "failed"
+
+
+def fleet_done(status, terminals):
+    """``(done, missing)`` for one read of ``status``: every terminal of ``terminals`` (or,
+    when it is empty, every terminal the tracker knows) holds the image; and the terminals
+    of ``terminals`` the tracker has no row of."""
+    by_host = rows_by_host(status)
+    missing = [host for host in terminals if host not in by_host]
+    wanted = [by_host[host] for host in terminals if host in by_host] if terminals else \
+        [row for row in status.get("peers", []) if not row.get("origin")]
+    return bool(wanted) and not missing and all(holds_image(row) for row in wanted), missing
 
 
 def rows_by_host(status):
@@ -125,7 +147,7 @@ class FleetWait:
             if not term.seen or held != term.held or _where(row) != _where(term.row):
                 term.moved = t
             term.row, term.held, term.seen = row, held, True
-            if row.get("left") == 0 and row.get("state") != "failed" and term.name not in self.done:
+            if holds_image(row) and term.name not in self.done:
                 self.done[term.name] = True
                 if self.dropped.pop(term.name, None) is not None:
                     events.append(f"{term.name} was dropped and holds the image now")
