@@ -16,10 +16,10 @@ import libtorrent as lt
 import pytest
 import yaml
 
-from _agent_client import AgentError
-from agent_helpers import AgentProc
-from conftest import MIB, P2PFLEET, ROOT, needs_loop, run_cli
-from swarm_helpers import file_digest, free_port, start_seeder
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentError
+from helpers.agent import AgentProc
+from helpers import MIB, P2PFLEET, ROOT, needs_loop, run_cli
+from helpers.swarm import file_digest, free_port, start_seeder
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from engine import boot
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot
 from lab import bootdisk
 
 MISSING = bootdisk.missing_tools() if os.geteuid() == 0 else ["root"]

@@ -6,8 +6,8 @@ import os
 import random
 import shutil
 
-from conftest import MIB, needs_loop, run_cli
-from swarm_helpers import file_digest, free_port, start_seeder
+from helpers import MIB, needs_loop, run_cli
+from helpers.swarm import file_digest, free_port, start_seeder
 
 PIECE = 256 * 1024
 
@@ -193,9 +193,9 @@ def test_a_manifest_whose_zero_pieces_disagree_with_its_torrent_is_refused(tmp_p
 def test_a_slot_mounted_since_its_image_was_verified_is_marked_changed_in_the_ledger(
         tmp_path, image_factory, loop_factory, manifest_of):
     import subprocess
-    from engine.delta import Ledger, slot_fingerprint
-    from engine.identity import of_path
-    from engine.metainfo import Manifest
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.delta import Ledger, slot_fingerprint
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.identity import of_path
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import Manifest
     fs = tmp_path / "fs.img"
     with open(fs, "wb") as f:
         f.truncate(16 * MIB)
@@ -223,9 +223,9 @@ def test_a_job_stopped_or_closed_while_it_takes_local_pieces_lets_its_target_go_
         tmp_path, image_factory):
     """The local phase writes into the target from a worker thread: a stop (or the session
     closing) waits for it, releases the target, and a result that comes too late is dropped."""
-    from engine.jobs import JobStore
-    from engine.metainfo import create_manifest
-    from engine.session import Session, SessionSettings
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.jobs import JobStore
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import create_manifest
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.session import Session, SessionSettings
     size = 256 * MIB
     image = image_factory(size, seed=41, name="big.img")
     manifest, _ = create_manifest(image, str(tmp_path))
@@ -257,7 +257,7 @@ def test_a_job_stopped_or_closed_while_it_takes_local_pieces_lets_its_target_go_
 def test_an_agents_delta_fetch_counts_the_pieces_that_came_over_the_network_from_its_first_seeding_snapshot(
         tmp_path, image_factory, loop_factory, manifest_of, procs):
     import signal
-    from agent_helpers import AgentProc
+    from helpers.agent import AgentProc
     size = 16 * MIB
     base = image_factory(size, seed=21, name="release1.img")
     manifest = manifest_of(base)

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, needs_loop
+from helpers import ROOT, needs_loop
 
 
 def loop_backings():

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, needs_lab
+from helpers import ROOT, needs_lab
 from lab import disk
 
 LAB_DIR = "/dev/shm/p2pfleet-bench-labs"

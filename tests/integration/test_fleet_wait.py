@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from module_helpers import collections_path, run_module
-from tracker_helpers import TrackerProcess, announce, wait_until, write_manifest
+from helpers.modules import collections_path, run_module
+from helpers.tracker import TrackerProcess, announce, wait_until, write_manifest
 
 HASH = "44" * 20
 SIZE = 1000

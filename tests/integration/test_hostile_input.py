@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from conftest import MIB, needs_loop, run_cli
-from engine.metainfo import create_manifest
-from swarm_helpers import Proc, file_digest, free_port, ready_seeder
+from helpers import MIB, needs_loop, run_cli
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import create_manifest
+from helpers.swarm import Proc, file_digest, free_port, ready_seeder
 
 IMAGE_SIZE = 4 * MIB
 
@@ -217,7 +217,7 @@ def limited_fetch(manifest_path, target, tmp_path, file_size_limit):
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
-    from conftest import P2PFLEET
+    from helpers import P2PFLEET
     return subprocess.run(P2PFLEET + ["fetch", str(manifest_path), str(target), "--peer", "127.0.0.1:1",
                                       "--state-dir", str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=60, preexec_fn=limit)
@@ -237,7 +237,7 @@ def rewrite_torrent(manifest, tmp_path, name, change_info, change_manifest=None)
     torrent was changed by ``change_info``."""
     import hashlib
 
-    from engine import bencode
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import bencode
     meta = bencode.decode(open(manifest.torrent_path, "rb").read())
     change_info(meta[b"info"])
     torrent = tmp_path / f"{name}.torrent"
@@ -315,9 +315,9 @@ def test_a_loop_device_over_what_the_job_reads_is_not_a_target(manifest, tmp_pat
 def test_the_agent_answers_bad_manifests_and_overlapping_loop_targets_with_one_line(manifest, tmp_path):
     """Through the agent: 400 naming the field or the torrent, 409 for a loop device over the
     image its seed job reads; no traceback in its log, nothing written."""
-    from _agent_client import AgentError
-    from agent_helpers import AgentProc
-    from conftest import LOOP_SKIP_REASON
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentError
+    from helpers.agent import AgentProc
+    from helpers import LOOP_SKIP_REASON
     (tmp_path / "agent").mkdir()
     agent = AgentProc(tmp_path / "agent", free_port()).start()
     devices = []

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, needs_lab
+from helpers import ROOT, needs_lab
 from lab import lab as labmod, net
 from lab.sh import LabError
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from lab import disk, lab as labmod
 
 LAB_CLI = [sys.executable, os.path.join(ROOT, "bin", "p2pfleet-lab")]

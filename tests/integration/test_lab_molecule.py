@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, needs_lab
+from helpers import ROOT, needs_lab
 from lab import lab as labmod
 
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from lab import lab as labmod
-from conftest import SESSION_LAB
+from helpers import SESSION_LAB
 
 MBIT = 1e6
 RATE = 100 * MBIT       # SESSION_LAB["rate"]

@@ -17,10 +17,10 @@ import urllib.request
 
 import pytest
 
-from conftest import LAB_SKIP_REASON, ROOT
+from helpers import LAB_SKIP_REASON, ROOT
 from lab import lab as labmod
-from module_helpers import collections_path
-from playbook_helpers import run_playbook
+from helpers.modules import collections_path
+from helpers.playbook import run_playbook
 
 pytestmark = pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")
 

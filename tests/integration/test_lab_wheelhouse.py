@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from lab import lab as labmod
 
 WHEELS = glob.glob(os.path.join(labmod.WHEELHOUSE, "*.whl"))

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from agent_helpers import AgentProc
-from conftest import MIB, needs_loop
-from module_helpers import collections_path, run_module
-from swarm_helpers import file_digest, free_port
+from helpers.agent import AgentProc
+from helpers import MIB, needs_loop
+from helpers.modules import collections_path, run_module
+from helpers.swarm import file_digest, free_port
 
 
 @pytest.fixture(scope="module")

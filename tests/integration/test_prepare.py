@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from conftest import LAB_SKIP_REASON, ROOT
-from module_helpers import collections_path
-from playbook_helpers import run_playbook
+from helpers import LAB_SKIP_REASON, ROOT
+from helpers.modules import collections_path
+from helpers.playbook import run_playbook
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
 PREPARE = os.path.join(ROOT, "playbooks", "prepare.yml")
@@ -33,7 +33,7 @@ ANSIBLE_UUID_NAMESPACE = uuid.UUID("361E6D51-FAEC-444A-9079-341386DA8E2E")   # t
 @pytest.fixture(scope="module")
 def prepare_lab(tmp_path_factory):
     from lab import lab as labmod
-    from lab_helpers import LabHandle
+    from helpers.lab_handle import LabHandle
     name = f"prepare{os.getpid()}"
     state = labmod.up(name, terminals=1, rooms=1, slot_size="384M")
     try:

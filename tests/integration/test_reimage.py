@@ -20,11 +20,11 @@ import time
 
 import pytest
 
-from check_mode_helpers import assert_unchanged, snapshot
-from conftest import LAB_SKIP_REASON
-from module_helpers import collections_path
-from playbook_helpers import run_playbook
-from reimage_helpers import grubenv, play, record, release_of
+from helpers.check_mode import assert_unchanged, snapshot
+from helpers import LAB_SKIP_REASON
+from helpers.modules import collections_path
+from helpers.playbook import run_playbook
+from helpers.reimage import grubenv, play, record, release_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
 ROLE_TASKS = ("p2pfleet.imaging.engine : ", "p2pfleet.imaging.swarm_client : ")
@@ -33,7 +33,7 @@ ROLE_TASKS = ("p2pfleet.imaging.engine : ", "p2pfleet.imaging.swarm_client : ")
 @pytest.fixture(scope="module")
 def reimage_lab(tmp_path_factory):
     from lab import lab as labmod
-    from lab_helpers import LabHandle
+    from helpers.lab_handle import LabHandle
     name = f"reimage{os.getpid()}"
     # The smallest slots the release image fits in keep the run short (every fetch, verify and
     # check-mode snapshot reads whole slots); the rooms and caps make the swarm matter.

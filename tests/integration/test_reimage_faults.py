@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from conftest import LAB_SKIP_REASON
-from module_helpers import collections_path
-from reimage_helpers import grubenv, play, record, release_of
+from helpers import LAB_SKIP_REASON
+from helpers.modules import collections_path
+from helpers.reimage import grubenv, play, record, release_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
 LABELS = {"A": "system_a", "B": "system_b"}
@@ -26,7 +26,7 @@ LABELS = {"A": "system_a", "B": "system_b"}
 @pytest.fixture(scope="module")
 def faults_lab(tmp_path_factory):
     from lab import lab as labmod
-    from lab_helpers import LabHandle
+    from helpers.lab_handle import LabHandle
     name = f"faults{os.getpid()}"
     # 100 Mbit/s links and 512 MiB slots: distribute takes long enough to cut a terminal midway.
     # (Not 384 MiB: progress comes with the agents' announces, and at 384 MiB the tracker drill's

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import LAB_SKIP_REASON
-from module_helpers import collections_path
-from playbook_helpers import run_playbook
+from helpers import LAB_SKIP_REASON
+from helpers.modules import collections_path
+from helpers.playbook import run_playbook
 
 pytestmark = pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, needs_lab
+from helpers import ROOT, needs_lab
 from lab import lab as labmod
 
 INSTALLED = os.path.expanduser("~/.ansible/collections/ansible_collections/p2pfleet/imaging")

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, needs_lab
+from helpers import ROOT, needs_lab
 
 LAB_DIR = "/dev/shm/p2pfleet-bench-labs"
 ROWS = ("seed", "distribute", "verify", "switch", "summary", "total", "transfer", "overhead")

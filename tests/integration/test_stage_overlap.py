@@ -22,10 +22,10 @@ import time
 
 import pytest
 
-from conftest import LAB_SKIP_REASON
+from helpers import LAB_SKIP_REASON
 from lab.sh import run as lab_run
-from module_helpers import collections_path
-from reimage_helpers import grubenv, play, record, release_of
+from helpers.modules import collections_path
+from helpers.reimage import grubenv, play, record, release_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(LAB_SKIP_REASON is not None, reason=LAB_SKIP_REASON or "")]
 TERMINALS = 6
@@ -37,7 +37,7 @@ TRANSITION = re.compile(r"^(\d+\.\d+) .*: fetch (\S+) \([^)]*\): (\w+) -> (\w+)"
 @pytest.fixture(scope="module")
 def overlap_lab(tmp_path_factory):
     from lab import lab as labmod
-    from lab_helpers import LabHandle
+    from helpers.lab_handle import LabHandle
     name = f"ovl{os.getpid()}"
     state = labmod.up(name, terminals=TERMINALS, rooms=2, rate="200mbit", uplink="200mbit", slot_size="384M")
     try:

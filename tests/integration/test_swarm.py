@@ -5,8 +5,8 @@ import signal
 
 import pytest
 
-from conftest import MIB, needs_loop, run_cli
-from swarm_helpers import Proc, file_digest, free_port, start_seeder, wait_file_changes
+from helpers import MIB, needs_loop, run_cli
+from helpers.swarm import Proc, file_digest, free_port, start_seeder, wait_file_changes
 
 
 @needs_loop

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from lab import lab as labmod
-from module_helpers import collections_path
+from helpers.modules import collections_path
 
 TERMINAL = "t03"
 BIN = os.path.dirname(sys.executable)

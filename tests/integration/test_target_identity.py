@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from _agent_client import AgentError
-from agent_helpers import AgentProc
-from conftest import MIB, needs_loop
-from swarm_helpers import file_digest, free_port, start_seeder
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentError
+from helpers.agent import AgentProc
+from helpers import MIB, needs_loop
+from helpers.swarm import file_digest, free_port, start_seeder
 
 SIZE = 24 * MIB
 
@@ -305,7 +305,7 @@ def test_the_agents_own_files_are_refused_as_targets_and_stay_as_they_were(
 
 def image_factory_fill(tmp_path, seed):
     """A file of random bytes to fill a device that must stay untouched."""
-    from conftest import random_image
+    from helpers import random_image
     path = tmp_path / f"fill{seed}.bin"
     if not path.exists():
         random_image(path, SIZE, seed)

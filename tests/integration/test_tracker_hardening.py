@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tracker_helpers import TrackerProcess, announce, get, wait_until, write_manifest
+from helpers.tracker import TrackerProcess, announce, get, wait_until, write_manifest
 
 HASH = bytes.fromhex("11" * 20)
 OTHER = bytes.fromhex("22" * 20)

@@ -5,7 +5,7 @@ from their own machines; the forger is simply another address inside allowed_net
 """
 import pytest
 
-from tracker_helpers import TrackerProcess, announce, compact_peers, wait_until
+from helpers.tracker import TrackerProcess, announce, compact_peers, wait_until
 
 HASH = bytes.fromhex("33" * 20)
 SIZE = 1000

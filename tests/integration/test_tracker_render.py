@@ -1,9 +1,9 @@
 """The tracker role renders rooms, bridges and site seeders from the inventory, and the
 tracker reads what it rendered: the role's own tasks (tasks/config.yml) and template run by
 ansible-playbook on the controller, no host changed; the result loaded by the engine."""
-from engine.tracker.config import load
-from module_helpers import ROOT, collections_path
-from playbook_helpers import run_playbook
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.config import load
+from helpers.modules import ROOT, collections_path
+from helpers.playbook import run_playbook
 
 INVENTORY = """
 seeders:

@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import P2PFLEET, random_image, run_cli
-from tracker_helpers import LtPeer, TrackerProcess, announce, free_port, get, wait_until
-from engine.bencode import decode
+from helpers import P2PFLEET, random_image, run_cli
+from helpers.tracker import LtPeer, TrackerProcess, announce, free_port, get, wait_until
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.bencode import decode
 
 MIB = 1 << 20
 PIECE = 256 * 1024

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from engine.bencode import decode
-from tracker_helpers import (
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.bencode import decode
+from helpers.tracker import (
     TrackerProcess, announce, compact_peers, free_port, get, wait_until, write_manifest,
 )
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import P2PFLEET, random_image, run_cli
-from tracker_helpers import LtPeer, TrackerProcess, free_port, sha256_of, wait_until
+from helpers import P2PFLEET, random_image, run_cli
+from helpers.tracker import LtPeer, TrackerProcess, free_port, sha256_of, wait_until
 
 MIB = 1 << 20
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,7 +175,7 @@ def test_policy_in_a_real_swarm_bounds_origin_fanout_and_keeps_fixed_relations(l
 
 def test_tracker_restart_mid_swarm_agents_reannounce_and_the_swarm_completes(lab):
     """Our own seed and fetch jobs (bin/p2pfleet), found only through the tracker."""
-    from swarm_helpers import Proc, ready_seeder
+    from helpers.swarm import Proc, ready_seeder
     tracker = lab.start_tracker(interval=2, min_interval=2, hosts={"127.0.0.2": "origin"}, policy={"seeders": ["origin"]})
     announce = f"{tracker.url}/announce?host="
 
@@ -222,7 +222,7 @@ def test_a_tracker_away_for_half_a_minute_hears_from_a_job_again_within_seconds_
     backoff this job was not back within 20 s of the return (after a minute away, the lab's
     agents came back 83 s after it: the tracker drill in test_reimage_faults.py), and the
     fleet wait waited for them, the image long done."""
-    from swarm_helpers import Proc, ready_seeder
+    from helpers.swarm import Proc, ready_seeder
     tracker = lab.start_tracker(interval=2, min_interval=2)
     origin = Proc("seed", lab.manifest, lab.image, "--listen", f"127.0.0.2:{free_port('127.0.0.2')}",
                   "--tracker", f"{tracker.url}/announce?host=origin", log_path=lab.tmp / "origin")
@@ -247,7 +247,7 @@ def test_an_origin_that_leaves_after_1_15_copies_leaves_every_piece_behind(lab):
     can stop at 1.15 copies and the terminals still finish. Measured here, the copies the
     origin had sent when its last block left it once: 1.22-1.25 without stripes (two
     downloaders asked it for the same pieces), 1.06-1.09 with them."""
-    from swarm_helpers import Proc
+    from helpers.swarm import Proc
     manifests = lab.tmp / "small-pieces"
     manifests.mkdir()
     image = random_image(lab.tmp / "big.img", 16 * MIB, seed=7)

@@ -1,8 +1,8 @@
 """The agent's config: every error names its key; unknown keys are refused."""
 import pytest
 
-from engine.agent import config
-from engine.agent.config import ConfigError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.agent import config
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.agent.config import ConfigError
 
 
 def test_defaults_and_a_full_config():

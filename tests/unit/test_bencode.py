@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import bencode
-from engine.bencode import BencodeError, decode, encode
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import bencode
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.bencode import BencodeError, decode, encode
 
 
 @pytest.mark.parametrize("value, raw", [

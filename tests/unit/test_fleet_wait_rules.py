@@ -3,7 +3,7 @@ fake clock for both: who is done, dropped (and why), missing; whole-fleet stalls
 went away; tracker outages under a grace budget; the progress line."""
 import pytest
 
-from engine.tracker.fleet import FleetWait, WaitFailed, clock_time, rows_by_host
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.fleet import FleetWait, WaitFailed, clock_time, rows_by_host
 from test_tracker_state import HASH, SIZE, announce, make
 
 WALL = 5000.0       # make()'s tracker wall clock

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from engine.reimage import (CONFIRMED, CURRENT, FETCH, FETCHING, FINISH_SWITCH, ROLLED_BACK, TRIED, VERIFIED,
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.reimage import (CONFIRMED, CURRENT, FETCH, FETCHING, FINISH_SWITCH, ROLLED_BACK, TRIED, VERIFIED,
                             ReimageError, Situation, check_step, plan)
-from engine.slots import Slot
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.slots import Slot
 
 RELEASE = "a" * 40
 OLDER = "b" * 40
@@ -112,12 +112,12 @@ def test_moves_the_facts_allow():
     (None, "A", ("not reimaged", "no reimage on this terminal yet")),
 ])
 def test_a_terminals_outcome_says_whether_it_runs_the_release_confirmed_and_why_not(rec, booted, expected):
-    from engine.reimage import outcome
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.reimage import outcome
     assert outcome(rec, RELEASE, booted) == expected
 
 
 def test_switched_needs_the_boot_environment_to_fall_back_to_the_slot_too():
-    from engine.reimage import outcome
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.reimage import outcome
     assert outcome(record(CONFIRMED), RELEASE, "B", ["B"])[0] == "switched"
     assert outcome(record(CONFIRMED), RELEASE, "B", ["A"]) == (
         "not switched", "runs r.img on slot B, but a boot falls back to A")
@@ -130,7 +130,7 @@ class Terminal:
     name = "grub"
 
     def __init__(self, monkeypatch, tmp_path, phase, booted="A", default="A", pending=None):
-        import engine.reimage as reimage
+        from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import reimage as reimage
         self.booted, self.default, self.pending, self.calls = booted, default, pending, []
         self.store = reimage.Store(str(tmp_path))
         self.store.write(record(phase))
@@ -159,7 +159,7 @@ class Terminal:
         return changed
 
     def step(self, phase, reason="", stop_serving=None, dry_run=False):
-        from engine.reimage import move
+        from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.reimage import move
         with self.store.locked():
             return move(self.store, lambda: ([], {}), phase, reason, stop_serving=stop_serving, dry_run=dry_run)
 

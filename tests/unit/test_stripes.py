@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from engine import stripes
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import stripes
 from test_tracker_state import HASH, SIZE, announce, make
 
 

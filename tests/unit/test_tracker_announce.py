@@ -4,8 +4,8 @@ from urllib.parse import quote_from_bytes
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.failure_report import MAX_REASON_CHARS, failure_urls, one_line_reason, progress_urls
-from engine.tracker.announce import (
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.failure_report import MAX_REASON_CHARS, failure_urls, one_line_reason, progress_urls
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.announce import (
     MAX_ERROR_CHARS, MAX_QUERY_BYTES, AnnounceError, parse_announce, parse_query, parse_scrape,
 )
 

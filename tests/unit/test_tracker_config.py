@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from engine.tracker.config import ConfigError, load, parse
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.config import ConfigError, load, parse
 
 BASE = {"allowed_networks": ["10.0.0.0/8"]}
 
@@ -142,7 +142,7 @@ def _tracker_load(path):
 
 
 def _agent_load(path):
-    from engine.agent.config import load as agent_load
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.agent.config import load as agent_load
     return agent_load(str(path))
 
 
@@ -185,7 +185,7 @@ def test_a_config_file_is_read_as_bounded_input(tmp_path, loader, make, words):
     path = make(tmp_path)
     with pytest.raises(ConfigError if loader is _tracker_load else Exception) as err:
         loader(path)
-    from engine.errors import P2PFleetError
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
     assert isinstance(err.value, P2PFleetError), repr(err.value)
     message = str(err.value)
     assert words in message and str(path) in message and "\n" not in message, message

@@ -5,10 +5,10 @@ import logging
 
 import pytest
 
-from engine.errors import ManifestError
-from engine.tracker.aggregate_log import MAX_KINDS, AggregatedLog, one_line
-from engine.tracker.connections import DescriptorLimitError, connection_cap
-from engine.tracker.state import manifest_fields, parse_manifest_json
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import ManifestError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.aggregate_log import MAX_KINDS, AggregatedLog, one_line
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.connections import DescriptorLimitError, connection_cap
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.state import manifest_fields, parse_manifest_json
 
 
 class Clock:

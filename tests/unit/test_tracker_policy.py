@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine.tracker import config
-from engine.tracker.policy import View, choose_bridges, linked, select_peers
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker import config
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.policy import View, choose_bridges, linked, select_peers
 
 
 @dataclass(eq=False)

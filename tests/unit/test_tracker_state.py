@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from engine.tracker import config
-from engine.tracker.announce import Announce
-from engine.tracker.hostnames import HostRefused
-from engine.tracker.state import Tracker
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker import config
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.announce import Announce
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.hostnames import HostRefused
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.tracker.state import Tracker
 
 HASH = b"h" * 20
 SIZE = 1000
@@ -329,7 +329,7 @@ def test_bridges_show_in_the_status_and_the_debug_log_says_why(caplog):
 
 
 def test_a_fetch_in_its_local_phase_is_shown_but_handed_to_nobody_until_its_torrent_announces():
-    from engine.failure_report import PEER_ID_PREFIX
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.failure_report import PEER_ID_PREFIX
     tracker, clock = make()
     announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
     # the agent's own report while it reads its disks: no torrent listens yet
@@ -348,7 +348,7 @@ def test_a_local_phase_report_arriving_after_its_torrent_announced_changes_nothi
     """The agent sends its last report just before its torrent starts; on the wire it may
     arrive after the torrent's first announce. It must not take that row's place (and its
     origin slot): the row would flip between the two, and the slot with it."""
-    from engine.failure_report import PEER_ID_PREFIX
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.failure_report import PEER_ID_PREFIX
     tracker, clock = make(bridges=0, origin_fanout=1)
     announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
     announce(tracker, clock, "10.1.0.2", b"-LT2010-xyz", SIZE, "started", host="pc-2")
@@ -365,7 +365,7 @@ def test_a_local_phase_report_arriving_after_its_torrent_announced_changes_nothi
 
 
 def test_without_bridges_a_fetch_in_its_local_phase_gets_no_origin_slot():
-    from engine.failure_report import PEER_ID_PREFIX
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.failure_report import PEER_ID_PREFIX
     tracker, clock = make(bridges=0, origin_fanout=1)
     announce(tracker, clock, "10.0.0.1", b"origin", 0, "started")
     announce(tracker, clock, "10.1.0.2", PEER_ID_PREFIX + b"abc", SIZE, "started")

@@ -3,8 +3,8 @@ terminal runs, its boot environment and its agent's reimage record."""
 import json
 import os
 
-from conftest import ROOT
-from playbook_helpers import run_playbook
+from . import ROOT
+from .playbook import run_playbook
 
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
 

@@ -6,13 +6,13 @@ import resource
 import signal
 import socket
 import subprocess
-import time
 from urllib.parse import quote_from_bytes
 
 import yaml
 
-from conftest import P2PFLEET
-from engine.bencode import decode
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.bencode import decode
+
+from . import P2PFLEET, wait
 
 
 def free_port(host="127.0.0.1", *others):
@@ -32,15 +32,7 @@ def free_port(host="127.0.0.1", *others):
     raise OSError(f"no port free on {host} and {', '.join(others)} after 50 tries")
 
 
-def wait_until(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+wait_until = wait.until  # the tracker tests' name for it
 
 
 class TrackerProcess:

@@ -14,10 +14,10 @@ import subprocess
 
 import pytest
 
-from engine import boot
-from engine.boot import BootError
-from engine.errors import TargetRefused
-from engine.slots import SlotError, resolve_slots
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.boot import BootError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import TargetRefused
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.slots import SlotError, resolve_slots
 from test_boot_backends import ENTRIES, efi, grub, uboot
 from test_target_refusals import _running_root_device
 

@@ -10,12 +10,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 from lab import lab as labmod
 
+from . import wait
+
 BIN = os.path.dirname(sys.executable)
-CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ansible_plugins", "callback")
+CALLBACKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ansible_plugins", "callback")
 
 
 def ansible_env():
@@ -102,11 +103,4 @@ class LabHandle:
 
     def wait_for(self, what, predicate, timeout=120, interval=0.5):
         """Poll ``predicate`` until it returns a true value; fail naming ``what`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(interval)
+        return wait.until(predicate, timeout, what, interval=interval)

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from engine import boot
-from engine.boot import BootError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.boot import BootError
 
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 

@@ -3,12 +3,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import yaml
 
-from _agent_client import AgentClient, AgentError
-from conftest import P2PFLEET
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
+
+from . import P2PFLEET, wait
 
 
 class AgentProc:
@@ -32,17 +32,17 @@ class AgentProc:
         self._log = open(self.log_path, "a")
         self.popen = subprocess.Popen(P2PFLEET + ["agent", "--config", str(self.config_path)],
                                       stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise AssertionError(f"agent exited {self.popen.returncode} at start:\n{self.log()[-3000:]}")
-            try:
-                if self.client.info()["pid"] == self.popen.pid:
-                    return self
-            except AgentError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"agent not answering on {self.socket} within {timeout} s:\n{self.log()[-3000:]}")
+        wait.until(self._answering, timeout, f"agent answering on {self.socket}",
+                   detail=lambda: self.log()[-3000:])
+        return self
+
+    def _answering(self):
+        if self.popen.poll() is not None:
+            raise AssertionError(f"agent exited {self.popen.returncode} at start:\n{self.log()[-3000:]}")
+        try:
+            return self.client.info()["pid"] == self.popen.pid
+        except AgentError:
+            return False
 
     def log(self):
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -62,16 +62,18 @@ class AgentProc:
 
     def wait_job(self, job_id, predicate, timeout, what):
         """Poll the job through the API until ``predicate(job)``; a failed job fails at once."""
-        deadline = time.monotonic() + timeout
-        job = None
-        while time.monotonic() < deadline:
-            job = self.client.job(job_id)
+        last = [None]
+
+        def done():
+            job = last[0] = self.client.job(job_id)
             if job is not None and predicate(job):
                 return job
             if job is not None and job["state"] == "failed":
                 raise AssertionError(f"{what}: job failed: {job['error']}\n{self.log()[-3000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"{what}: not within {timeout} s; last {json.dumps(job)}\n{self.log()[-3000:]}")
+            return None
+
+        return wait.until(done, timeout, what, interval=0.1,
+                          detail=lambda: f"last {json.dumps(last[0])}\n{self.log()[-3000:]}")
 
     def resume_file(self, info_hash):
         return os.path.join(self.state_dir, "jobs", info_hash + ".resume")

@@ -5,10 +5,10 @@ import subprocess
 import libtorrent as lt
 import pytest
 
-from conftest import P2PFLEET, ROOT
-from engine import bencode, metainfo
-from engine.errors import ManifestError
-from engine.metainfo import KIB, MAX_PIECE, MAX_PIECES, MIB, MIN_PIECE, choose_piece_size, parse_size, plan_files
+from helpers import P2PFLEET, ROOT
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import bencode, metainfo
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import ManifestError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import KIB, MAX_PIECE, MAX_PIECES, MIB, MIN_PIECE, choose_piece_size, parse_size, plan_files
 
 GIB, TIB = 1 << 30, 1 << 40
 # libtorrent refuses to load a .torrent above this many bytes by default.

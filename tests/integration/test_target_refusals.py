@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 
-from conftest import MIB, needs_loop, run_cli
-from engine import image
-from engine.errors import TargetRefused
-from engine.metainfo import create_manifest
+from helpers import MIB, needs_loop, run_cli
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import image
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import TargetRefused
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import create_manifest
 
 IMAGE_SIZE = 4 * MIB
 

@@ -1,18 +1,13 @@
 """The modules' agent client waits for an agent that is (re)starting, and only that long."""
 import http.server
 import json
-import os
 import socketserver
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
-from _agent_client import AgentClient, AgentError  # noqa: E402
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
 
 
 class _Agent(http.server.BaseHTTPRequestHandler):

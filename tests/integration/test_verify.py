@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from conftest import MIB
-from engine import metainfo, verify
-from engine.errors import ImageError, VerifyError
-from engine.metainfo import create_manifest
+from helpers import MIB
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import metainfo, verify
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import ImageError, VerifyError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import create_manifest
 
 PIECE = 256 * 1024
 SIZE = 4 * MIB + 777

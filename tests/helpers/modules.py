@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from . import ROOT
 
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 HOST_PYTHON = "/usr/bin/python3"

@@ -30,10 +30,10 @@ import textwrap
 import pytest
 import yaml
 
-from collection_build import (
+from helpers.build import (
     BIN, build_tarball, cache_root, checkout_files, copy_collection, gate_env, gates_home, install_tarball, run_gate,
 )
-from conftest import ROOT
+from helpers import ROOT
 
 ANSIBLE_TEST = os.path.join(BIN, "ansible-test")
 ANSIBLE_LINT = os.path.join(BIN, "ansible-lint")
@@ -51,7 +51,7 @@ SANITY_CORES = {"2.21.5": (3, 12)}
 # cache. This stand-in there does the same job with the interpreter's own pip (ensurepip) and
 # PyPI: it installs the pip it is asked for, and setuptools and wheel only when asked.
 GET_PIP_STAND_IN = textwrap.dedent('''\
-    """Stand-in for ansible-test's get-pip.py (written by tests/unit/test_quality_gates.py)."""
+    """Stand-in for ansible-test's get-pip.py (written by tests/integration/test_quality_gates.py)."""
     import subprocess
     import sys
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 EXAMPLE = os.path.join(ROOT, "docs", "examples", "tracker.yml")
 

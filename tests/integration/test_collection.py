@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from collection_build import GALAXY, build_tarball, install_tarball
-from conftest import ROOT
+from helpers.build import GALAXY, build_tarball, install_tarball
+from helpers import ROOT
 
 ENGINE = os.path.join(ROOT, "plugins", "module_utils", "engine")
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT
+from helpers import ROOT
 
 WITHOUT_RUNTIME = textwrap.dedent('''\
     import sys
@@ -53,5 +53,5 @@ def test_a_missing_package_names_itself_when_used():
 def test_with_the_runtime_the_names_are_the_packages_own():
     import aiohttp.web
     import libtorrent
-    from engine import runtime
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import runtime
     assert runtime.libtorrent is libtorrent and runtime.web is aiohttp.web

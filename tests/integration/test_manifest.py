@@ -8,10 +8,10 @@ import blake3
 import libtorrent as lt
 import pytest
 
-from conftest import MIB
-from engine import bencode, metainfo
-from engine.errors import ManifestError
-from engine.metainfo import Manifest, create_manifest
+from helpers import MIB
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import bencode, metainfo
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import ManifestError
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import Manifest, create_manifest
 
 PIECE = 256 * 1024
 

@@ -3,10 +3,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 
-from conftest import P2PFLEET
-from tracker_helpers import free_port  # noqa: F401  (re-exported for the swarm tests)
+from . import P2PFLEET, wait
+from .tracker import free_port  # noqa: F401  (re-exported for the swarm tests)
 
 
 class Proc:
@@ -40,14 +39,14 @@ class Proc:
         return json.loads(text.splitlines()[-1]) if text else None
 
     def wait_for(self, predicate, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def holds():
             if predicate(self):
-                return
+                return True
             if self.popen.poll() is not None and not predicate(self):
                 raise AssertionError(f"{what}: process exited {self.popen.returncode}:\n{self.stderr()[-2000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"{what}: not within {timeout} s:\n{self.stderr()[-2000:]}")
+            return False
+
+        wait.until(holds, timeout, what, detail=lambda: self.stderr()[-2000:])
 
     def wait_exit(self, timeout, what):
         try:
@@ -99,12 +98,10 @@ def file_digest(path, size):
 
 
 def wait_file_changes(path, since_mtime, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def written():
         try:
-            if os.stat(path).st_mtime_ns > since_mtime:
-                return
+            return os.stat(path).st_mtime_ns > since_mtime
         except FileNotFoundError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: {path} not written within {timeout} s")
+            return False
+
+    wait.until(written, timeout, f"{what}: {path} written")

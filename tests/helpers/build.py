@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from . import ROOT
 
 BIN = os.path.dirname(sys.executable)
 GALAXY = os.path.join(BIN, "ansible-galaxy")

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from conftest import LOOP_SKIP_REASON
-from engine import layout
-from engine.errors import P2PFleetError
+from helpers import LOOP_SKIP_REASON
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import layout
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 
 pytestmark = pytest.mark.skipif(LOOP_SKIP_REASON is not None, reason=LOOP_SKIP_REASON or "")
 MIB = 1 << 20

@@ -3,7 +3,7 @@ execution environment AWX and Automation Controller run it in.
 
 galaxy-importer is what Galaxy and Automation Hub run on an upload. It runs here with the
 flake8 step on and without its ansible-test step, which needs a container engine
-(tests/unit/test_quality_gates.py runs ansible-test sanity on the same tarball); its verdict
+(tests/integration/test_quality_gates.py runs ansible-test sanity on the same tarball); its verdict
 must carry no error and no warning. ansible-builder makes the execution environment's build
 context, and that context's own introspection script, run over the installed collection,
 must list exactly what the controller side needs.
@@ -18,8 +18,8 @@ import tarfile
 import pytest
 import yaml
 
-from collection_build import BIN, build_tarball, checkout_files, copy_collection, gate_env, gates_home, install_tarball, run_gate
-from conftest import ROOT
+from helpers.build import BIN, build_tarball, checkout_files, copy_collection, gate_env, gates_home, install_tarball, run_gate
+from helpers import ROOT
 
 GALAXY_IMPORTER_CONFIG = """\
 [galaxy-importer]
@@ -198,5 +198,5 @@ def test_manifest_declares_what_the_tarball_installs(tarball):
 
 
 def test_the_engine_says_the_collections_version():
-    from engine.version import VERSION
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.version import VERSION
     assert VERSION == galaxy_yml()["version"]
