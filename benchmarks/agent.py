@@ -16,11 +16,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # helpers.collection: the checkout as the collection
+from helpers.collection import importable  # noqa: E402
 
-from _agent_client import AgentClient, AgentError  # noqa: E402
+importable()
+
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError  # noqa: E402
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import metainfo  # noqa: E402
 from bench_files import losetup, make_image  # noqa: E402
-from engine import metainfo  # noqa: E402
 
 P2PFLEET = [sys.executable, os.path.join(ROOT, "bin", "p2pfleet")]
 MIB = 1 << 20

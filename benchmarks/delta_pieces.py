@@ -11,11 +11,16 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins",
-                                "module_utils"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # helpers.collection: the checkout as the collection
+from helpers.collection import importable  # noqa: E402
 
-from engine.image import probe  # noqa: E402
-from engine.metainfo import choose_piece_size, hash_pieces, parse_size, zero_piece_hash  # noqa: E402
+importable()
+
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.image import probe  # noqa: E402
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import (  # noqa: E402
+    choose_piece_size, hash_pieces, parse_size, zero_piece_hash,
+)
 
 
 def main():

@@ -19,13 +19,16 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # helpers.collection: the checkout as the collection
+from helpers.collection import importable  # noqa: E402
+
+importable()
 
 import libtorrent as lt  # noqa: E402
 from bench_files import losetup, make_image  # noqa: E402
 
-from engine import image, metainfo, verify  # noqa: E402
-from engine.session import Session, SessionSettings  # noqa: E402
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import image, metainfo, verify  # noqa: E402
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.session import Session, SessionSettings  # noqa: E402
 
 P2PFLEET = [sys.executable, os.path.join(ROOT, "bin", "p2pfleet"), "--json"]
 MIB = 1 << 20

@@ -51,15 +51,18 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "plugins", "module_utils")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # the lab's package; helpers.collection
 # The lab's disks default to memory: the benchmark measures the network, not this
 # machine's virtual disk (set P2PFLEET_LAB_DIR to put them elsewhere).
 os.environ.setdefault("P2PFLEET_LAB_DIR", "/dev/shm/p2pfleet-bench-labs")
 
-from _agent_client import AgentClient, AgentError  # noqa: E402
+from helpers.collection import importable  # noqa: E402
+
+importable()
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError  # noqa: E402
+from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import metainfo  # noqa: E402
 from bench_files import make_image  # noqa: E402
 from machine import cpu_percent, cpu_ticks, memory_available, process_ticks  # noqa: E402
-from engine import metainfo  # noqa: E402
 from lab import lab as labs  # noqa: E402
 from lab import net as lab_net  # noqa: E402
 from lab.sh import LabError  # noqa: E402

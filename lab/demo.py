@@ -39,8 +39,10 @@ def main():
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the demo needs root: it makes loop-device partitions")
-    sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
-    from engine.metainfo import parse_size
+    sys.path.insert(0, os.path.join(ROOT, "tests"))  # helpers.collection: the checkout as the collection
+    from helpers.collection import importable
+    importable()
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import parse_size
     size = parse_size(args.size)
 
     work = tempfile.mkdtemp(prefix="p2pfleet-demo-", dir="/var/tmp")
