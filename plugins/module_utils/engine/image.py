@@ -549,51 +549,75 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
     ``io_path`` reaches the checked object for as long as the claim is held.
     """
     path = os.path.abspath(path)
+    _refuse_own_files(path, protect, private_dirs)
+    # realpath, not the spelling: "//dev/sdb" or a symlink into /dev is still /dev.
+    require_device = require_device or os.path.realpath(path).startswith("/dev/")
+    st = _stat_target(path)
+    if st is not None and stat.S_ISBLK(st.st_mode):
+        return _claim_device(path, st, needed, private_dirs)
+    _refuse_file_target(path, st, require_device)
+    return _claim_file(path, st, needed, private_dirs)
+
+
+def _refuse_own_files(path: str, protect, private_dirs) -> None:
+    """Refuse a target that is, or would overwrite, a file the job reads or keeps."""
     for own in protect:
         if own and overlaps(path, own):
             what = "is" if os.path.realpath(path) == os.path.realpath(own) else "would overwrite"
             raise TargetRefused(f"{path}: {what} {own}, which this job reads; choose another target")
     for private in private_dirs:
         refuse_inside(path, private)
-    # realpath, not the spelling: "//dev/sdb" or a symlink into /dev is still /dev.
-    require_device = require_device or os.path.realpath(path).startswith("/dev/")
+
+
+def _stat_target(path: str):
+    """``os.stat`` of the target, or None when there is nothing there yet."""
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
-        st = None
+        return None
     except OSError as exc:
         raise TargetRefused(f"{path}: cannot stat: {exc.strerror}") from None
 
-    if st is not None and stat.S_ISBLK(st.st_mode):
-        # In-use checks first: the running root is refused without even being opened.
-        refuse_device_in_use(path, st.st_rdev)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:
-                raise TargetRefused(f"{path}: device is busy (mounted, or seeded or written by another "
-                                    "program)") from None
-            raise TargetRefused(f"{path}: cannot open device: {exc.strerror}") from None
-        holds = []
-        try:
-            opened = os.fstat(fd)
-            if not stat.S_ISBLK(opened.st_mode) or opened.st_rdev != st.st_rdev:
-                raise TargetRefused(f"{path}: changed while it was being checked (now "
-                                    f"{ident.describe(ident.of_fd(path, fd))}); try again")
-            for private in private_dirs:
-                refuse_private_backing(path, st.st_rdev, private)
-            refuse_partition_table(path, st.st_rdev)
-            identity = ident.of_fd(path, fd)
-            refuse_too_small(path, identity["size"], needed)
-            holds = _lock_backing_files(path, st.st_rdev)
-        except BaseException:
-            os.close(fd)
-            for held in holds:
-                os.close(held)
-            raise
-        info = ImageInfo(path, "device", identity["size"], st.st_rdev, st.st_ino, st.st_mtime_ns)
-        return Target(info, fd, holds=holds, identity=identity)
 
+def _claim_device(path: str, st, needed: int, private_dirs) -> Target:
+    """Claim the block device ``st`` describes; the checks run on the descriptor then held."""
+    # In-use checks first: the running root is refused without even being opened.
+    refuse_device_in_use(path, st.st_rdev)
+    fd = _open_device(path)
+    holds = []
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISBLK(opened.st_mode) or opened.st_rdev != st.st_rdev:
+            raise TargetRefused(f"{path}: changed while it was being checked (now "
+                                f"{ident.describe(ident.of_fd(path, fd))}); try again")
+        for private in private_dirs:
+            refuse_private_backing(path, st.st_rdev, private)
+        refuse_partition_table(path, st.st_rdev)
+        identity = ident.of_fd(path, fd)
+        refuse_too_small(path, identity["size"], needed)
+        holds = _lock_backing_files(path, st.st_rdev)
+    except BaseException:
+        os.close(fd)
+        for held in holds:
+            os.close(held)
+        raise
+    info = ImageInfo(path, "device", identity["size"], st.st_rdev, st.st_ino, st.st_mtime_ns)
+    return Target(info, fd, holds=holds, identity=identity)
+
+
+def _open_device(path: str) -> int:
+    """An exclusive descriptor of a device target; the kernel refuses one in use."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise TargetRefused(f"{path}: device is busy (mounted, or seeded or written by another "
+                                "program)") from None
+        raise TargetRefused(f"{path}: cannot open device: {exc.strerror}") from None
+
+
+def _refuse_file_target(path: str, st, require_device: bool) -> None:
+    """The checks on a file target's name, made before it is opened (or created)."""
     if require_device:
         what = "does not exist" if st is None else "is not a block device"
         raise TargetRefused(f"{path}: {what}; a device target must be an existing block device")
@@ -604,7 +628,23 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
         raise TargetRefused(f"{path}: directory {parent} does not exist")
     if st is not None:
         _refuse_loop_backing(path, st)
+
+
+def _claim_file(path: str, st, needed: int, private_dirs) -> Target:
+    """Claim the regular file ``st`` describes, or create it when ``st`` is None."""
     created = st is None
+    fd = _open_file(path, st, created, private_dirs)
+    # Locked so two fetch jobs cannot write the same image file at once.
+    if not _lock(fd, True):
+        os.close(fd)
+        raise TargetRefused(f"{path}: another job is seeding or writing this file")
+    st = _grow_file(path, fd, created, needed)
+    info = ImageInfo(path, "file", st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns)
+    return Target(info, fd, created, identity=ident.of_fd(path, fd))
+
+
+def _open_file(path: str, st, created: bool, private_dirs) -> int:
+    """A read-write descriptor of the file target, checked to be the file ``st`` describes."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if created else 0), 0o600)
     except OSError as exc:
@@ -619,10 +659,11 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
     except BaseException:
         Target(None, fd, created, path).discard()
         raise
-    # Locked so two fetch jobs cannot write the same image file at once.
-    if not _lock(fd, True):
-        os.close(fd)
-        raise TargetRefused(f"{path}: another job is seeding or writing this file")
+    return fd
+
+
+def _grow_file(path: str, fd: int, created: bool, needed: int):
+    """Grow the held file to ``needed`` bytes (never shrink it); its ``os.fstat`` after."""
     try:
         st = os.fstat(fd)
         if st.st_size < needed:
@@ -634,8 +675,7 @@ def claim_target(path: str, needed: int, require_device: bool = False, protect=(
         Target(None, fd, created, path).discard()
         raise TargetRefused(f"{path}: cannot grow the file to the image size of {needed} bytes: "
                             f"{exc.strerror}") from None
-    info = ImageInfo(path, "file", st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns)
-    return Target(info, fd, created, identity=ident.of_fd(path, fd))
+    return st
 
 
 def refuse_inside(path: str, directory: str) -> None:
