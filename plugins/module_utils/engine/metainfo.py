@@ -540,11 +540,8 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
     source = {"path": os.path.abspath(image_path), "fingerprint": fp}
 
     if not force and os.path.exists(manifest_path):
-        try:
-            old = Manifest.load(manifest_path)
-        except ManifestError:
-            old = None
-        if old and old.source == source and old.piece_size == piece and old.files == files:
+        old = _unchanged_manifest(manifest_path, source, piece, files)
+        if old is not None:
             return old, False
     if dry_run:
         return None, True
@@ -553,6 +550,23 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
     after = fingerprint(image_path)
     if after != fp:
         raise ImageError(f"{image_path}: changed while it was being hashed; is it in use?")
+    return _write_manifest(manifest_path, name, files, piece, hashes, digest, info.size, source), True
+
+
+def _unchanged_manifest(manifest_path: str, source: dict, piece: int, files: list):
+    """The manifest at ``manifest_path`` if it describes this very source and layout, else None."""
+    try:
+        old = Manifest.load(manifest_path)
+    except ManifestError:
+        old = None
+    if old and old.source == source and old.piece_size == piece and old.files == files:
+        return old
+    return None
+
+
+def _write_manifest(manifest_path: str, name: str, files: list, piece: int, hashes: list, digest: str,
+                    image_size: int, source: dict) -> Manifest:
+    """Write the torrent and the manifest of an image just hashed; the written manifest."""
     info_section = info_dict(name, files, piece, hashes)
     torrent = {
         "info": info_section,
@@ -562,7 +576,7 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
     manifest = Manifest(
         name=name,
         info_hash=hashlib.sha1(bencode.encode(info_section)).hexdigest(),
-        image_size=info.size,
+        image_size=image_size,
         piece_size=piece,
         piece_count=len(hashes),
         files=files,
@@ -571,10 +585,10 @@ def create_manifest(image_path: str, out_dir: str, name: str = None, piece_size:
         torrent=name + ".torrent",
         source=source,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        zero_pieces=zero_ranges(hashes, info.size, piece),
+        zero_pieces=zero_ranges(hashes, image_size, piece),
         path=os.path.abspath(manifest_path),
     )
     write_atomic(manifest.torrent_path, bencode.encode(torrent), error=ManifestError)
     write_atomic(manifest_path, manifest.to_json().encode("utf-8"), error=ManifestError)
     manifest._torrent_bytes = None
-    return manifest, True
+    return manifest
