@@ -180,6 +180,35 @@ def _topology(raw, hosts) -> Topology:
     for address, name in hosts.items():
         addresses.setdefault(name, []).append(address)
     groups = _mapping(raw, "groups")
+    group_addresses, group_networks = _group_members(groups, addresses)
+    site_addresses, site_networks, group_bridges = _group_seeders(groups, addresses, group_networks,
+                                                                  group_addresses)
+
+    policy = _mapping(raw, "policy")
+    _no_unknown(policy, _POLICY_KEYS, "policy.")
+    seeder_addresses, seeder_networks = _policy_seeders(policy, addresses)
+    fetch_from = _fetch_from(policy, groups)
+    return Topology(
+        group_addresses=group_addresses,
+        group_networks=tuple(group_networks),
+        seeder_addresses=frozenset(seeder_addresses),
+        seeder_networks=tuple(seeder_networks),
+        fetch_from=fetch_from,
+        other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
+        origin_fanout=_int(policy, "origin_fanout", 4, 1, 10000, "policy."),
+        # Bridges only where there are rooms to bridge: with one group the origin's slots go to
+        # any downloader (one room of 16: 106.2 s with none, 120.7 s with two bridges).
+        bridges=_int(policy, "bridges", DEFAULT_BRIDGES if len(groups) > 1 else 0, 0, 1000, "policy."),
+        group_bridges=group_bridges,
+        site_seeder_addresses=frozenset(site_addresses),
+        site_seeder_networks=tuple(site_networks),
+        stripes=_bool(policy, "stripes", True, "policy."),
+    )
+
+
+def _group_members(groups, addresses):
+    """``(address -> group, [(network, group)] most specific first)`` of ``groups``' hosts
+    and networks; a host may be in one group only."""
     group_hosts, group_addresses, group_networks = {}, {}, []
     for group, spec in groups.items():
         where = f"groups.{group}"
@@ -197,6 +226,11 @@ def _topology(raw, hosts) -> Topology:
         for network in _networks(spec.get("networks", []), f"{where}.networks"):
             group_networks.append((network, group))
     group_networks.sort(key=lambda pair: pair[0].prefixlen, reverse=True)
+    return group_addresses, group_networks
+
+
+def _group_seeders(groups, addresses, group_networks, group_addresses):
+    """``(site seeder addresses, site seeder networks, group -> bridges)`` of all groups."""
     site_addresses, site_networks, group_bridges = set(), [], {}
     for group, spec in groups.items():
         if "bridges" in spec:
@@ -204,15 +238,22 @@ def _topology(raw, hosts) -> Topology:
         found = _site_seeders(spec, f"groups.{group}.seeders", addresses, group_networks, group_addresses, group)
         site_addresses.update(found[0])
         site_networks.extend(found[1])
+    return site_addresses, site_networks, group_bridges
 
-    policy = _mapping(raw, "policy")
-    _no_unknown(policy, _POLICY_KEYS, "policy.")
+
+def _policy_seeders(policy, addresses):
+    """``(addresses, networks)`` of the origins ``policy.seeders`` names."""
     seeder_addresses, seeder_networks = set(), []
     for entry in _list(policy, "seeders", "policy."):
         try:
             seeder_networks.append(ipaddress.ip_network(entry, strict=False))
         except (TypeError, ValueError):
             seeder_addresses.update(_bound(addresses, _name(entry, "policy.seeders"), "policy.seeders"))
+    return seeder_addresses, seeder_networks
+
+
+def _fetch_from(policy, groups):
+    """group -> the groups its members may fetch from, as ``policy.fetch_from`` restricts them."""
     fetch_from = {}
     for group, sources in _mapping(policy, "fetch_from", "policy.").items():
         where = f"policy.fetch_from.{group}"
@@ -224,22 +265,7 @@ def _topology(raw, hosts) -> Topology:
             if source not in groups:
                 raise ConfigError(f"{where}: {source!r} is not a group defined under groups")
         fetch_from[group] = frozenset(sources)
-    return Topology(
-        group_addresses=group_addresses,
-        group_networks=tuple(group_networks),
-        seeder_addresses=frozenset(seeder_addresses),
-        seeder_networks=tuple(seeder_networks),
-        fetch_from=fetch_from,
-        other_group_peers=_int(policy, "other_group_peers", 4, 0, 10000, "policy."),
-        origin_fanout=_int(policy, "origin_fanout", 4, 1, 10000, "policy."),
-        # Bridges only where there are rooms to bridge: with one group the origin's slots go to
-        # any downloader (one room of 16: 106.2 s with none, 120.7 s with two bridges).
-        bridges=_int(policy, "bridges", DEFAULT_BRIDGES if len(groups) > 1 else 0, 0, 1000, "policy."),
-        group_bridges=group_bridges,
-        site_seeder_addresses=frozenset(site_addresses),
-        site_seeder_networks=tuple(site_networks),
-        stripes=_bool(policy, "stripes", True, "policy."),
-    )
+    return fetch_from
 
 
 def _site_seeders(spec, where, addresses, group_networks, group_addresses, group):
