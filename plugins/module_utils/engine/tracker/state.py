@@ -164,12 +164,17 @@ class Swarm:
         listening = not req.peer_id.startswith(REPORT_PEER_ID_PREFIX)
         if not listening and self._late_report(ip, req.port, now, config.min_interval):
             return self._response(config, [], req)
+        peer = self._current_peer(peer, key, ip, name, req.port, config.topology, now)
+        self._note_progress(peer, req, listening, now)
+        return self._answer(peer, req, config, rng, now)
+
+    def _current_peer(self, peer, key, ip, name, port, topology, now):
+        """``peer``, or the new row that takes its place when it is new or its port or host changed."""
         host, verified = name
-        topology = config.topology
-        if peer is None or peer.port != req.port or peer.host != host:
+        if peer is None or peer.port != port or peer.host != host:
             previous = peer or self.gone.get(key)
-            self._replace_host(ip, host, req.port, key)
-            peer = Peer(key, ip, req.port, now)
+            self._replace_host(ip, host, port, key)
+            peer = Peer(key, ip, port, now)
             if previous is not None:
                 peer.first_seen, peer.counted = previous.first_seen, previous.counted
             peer.host, peer.verified = host, verified
@@ -179,7 +184,10 @@ class Swarm:
             self._add(peer)
             log.debug("%s: new peer %s group=%s origin=%s", self.name, _label(peer),
                       peer.group, peer.origin)
+        return peer
 
+    def _note_progress(self, peer, req, listening, now):
+        """What the announce says of ``peer``: its transfer, what it has left, a completion."""
         peer.sample(req.uploaded, req.downloaded, now, restarted=req.event == "started")
         peer.listening = listening
         peer.left = req.left
@@ -192,6 +200,9 @@ class Swarm:
                 peer.counted = True
                 self.completed += 1
 
+    def _answer(self, peer, req, config, rng, now):
+        """The response to ``peer``'s announce: the peers the policy picks for it, its stripe."""
+        topology = config.topology
         numwant = config.default_numwant if req.numwant is None else req.numwant
         groups = {group: list(members.values()) for group, members in self.groups.items()}
         if not peer.origin:
