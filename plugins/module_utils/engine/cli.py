@@ -12,12 +12,12 @@ import sys
 import time
 
 from . import jobs, metainfo, verify
-from .errors import P2PFleetError, StateError, SwarmError
+from .errors import P2PFleetError, SessionError, StateError
 from .files import ensure_private_dir
-from .image import claim_target
-from .jobs import JobStore
+from .jobs import claim_fetch_target
 from .net import parse_peer
-from .session import Session, SessionSettings, own_files, torrent_info
+from .records import JobStore
+from .session import Session, SessionSettings
 
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet/state" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/p2pfleet")
 
@@ -137,7 +137,7 @@ def cmd_manifest(args) -> int:
 
 
 def _endpoints(values):
-    return [parse_peer(v, error=SwarmError) for v in values or []]
+    return [parse_peer(v, error=SessionError) for v in values or []]
 
 
 def _settings(args) -> SessionSettings:
@@ -158,7 +158,7 @@ def _follow(session, job_id, rep, until):
         while True:
             snap = session.job(job_id)
             if snap.state == jobs.FAILED:
-                raise SwarmError(snap.error)
+                raise SessionError(snap.error)
             if until(snap):
                 return snap
             if snap.state == jobs.VERIFYING:
@@ -192,7 +192,7 @@ def _seed_until_stopped(session, job_id, rep) -> int:
     except Interrupted as exc:
         rep.message(f"stopped by {exc}; uploaded {_mib(session.job(job_id).uploaded)}")
         return 0
-    raise SwarmError(f"seeding stopped unexpectedly: {session.job(job_id).state}")
+    raise SessionError(f"seeding stopped unexpectedly: {session.job(job_id).state}")
 
 
 def _session_for(target, args):
@@ -206,17 +206,14 @@ def _session_for(target, args):
 
 def cmd_fetch(args) -> int:
     if not args.tracker and not args.peer:
-        raise SwarmError("fetch needs --tracker URL or at least one --peer HOST:PORT")
+        raise SessionError("fetch needs --tracker URL or at least one --peer HOST:PORT")
     rep = Reporter(as_json=args.json, interval=args.progress_interval)
     manifest = metainfo.Manifest.load(args.manifest)
     peers = _endpoints(args.peer)
     ensure_private_dir(args.state_dir, error=StateError)
     started = time.monotonic()
-    # libtorrent's own reading of the torrent, then the target: a dangerous target must be
-    # refused whatever else is wrong, and an impossible torrent never grows a target.
-    torrent_info(manifest)
-    target = claim_target(args.target, manifest.image_size, require_device=args.device,
-                          protect=own_files(manifest), private_dirs=(args.state_dir,))
+    # Claimed before the session starts: a dangerous target is refused whatever else is wrong.
+    target = claim_fetch_target(manifest, args.target, args.state_dir, require_device=args.device)
     with _session_for(target, args) as session:
         snap, _changed = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
                                            seed_after=args.keep_seeding, stall_timeout=args.stall_timeout,
@@ -234,12 +231,12 @@ def cmd_fetch(args) -> int:
                 continue
             break
         if snap.state == jobs.STOPPED:
-            raise SwarmError(f"the fetch of {manifest.name} was stopped before it was verified")
+            raise SessionError(f"the fetch of {manifest.name} was stopped before it was verified")
         if snap.state == jobs.STALLED:
             session.stop(job_id)
             why = f" (tracker: {snap.tracker_error})" if snap.tracker_error else ""
-            raise SwarmError(f"no progress for {args.stall_timeout:g} s with {snap.peers} peers{why}; "
-                             "resume data is saved, run the same command again to continue")
+            raise SessionError(f"no progress for {args.stall_timeout:g} s with {snap.peers} peers{why}; "
+                               "resume data is saved, run the same command again to continue")
         rep.job(snap, force=True)
         rep.end()
         _result(args, {
@@ -295,20 +292,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="hash again even if the source looks unchanged")
     p.set_defaults(func=cmd_manifest)
 
-    def swarm_options(p, listen_default):
-        p.add_argument("--listen", default=listen_default, help=f"HOST:PORT to accept peers on (default {listen_default})")
-        p.add_argument("--tracker", action="append", metavar="URL", help="announce URL (repeatable)")
-        p.add_argument("--peer", action="append", metavar="HOST:PORT", help="connect to this peer (repeatable)")
-        p.add_argument("--upload-limit", type=int, default=0, metavar="BYTES/S", help="0 = unlimited")
-        p.add_argument("--progress-interval", type=float, default=None, metavar="S")
-
     p = sub.add_parser("seed", help="seed an image to the swarm (runs until stopped)")
     p.add_argument("manifest")
     p.add_argument("image", help="image file or block device holding the manifest's image")
     p.add_argument("--super-seed", action="store_true", help="hand each peer distinct pieces (origin seeder)")
-    swarm_options(p, "0.0.0.0:6881")
+    _session_options(p, "0.0.0.0:6881")
     p.set_defaults(func=cmd_seed)
 
+    _add_fetch(sub)
+
+    p = sub.add_parser("verify", help="prove a target holds a manifest's image")
+    p.add_argument("manifest")
+    p.add_argument("target")
+    p.add_argument("--pieces", action="store_true", help="on mismatch, list the wrong pieces")
+    p.set_defaults(func=cmd_verify)
+
+    # subcommands registered by other modules
+    from .agent.cli import register as register_agent
+    from .tracker.cli import register as register_tracker
+    register_agent(sub)
+    register_tracker(sub)
+    return parser
+
+
+def _session_options(p, listen_default) -> None:
+    """The options of a command that runs a session: where it listens, whom it asks."""
+    p.add_argument("--listen", default=listen_default, help=f"HOST:PORT to accept peers on (default {listen_default})")
+    p.add_argument("--tracker", action="append", metavar="URL", help="announce URL (repeatable)")
+    p.add_argument("--peer", action="append", metavar="HOST:PORT", help="connect to this peer (repeatable)")
+    p.add_argument("--upload-limit", type=int, default=0, metavar="BYTES/S", help="0 = unlimited")
+    p.add_argument("--progress-interval", type=float, default=None, metavar="S")
+
+
+def _add_fetch(sub) -> None:
     p = sub.add_parser("fetch", help="download an image straight into a target, verify it")
     p.add_argument("manifest")
     p.add_argument("target", help="block device (partition) or image file to write")
@@ -325,21 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the disk reads faster than --link-rate (default auto)")
     p.add_argument("--link-rate", type=int, default=0, metavar="BYTES/S",
                    help="what the network delivers, for --check-target auto (default 125000000)")
-    swarm_options(p, "0.0.0.0:6882")
+    _session_options(p, "0.0.0.0:6882")
     p.set_defaults(func=cmd_fetch)
-
-    p = sub.add_parser("verify", help="prove a target holds a manifest's image")
-    p.add_argument("manifest")
-    p.add_argument("target")
-    p.add_argument("--pieces", action="store_true", help="on mismatch, list the wrong pieces")
-    p.set_defaults(func=cmd_verify)
-
-    # subcommands registered by other modules
-    from .agent.cli import register as register_agent
-    from .tracker.cli import register as register_tracker
-    register_agent(sub)
-    register_tracker(sub)
-    return parser
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,6 @@ import ctypes.util
 import errno
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import stat
@@ -37,16 +36,12 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .errors import Cancelled, ImageError, ManifestError, StateError, TargetRefused
-from .files import ensure_private_dir, read_capped, write_atomic
-from .identity import difference as identity_difference
-from .image import refuse_device_in_use
-from .metainfo import Manifest, fingerprint, zero_piece_hash
+from .errors import Cancelled, ImageError
+from .metainfo import Manifest, zero_piece_hash
+from .slots import still_clean
 
 log = logging.getLogger("p2pfleet.delta")
 
-LEDGER_FORMAT = 1
-CLEAN, CHANGED = "clean", "changed"
 CHECK_MODES = ("auto", "always", "never")
 DEFAULT_LINK_RATE = 125_000_000  # 1 Gbit/s: what a terminal's link delivers, for the in-place check
 # The auto in-place check measures itself over this much before judging, and gives up on
@@ -59,157 +54,6 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 ZERO_CHUNK = 4 << 20
 # Zeroing is cut into runs of at most this much, with a look at the cancel flag between them.
 ZERO_RUN = 256 << 20
-
-
-# -- the ledger ------------------------------------------------------------------------
-@dataclass
-class LedgerEntry:
-    """What the agent knows a slot holds: the image of ``manifest``, clean or changed since."""
-
-    path: str
-    identity: dict
-    info_hash: str
-    name: str
-    state: str
-    why: str
-    recorded: float
-    fingerprint: dict
-    manifest: Manifest
-
-    @property
-    def clean(self) -> bool:
-        return self.state == CLEAN
-
-    def as_dict(self) -> dict:
-        return {"path": self.path, "name": self.name, "info_hash": self.info_hash, "state": self.state,
-                "why": self.why, "recorded": self.recorded}
-
-
-class Ledger:
-    """``<state_dir>/slots/``: one entry per slot a fetch has written, with its manifest.
-
-    Written when a fetch verifies a slot; marked *changed* the moment a fetch starts
-    writing into it (a crash halfway leaves it changed, never falsely clean).
-    """
-
-    def __init__(self, state_dir: str):
-        self.dir = ensure_private_dir(os.path.join(state_dir, "slots"), error=StateError)
-
-    def _key(self, path: str) -> str:
-        return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
-
-    def _file(self, path: str, suffix: str) -> str:
-        return os.path.join(self.dir, self._key(path) + suffix)
-
-    def record(self, path: str, identity: dict, manifest: Manifest, fingerprint_now: dict) -> None:
-        """``path`` now holds ``manifest``'s image, proved by its digest; ``fingerprint_now``
-        is the slot's ``slot_fingerprint`` read right after the proof."""
-        manifest.copy_to(self.dir, self._key(path), error=StateError)
-        self._write(path, {"path": os.path.abspath(path), "identity": identity, "info_hash": manifest.info_hash,
-                           "name": manifest.name, "state": CLEAN, "why": "verified", "recorded": time.time(),
-                           "fingerprint": fingerprint_now})
-
-    def mark_changed(self, path: str, why: str) -> None:
-        data = self._read(path)
-        if data is not None and data.get("state") != CHANGED:
-            data.update(state=CHANGED, why=why, recorded=time.time())
-            self._write(path, data)
-
-    def forget(self, path: str) -> None:
-        """Remove the entry of ``path`` (best effort: a failure is logged)."""
-        for suffix in (".json", ".manifest.json", ".torrent"):
-            try:
-                os.unlink(self._file(path, suffix))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("%s: cannot remove: %s", self._file(path, suffix), exc.strerror)
-
-    def _write(self, path, data) -> None:
-        write_atomic(self._file(path, ".json"), json.dumps(dict(data, format=LEDGER_FORMAT)).encode(), mode=0o600,
-                     error=StateError)
-
-    def _read(self, path):
-        return self._read_file(self._file(path, ".json"))
-
-    @staticmethod
-    def _read_file(file):
-        if not os.path.exists(file):
-            return None
-        try:
-            data = json.loads(read_capped(file, 1 << 20, "slot ledger entry", error=StateError))
-        except (ValueError, StateError) as exc:
-            log.warning("%s: unreadable slot ledger entry ignored: %s", file, exc)
-            return None
-        if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
-            log.warning("%s: not a slot ledger entry of this version; ignored", file)
-            return None
-        return data
-
-    def entry(self, path: str):
-        """The entry of ``path`` with its manifest, or None (missing, unreadable, or stale)."""
-        data = self._read(path)
-        if data is None:
-            return None
-        try:
-            manifest = Manifest.load(self._file(path, ".manifest.json"))
-            if manifest.info_hash != data["info_hash"]:
-                raise ValueError(f"its manifest is {manifest.info_hash}, not {data['info_hash']}")
-            return LedgerEntry(path=data["path"], identity=data["identity"], info_hash=data["info_hash"],
-                               name=data["name"], state=data["state"], why=str(data.get("why", "")),
-                               recorded=float(data["recorded"]), fingerprint=data.get("fingerprint") or {},
-                               manifest=manifest)
-        except (ManifestError, KeyError, TypeError, ValueError) as exc:
-            log.warning("slot ledger entry of %s ignored: %s", path, exc)
-            return None
-
-    def note_in_use(self) -> None:
-        """Mark ``changed`` every slot in use right now: mounted, the running root, swap.
-        (The agent calls this when it starts: a slot booted read-write is found at once.)"""
-        for entry in self.entries():
-            if not entry.clean:
-                continue
-            try:
-                st = os.stat(entry.path)
-                if stat.S_ISBLK(st.st_mode):
-                    refuse_device_in_use(entry.path, st.st_rdev)
-            except TargetRefused as exc:
-                self.mark_changed(entry.path, str(exc).split(": ", 1)[-1].split(";")[0])
-            except (OSError, ImageError, ValueError) as exc:
-                # Cannot tell: the entry stays as it is (its fingerprint still guards it).
-                log.warning("%s: cannot tell whether the slot is in use: %s", entry.path, exc)
-
-    def entries(self) -> list:
-        found = []
-        for name in sorted(os.listdir(self.dir)):
-            if name.endswith(".json") and not name.endswith(".manifest.json"):
-                data = self._read_file(os.path.join(self.dir, name))
-                # A slot that is gone (an image file removed) is not loaded.
-                if data and isinstance(data.get("path"), str) and os.path.exists(data["path"]):
-                    entry = self.entry(data["path"])
-                    if entry is not None:
-                        found.append(entry)
-        return found
-
-
-def slot_fingerprint(path) -> dict:
-    """The slot's fingerprint (``metainfo.fingerprint``), or ``{}`` when it cannot be read."""
-    try:
-        return fingerprint(path)
-    except (OSError, ImageError):
-        return {}
-
-
-def still_clean(entry: LedgerEntry, identity: dict, io_path: str = None) -> str:
-    """``""`` when ``entry`` can be trusted for its slot as it is now (read at ``io_path``,
-    its claim's held path, when given), else why not."""
-    if not entry.clean:
-        return f"the slot may have changed since ({entry.why})"
-    if identity_difference(entry.identity, identity):
-        return "the slot is another device now"
-    if not entry.fingerprint or entry.fingerprint != slot_fingerprint(io_path or entry.path):
-        return "the slot was written since its image was verified (its fingerprint changed)"
-    return ""
 
 
 # -- looking for pieces locally --------------------------------------------------------
@@ -263,35 +107,12 @@ def find_local(manifest: Manifest, target: str, identity: dict, target_entry=Non
         return min(piece, size - index * piece)
 
     # 1. Kept, by the ledger.
-    trusted = False
-    if target_entry is not None:
-        why_not = still_clean(target_entry, identity, io_path)
-        if not why_not and target_entry.manifest.piece_size != piece:
-            why_not = "its image has another piece size"
-        if why_not:
-            notes.append(f"target's ledger ({target_entry.name}) not used: {why_not}")
-        else:
-            trusted = True
-            old = target_entry.manifest.piece_hashes()
-            for index in range(min(count, len(old))):
-                # The last piece of a shorter old image may be short: equal hashes mean equal length.
-                if old[index] == hashes[index]:
-                    result.have[index] = True
-                    result.kept_bytes += length(index)
-
+    trusted = target_entry is not None and _kept(target_entry, identity, io_path, hashes, piece, length, result,
+                                                 notes)
     fd = _open_target(io_path or target, target)
     try:
         # 2. Zero pieces.
-        zero = {index for index in range(count) if not result.have[index] and hashes[index] == zero_piece_hash(length(index))}
-        step = max(1, ZERO_RUN // piece)
-        for first, end in _runs(sorted(zero)):
-            for start in range(first, end, step):
-                stop = min(end, start + step)
-                tick(result)
-                _zero_out(fd, start * piece, min(stop * piece, size) - start * piece)
-                for index in range(start, stop):
-                    result.have[index] = True
-                    result.zero_bytes += length(index)
+        _zeros(fd, hashes, piece, size, length, result, tick)
 
         # 3. The in-place check, where no clean ledger vouches for the target.
         if check_target == "always" or (check_target == "auto" and not trusted):
@@ -312,6 +133,38 @@ def find_local(manifest: Manifest, target: str, identity: dict, target_entry=Non
         os.close(fd)
     result.notes = tuple(notes)
     return result
+
+
+def _kept(target_entry, identity, io_path, hashes, piece, length, result, notes) -> bool:
+    """Mark the pieces the target's clean ledger entry vouches for; whether it could be trusted."""
+    why_not = still_clean(target_entry, identity, io_path)
+    if not why_not and target_entry.manifest.piece_size != piece:
+        why_not = "its image has another piece size"
+    if why_not:
+        notes.append(f"target's ledger ({target_entry.name}) not used: {why_not}")
+        return False
+    old = target_entry.manifest.piece_hashes()
+    for index in range(min(len(hashes), len(old))):
+        # The last piece of a shorter old image may be short: equal hashes mean equal length.
+        if old[index] == hashes[index]:
+            result.have[index] = True
+            result.kept_bytes += length(index)
+    return True
+
+
+def _zeros(fd, hashes, piece, size, length, result, tick) -> None:
+    """Fill the zero pieces not had yet, in runs of at most ``ZERO_RUN``."""
+    count = len(hashes)
+    zero = {index for index in range(count) if not result.have[index] and hashes[index] == zero_piece_hash(length(index))}
+    step = max(1, ZERO_RUN // piece)
+    for first, end in _runs(sorted(zero)):
+        for start in range(first, end, step):
+            stop = min(end, start + step)
+            tick(result)
+            _zero_out(fd, start * piece, min(stop * piece, size) - start * piece)
+            for index in range(start, stop):
+                result.have[index] = True
+                result.zero_bytes += length(index)
 
 
 def _open_target(io_path, path):

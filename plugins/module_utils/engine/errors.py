@@ -24,8 +24,9 @@ class ManifestError(P2PFleetError):
     """A manifest or torrent is missing, corrupt, or does not describe the image."""
 
 
-class SwarmError(P2PFleetError):
-    """The swarm could not move the image (no peers, stalled, libtorrent reported an error)."""
+class SessionError(P2PFleetError):
+    """The host's session could not move the image (libtorrent refused or reported an error,
+    the session did not answer, a command it could not take)."""
 
 
 class VerifyError(P2PFleetError):

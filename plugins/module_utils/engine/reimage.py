@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 from . import boot as boot_env
-from . import delta, identity
+from . import identity
 from . import slots as slot_defs
 from .errors import P2PFleetError, StateError
 from .files import read_capped, write_atomic
@@ -271,7 +271,7 @@ class Reimage:
             now = identity.of_path(record["device"])
         except OSError as exc:
             return f"{record['device']}: {exc.strerror}"
-        return delta.still_clean(entry, now)
+        return slot_defs.still_clean(entry, now)
 
     def move(self, phase: str, reason: str = "") -> tuple:
         with self.store.locked():

@@ -13,15 +13,25 @@ Which slot is *booted* is a fact of the running system, not of any configuration
 whose partition holds the running root file system. The other one is *inactive*, the only
 one a new image may be written into.
 """
+import hashlib
+import json
+import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 
-from .errors import ImageError, TargetRefused
-from .identity import read_gpt
-from .image import SECTOR, device_size, running_root_devices
+from .errors import ImageError, ManifestError, StateError, TargetRefused
+from .files import ensure_private_dir, read_capped, write_atomic
+from .identity import difference as identity_difference, read_gpt
+from .image import SECTOR, device_size, refuse_device_in_use, running_root_devices
+from .metainfo import Manifest, fingerprint
+
+log = logging.getLogger("p2pfleet.slots")
 LOCATORS = ("partlabel", "partuuid", "device")
 DEFINITION_KEYS = ("name",) + LOCATORS + ("boot_entry",)
+LEDGER_FORMAT = 1
+CLEAN, CHANGED = "clean", "changed"
 
 
 class SlotError(ImageError):
@@ -190,3 +200,154 @@ def _partition_node(disk, start, dev_root):
         if os.path.exists(node):
             return node
     return None
+
+
+# -- the slot ledger: what each slot holds ----------------------------------------------
+@dataclass
+class LedgerEntry:
+    """What the agent knows a slot holds: the image of ``manifest``, clean or changed since."""
+
+    path: str
+    identity: dict
+    info_hash: str
+    name: str
+    state: str
+    why: str
+    recorded: float
+    fingerprint: dict
+    manifest: Manifest
+
+    @property
+    def clean(self) -> bool:
+        return self.state == CLEAN
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "name": self.name, "info_hash": self.info_hash, "state": self.state,
+                "why": self.why, "recorded": self.recorded}
+
+
+class Ledger:
+    """``<state_dir>/slots/``: one entry per slot a fetch has written, with its manifest.
+
+    Written when a fetch verifies a slot; marked *changed* the moment a fetch starts
+    writing into it (a crash halfway leaves it changed, never falsely clean).
+    """
+
+    def __init__(self, state_dir: str):
+        self.dir = ensure_private_dir(os.path.join(state_dir, "slots"), error=StateError)
+
+    def _key(self, path: str) -> str:
+        return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
+
+    def _file(self, path: str, suffix: str) -> str:
+        return os.path.join(self.dir, self._key(path) + suffix)
+
+    def record(self, path: str, identity: dict, manifest: Manifest, fingerprint_now: dict) -> None:
+        """``path`` now holds ``manifest``'s image, proved by its digest; ``fingerprint_now``
+        is the slot's ``slot_fingerprint`` read right after the proof."""
+        manifest.copy_to(self.dir, self._key(path), error=StateError)
+        self._write(path, {"path": os.path.abspath(path), "identity": identity, "info_hash": manifest.info_hash,
+                           "name": manifest.name, "state": CLEAN, "why": "verified", "recorded": time.time(),
+                           "fingerprint": fingerprint_now})
+
+    def mark_changed(self, path: str, why: str) -> None:
+        data = self._read(path)
+        if data is not None and data.get("state") != CHANGED:
+            data.update(state=CHANGED, why=why, recorded=time.time())
+            self._write(path, data)
+
+    def forget(self, path: str) -> None:
+        """Remove the entry of ``path`` (best effort: a failure is logged)."""
+        for suffix in (".json", ".manifest.json", ".torrent"):
+            try:
+                os.unlink(self._file(path, suffix))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("%s: cannot remove: %s", self._file(path, suffix), exc.strerror)
+
+    def _write(self, path, data) -> None:
+        write_atomic(self._file(path, ".json"), json.dumps(dict(data, format=LEDGER_FORMAT)).encode(), mode=0o600,
+                     error=StateError)
+
+    def _read(self, path):
+        return self._read_file(self._file(path, ".json"))
+
+    @staticmethod
+    def _read_file(file):
+        if not os.path.exists(file):
+            return None
+        try:
+            data = json.loads(read_capped(file, 1 << 20, "slot ledger entry", error=StateError))
+        except (ValueError, StateError) as exc:
+            log.warning("%s: unreadable slot ledger entry ignored: %s", file, exc)
+            return None
+        if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
+            log.warning("%s: not a slot ledger entry of this version; ignored", file)
+            return None
+        return data
+
+    def entry(self, path: str):
+        """The entry of ``path`` with its manifest, or None (missing, unreadable, or stale)."""
+        data = self._read(path)
+        if data is None:
+            return None
+        try:
+            manifest = Manifest.load(self._file(path, ".manifest.json"))
+            if manifest.info_hash != data["info_hash"]:
+                raise ValueError(f"its manifest is {manifest.info_hash}, not {data['info_hash']}")
+            return LedgerEntry(path=data["path"], identity=data["identity"], info_hash=data["info_hash"],
+                               name=data["name"], state=data["state"], why=str(data.get("why", "")),
+                               recorded=float(data["recorded"]), fingerprint=data.get("fingerprint") or {},
+                               manifest=manifest)
+        except (ManifestError, KeyError, TypeError, ValueError) as exc:
+            log.warning("slot ledger entry of %s ignored: %s", path, exc)
+            return None
+
+    def note_in_use(self) -> None:
+        """Mark ``changed`` every slot in use right now: mounted, the running root, swap.
+        (The agent calls this when it starts: a slot booted read-write is found at once.)"""
+        for entry in self.entries():
+            if not entry.clean:
+                continue
+            try:
+                st = os.stat(entry.path)
+                if stat.S_ISBLK(st.st_mode):
+                    refuse_device_in_use(entry.path, st.st_rdev)
+            except TargetRefused as exc:
+                self.mark_changed(entry.path, str(exc).split(": ", 1)[-1].split(";")[0])
+            except (OSError, ImageError, ValueError) as exc:
+                # Cannot tell: the entry stays as it is (its fingerprint still guards it).
+                log.warning("%s: cannot tell whether the slot is in use: %s", entry.path, exc)
+
+    def entries(self) -> list:
+        found = []
+        for name in sorted(os.listdir(self.dir)):
+            if name.endswith(".json") and not name.endswith(".manifest.json"):
+                data = self._read_file(os.path.join(self.dir, name))
+                # A slot that is gone (an image file removed) is not loaded.
+                if data and isinstance(data.get("path"), str) and os.path.exists(data["path"]):
+                    entry = self.entry(data["path"])
+                    if entry is not None:
+                        found.append(entry)
+        return found
+
+
+def slot_fingerprint(path) -> dict:
+    """The slot's fingerprint (``metainfo.fingerprint``), or ``{}`` when it cannot be read."""
+    try:
+        return fingerprint(path)
+    except (OSError, ImageError):
+        return {}
+
+
+def still_clean(entry: LedgerEntry, identity: dict, io_path: str = None) -> str:
+    """``""`` when ``entry`` can be trusted for its slot as it is now (read at ``io_path``,
+    its claim's held path, when given), else why not."""
+    if not entry.clean:
+        return f"the slot may have changed since ({entry.why})"
+    if identity_difference(entry.identity, identity):
+        return "the slot is another device now"
+    if not entry.fingerprint or entry.fingerprint != slot_fingerprint(io_path or entry.path):
+        return "the slot was written since its image was verified (its fingerprint changed)"
+    return ""

@@ -25,7 +25,7 @@ import struct
 from .. import boot
 from ..errors import ConfigError, JobConflict, P2PFleetError
 from ..reimage import Reimage
-from ..jobs import JobStore
+from ..records import JobStore
 from ..metainfo import Manifest
 from ..net import parse_announce_urls, parse_peer
 from ..runtime import web
