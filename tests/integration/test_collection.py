@@ -51,8 +51,9 @@ def test_collection_builds_and_engine_imports_under_its_namespace(installed_coll
     # AnsiballZ imports module_utils as ansible_collections.<ns>.<name>.plugins.module_utils.*:
     # the engine's relative imports must work there exactly as they do from bin/p2pfleet.
     code = ("import ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.session as s, "
+            "ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.torrents as t, "
             "ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo as m; "
-            "print(m.choose_piece_size(256 << 30), s.lan_settings(s.SessionSettings('127.0.0.1:0'))['enable_dht'])")
+            "print(m.choose_piece_size(256 << 30), t.lan_settings(s.SessionSettings('127.0.0.1:0'))['enable_dht'])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(installed_collection),
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(installed_collection)})
     assert proc.returncode == 0, proc.stderr

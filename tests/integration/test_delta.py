@@ -193,7 +193,7 @@ def test_a_manifest_whose_zero_pieces_disagree_with_its_torrent_is_refused(tmp_p
 def test_a_slot_mounted_since_its_image_was_verified_is_marked_changed_in_the_ledger(
         tmp_path, image_factory, loop_factory, manifest_of):
     import subprocess
-    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.delta import Ledger, slot_fingerprint
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.slots import Ledger, slot_fingerprint
     from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.identity import of_path
     from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import Manifest
     fs = tmp_path / "fs.img"
@@ -223,7 +223,7 @@ def test_a_job_stopped_or_closed_while_it_takes_local_pieces_lets_its_target_go_
         tmp_path, image_factory):
     """The local phase writes into the target from a worker thread: a stop (or the session
     closing) waits for it, releases the target, and a result that comes too late is dropped."""
-    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.jobs import JobStore
+    from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.records import JobStore
     from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.metainfo import create_manifest
     from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.session import Session, SessionSettings
     size = 256 * MIB
