@@ -109,13 +109,17 @@ class AgentClient:
                 return None
             raise
 
-    def put_fetch(self, manifest, target, **options):
-        """Ensure a fetch of ``manifest`` into ``target``; ``{"changed": bool, "job": {...}}``."""
-        return self._request("PUT", "/jobs", dict(options, action="fetch", manifest=manifest, target=target))
+    def put_fetch(self, manifest, target, dry_run=False, **options):
+        """Ensure a fetch of ``manifest`` into ``target``; ``{"changed": bool, "job": {...}}``.
+        ``dry_run``: the agent says what it would change (``job`` is the job there is, or
+        None) and changes nothing."""
+        return self._request("PUT", "/jobs" + _dry(dry_run), dict(options, action="fetch", manifest=manifest,
+                                                                  target=target))
 
-    def put_seed(self, manifest, image, **options):
-        """Ensure a seed of ``image``; ``{"changed": bool, "job": {...}}``."""
-        return self._request("PUT", "/jobs", dict(options, action="seed", manifest=manifest, image=image))
+    def put_seed(self, manifest, image, dry_run=False, **options):
+        """Ensure a seed of ``image``; ``{"changed": bool, "job": {...}}`` (``dry_run`` as above)."""
+        return self._request("PUT", "/jobs" + _dry(dry_run), dict(options, action="seed", manifest=manifest,
+                                                                  image=image))
 
     def reimage(self):
         """This terminal's reimage: ``{"record": ..., "situation": ...}``."""
@@ -125,8 +129,12 @@ class AgentClient:
         """Move this terminal's reimage one step (the agent decides whether it may)."""
         return self._request("PUT", "/reimage", dict(options, step=step))
 
-    def stop(self, job_id):
-        return self._request("POST", "/jobs/" + job_id + "/stop")
+    def stop(self, job_id, dry_run=False):
+        return self._request("POST", "/jobs/" + job_id + "/stop" + _dry(dry_run))
 
-    def remove(self, job_id):
-        return self._request("DELETE", "/jobs/" + job_id)
+    def remove(self, job_id, dry_run=False):
+        return self._request("DELETE", "/jobs/" + job_id + _dry(dry_run))
+
+
+def _dry(dry_run) -> str:
+    return "?dry_run=1" if dry_run else ""

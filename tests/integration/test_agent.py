@@ -169,6 +169,42 @@ def test_putting_a_job_is_idempotent_and_clashing_jobs_are_refused(
     assert agent.client.remove(first["job"]["id"])["changed"] is False
 
 
+@needs_loop
+def test_a_dry_run_says_what_a_call_would_change_and_changes_nothing(
+        tmp_path, image_factory, loop_factory, manifest_of, procs, agents):
+    # The swarm_job module's check mode: the agent decides, the module passes it on.
+    size = 16 * MIB
+    image, other = image_factory(size, seed=6, name="one.img"), image_factory(size, seed=7, name="two.img")
+    manifest, other_manifest = manifest_of(image), manifest_of(other)
+    origin = seeder_endpoint(procs, tmp_path, manifest, image, "--upload-limit", str(2 * MIB))
+    agent = new_agent(agents, tmp_path)
+    target, spare = loop_factory(size), loop_factory(size)
+    target_digest = file_digest(target, size)
+
+    would = agent.client.put_fetch(manifest, target, peers=[origin], dry_run=True)
+    assert would == {"changed": True, "job": None}
+    assert agent.client.jobs() == [] and file_digest(target, size) == target_digest
+    assert agent.client.put_seed(other_manifest, other, dry_run=True) == {"changed": True, "job": None}
+    assert agent.client.jobs() == []
+
+    job_id = agent.client.put_fetch(manifest, target, peers=[origin])["job"]["id"]
+    again = agent.client.put_fetch(manifest, target, peers=[origin], dry_run=True)
+    assert again["changed"] is False and again["job"]["id"] == job_id
+    with pytest.raises(AgentError) as err:  # refused in a dry run as in a real one
+        agent.client.put_fetch(other_manifest, target, dry_run=True)
+    assert err.value.status == 409 and "never share a target" in str(err.value)
+
+    assert agent.client.stop(job_id, dry_run=True)["changed"] is True
+    assert agent.client.remove(job_id, dry_run=True) == {"changed": True}
+    assert agent.client.job(job_id)["state"] not in ("stopped", "failed")
+    stopped = agent.client.stop(job_id)
+    assert stopped["changed"] is True and stopped["job"]["state"] == "stopped"
+    assert agent.client.stop(job_id, dry_run=True)["changed"] is False
+    restarted = agent.client.put_fetch(manifest, target, peers=[origin], dry_run=True)
+    assert restarted["changed"] is True and restarted["job"]["state"] == "stopped"
+    assert agent.client.job(job_id)["state"] == "stopped"
+
+
 def test_a_peer_outside_the_allowed_networks_gets_no_byte(tmp_path, image_factory, manifest_of, procs, agents):
     size = 8 * MIB
     image = image_factory(size, seed=9)

@@ -56,11 +56,13 @@ class HostJobs:
                 raise JobConflict(f"{path}: overlaps {job.path}, the {what} by the {job.action} job of "
                                   f"{job.manifest.name}; one host's jobs never share a target")
 
-    def put_seed(self, manifest, path, trackers, peers, super_seeding):
+    def put_seed(self, manifest, path, trackers, peers, super_seeding, dry_run=False):
         job = self._existing(manifest, "seed", path)
         if job is not None and job.state in J.RUNNING:
             return job.snapshot(time.monotonic()), False
         self._refuse_overlap(manifest, path, "seed")
+        if dry_run:
+            return _snapshot(job), True
         if self.store is not None:
             manifest = self.store.keep_manifest(manifest)
         job = J.SeedJob(manifest, path, trackers, peers, super_seeding)
@@ -70,7 +72,7 @@ class HostJobs:
         return job.snapshot(time.monotonic()), True
 
     def put_fetch(self, manifest, target, trackers, peers, seed_after, stall_timeout, require_device,
-                  local_sources=True, check_target="auto"):
+                  local_sources=True, check_target="auto", dry_run=False):
         if self.store is None:
             raise StateError("a fetch needs a state directory for its resume data")
         claimed = target if isinstance(target, Target) else None
@@ -83,6 +85,10 @@ class HostJobs:
                 return job.snapshot(time.monotonic()), False
             self._refuse_overlap(manifest, path, "fetch")
             torrent_info(manifest)  # before the claim: an impossible torrent never grows a target
+            if dry_run:
+                if claimed:
+                    claimed.release()
+                return _snapshot(job), True
             protect = own_files(manifest)
             manifest = self.store.keep_manifest(manifest)
             job = J.FetchJob(manifest, path, trackers, peers, seed_after, stall_timeout, require_device,
@@ -202,3 +208,7 @@ class HostJobs:
             job.handle = None
             job.set_state(J.FAILED, f"cannot resume: {exc}")
         self.port.record(job)
+
+
+def _snapshot(job):
+    return job.snapshot(time.monotonic()) if job is not None else None

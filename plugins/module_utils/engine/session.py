@@ -98,21 +98,25 @@ class Session:
         return self._lt.listen_port()
 
     # -- the public, thread-safe face ------------------------------------------------
-    def put_seed(self, manifest, image_path, trackers=(), peers=(), super_seeding=False):
-        """Seed an image; ``(snapshot, changed)``. The same seed again changes nothing."""
-        return self._call(self._host.put_seed, manifest, os.path.abspath(image_path), trackers, peers, super_seeding)
+    def put_seed(self, manifest, image_path, trackers=(), peers=(), super_seeding=False, dry_run=False):
+        """Seed an image; ``(snapshot, changed)``. The same seed again changes nothing.
+        ``dry_run``: only say whether it would change anything (the snapshot is the job
+        there is, or None); a put that would be refused is refused all the same."""
+        return self._call(self._host.put_seed, manifest, os.path.abspath(image_path), trackers, peers, super_seeding,
+                          dry_run)
 
     def put_fetch(self, manifest, target, trackers=(), peers=(), seed_after=False, stall_timeout=300.0,
-                  require_device=False, local_sources=True, check_target="auto"):
+                  require_device=False, local_sources=True, check_target="auto", dry_run=False):
         """Fetch an image into ``target`` (a path, or a ``Target`` already claimed, whose
         claim then belongs to the job); ``(snapshot, changed)``. The same fetch again
         returns the existing job unchanged. ``local_sources``: take the pieces this host
         already holds from its own disks first (its local pieces); ``check_target``: when to
-        read the target for pieces already there (``auto``, ``always``, ``never``; see ``delta``)."""
+        read the target for pieces already there (``auto``, ``always``, ``never``; see
+        ``delta``); ``dry_run``: as for ``put_seed`` (the target is not claimed)."""
         if check_target not in delta.CHECK_MODES:
             raise SessionError(f"check_target must be one of {', '.join(delta.CHECK_MODES)}, got {check_target!r}")
         return self._call(self._host.put_fetch, manifest, target, trackers, peers, seed_after, stall_timeout,
-                          require_device, bool(local_sources), check_target)
+                          require_device, bool(local_sources), check_target, dry_run)
 
     def slot_ledger(self) -> list:
         """What this host knows its slots hold (``slots.LedgerEntry.as_dict`` each)."""

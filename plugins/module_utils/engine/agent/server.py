@@ -100,6 +100,8 @@ class Agent:
         return _json({"job": snap.as_dict()})
 
     async def put_job(self, request):
+        """Put a job; the agent alone decides whether that changes anything (``changed``)."""
+        dry_run = _dry_run(request)
         body = await _body(request)
         unknown = sorted(set(body) - _PUT_KEYS)
         if unknown:
@@ -114,17 +116,18 @@ class Agent:
             options = self._fetch_options(body)
             snap, changed = await self._blocking(
                 lambda: self.session.put_fetch(manifest, _path(body, "target"), trackers, peers,
-                                               require_device=_bool(body, "require_device", False), **options))
+                                               require_device=_bool(body, "require_device", False),
+                                               dry_run=dry_run, **options))
         elif action == "seed":
             fetch_only = ("target", "seed_after", "stall_timeout", "require_device", "local_sources", "check_target")
             if any(key in body for key in fetch_only):
                 raise BadRequest(f"{', '.join(fetch_only)}: only for action fetch")
             snap, changed = await self._blocking(
                 lambda: self.session.put_seed(manifest, _path(body, "image"), trackers, peers,
-                                              _bool(body, "super_seeding", False)))
+                                              _bool(body, "super_seeding", False), dry_run=dry_run))
         else:
             raise BadRequest(f"action: must be fetch or seed, got {action!r}")
-        return _json({"changed": changed, "job": snap.as_dict()})
+        return _json({"changed": changed, "job": snap.as_dict() if snap is not None else None})
 
     def _fetch_options(self, body) -> dict:
         """A fetch's options from a request, the config's defaults for those not given."""
@@ -172,6 +175,8 @@ class Agent:
         before = self.session.job(job_id)
         if before is None:
             return _error(404, f"no job {job_id} on this host")
+        if _dry_run(request):
+            return _json({"changed": not before.final, "job": before.as_dict()})
         snap = await self._blocking(self.session.stop, job_id)
         if snap is None:
             return _error(404, f"job {job_id} was removed meanwhile")
@@ -181,6 +186,8 @@ class Agent:
         job_id = _job_id(request)
         if self.session.job(job_id) is None:
             return _json({"changed": False})
+        if _dry_run(request):
+            return _json({"changed": True})
         await self._blocking(self.session.forget, job_id)
         return _json({"changed": True})
 
@@ -312,6 +319,14 @@ async def _body(request) -> dict:
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
+
+
+def _dry_run(request) -> bool:
+    """``?dry_run=1``: answer what the call would change, and change nothing (check mode)."""
+    value = request.query.get("dry_run", "0")
+    if value not in ("0", "1"):
+        raise BadRequest(f"dry_run: must be 0 or 1, got {value[:20]!r}")
+    return value == "1"
 
 
 def _job_id(request) -> str:
