@@ -32,3 +32,17 @@ def read_manifest_header(path):
     except P2PFleetError as exc:
         raise ValueError(str(exc)) from None
     return {"name": manifest.name, "info_hash": manifest.info_hash, "image_size": manifest.image_size}
+
+
+def renamed(spec, old):
+    """An option's ``spec`` that still takes its old name ``old``, for one release: give the
+    module's ``{old: new}`` to :func:`deprecate_renamed` so that using it warns."""
+    return dict(spec, aliases=[old])
+
+
+def deprecate_renamed(module, renames):
+    """Ansible's deprecation warning, naming the new option, for each old name (``{old: new}``)
+    the task used. Ansible's own ``deprecated_aliases`` says only "see the module docs"."""
+    for old, new in renames.items():
+        if old in module.params:
+            module.deprecate(f"option '{old}' is now called '{new}'", version="0.3.0", collection_name="p2pfleet.imaging")

@@ -86,9 +86,13 @@ options:
   seed_after:
     description: Keep seeding the slot after it is verified; the agent's C(seed_after_fetch) when not set.
     type: bool
-  local_sources:
-    description: Take the pieces the terminal already holds from its own disks first; the agent's default when not set.
+  local_pieces:
+    description:
+      - Take the pieces the terminal already holds from its own disks first; the agent's default when not set.
+      - Its old name O(local_sources) is deprecated and goes in release 0.3.0.
     type: bool
+    aliases: [local_sources]
+    version_added: 0.2.0
   stall_timeout:
     description: Seconds without progress before the fetch counts as stalled; the agent's default when not set.
     type: float
@@ -215,11 +219,13 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
-from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS, SLOTS_ARG, slot_definitions
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import (
+    AGENT_ARGS, SLOTS_ARG, deprecate_renamed, renamed, slot_definitions)
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot, reimage
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 
-FETCH_OPTIONS = ("seed_after", "local_sources", "stall_timeout")
+# The fetch's options, by the module's name and the agent's.
+FETCH_OPTIONS = {"seed_after": "seed_after", "local_pieces": "local_sources", "stall_timeout": "stall_timeout"}
 # Steps that need only the record and the slots: on a system with no agent, taken here.
 LOCAL_STEPS = ("read", "tried", "confirmed", "rolled_back")
 
@@ -266,7 +272,7 @@ def main():
             trackers=dict(type="list", elements="str", default=[]),
             peers=dict(type="list", elements="str", default=[]),
             seed_after=dict(type="bool"),
-            local_sources=dict(type="bool"),
+            local_pieces=renamed(dict(type="bool"), "local_sources"),
             stall_timeout=dict(type="float"),
             slots=SLOTS_ARG,
             boot=dict(type="dict", default={}, options=dict(
@@ -279,9 +285,10 @@ def main():
         required_if=[("step", "distribute", ["manifest"])],
         supports_check_mode=True,
     )
+    deprecate_renamed(module, {"local_sources": "local_pieces"})
     p = module.params
     client = AgentClient(p["socket"])
-    fetch = {key: p[key] for key in FETCH_OPTIONS if p[key] is not None}
+    fetch = {agent_key: p[key] for key, agent_key in FETCH_OPTIONS.items() if p[key] is not None}
     try:
         boot_id = boot.boot_id()
     except P2PFleetError as exc:

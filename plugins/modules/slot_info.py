@@ -15,7 +15,7 @@ description:
     one is inactive, and reads what the boot environment will boot next.
   - Refuses definitions that do not match the disk, naming the slot; a label that resolves to nothing, a label
     or UUID found on two partitions (naming both devices), two slots on one partition, a slot that is not a block
-    device; and, with O(target), a target slot that is the running root or smaller than O(image_size).
+    device; and, with O(slot), a slot to be written that is the running root or smaller than O(image_size).
   - Partition labels are found through C(/dev/disk/by-partlabel) and by reading the GPT of every disk (the
     link names only one of two partitions with the same label, and there is none where udev does not run).
 author: p2pfleet maintainers (!UNKNOWN)
@@ -37,11 +37,15 @@ options:
         description: Path of the GRUB environment block on the host.
         type: path
         default: /boot/grub/grubenv
-  target:
-    description: The slot about to be written. The module fails if it is the booted slot.
+  slot:
+    description:
+      - The name of the slot about to be written. The module fails if it is the booted slot.
+      - Its old name O(target) is deprecated and goes in release 0.3.0.
     type: str
+    aliases: [target]
+    version_added: 0.2.0
   image_size:
-    description: With O(target), bytes of the image to be written; the module fails if the slot is smaller.
+    description: With O(slot), bytes of the image to be written; the module fails if the slot is smaller.
     type: int
 seealso:
   - module: p2pfleet.imaging.swarm_job
@@ -101,7 +105,8 @@ next_boot:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import SLOTS_ARG, slot_definitions
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import (
+    SLOTS_ARG, deprecate_renamed, renamed, slot_definitions)
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boot, slots as engine_slots
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.image import refuse_too_small
@@ -123,11 +128,12 @@ def main():
             boot=dict(type="dict", options=dict(
                 backend=dict(type="str", choices=["grub"], default="grub"),
                 grubenv=dict(type="path", default="/boot/grub/grubenv"))),
-            target=dict(type="str"),
+            slot=renamed(dict(type="str"), "target"),
             image_size=dict(type="int"),
         ),
         supports_check_mode=True,
     )
+    deprecate_renamed(module, {"target": "slot"})
     p = module.params
     definitions = slot_definitions(p["slots"])
     try:
@@ -135,13 +141,13 @@ def main():
         booted, inactive = engine_slots.booted_and_inactive(found)
         result = dict(changed=False, slots=[s.as_dict() for s in found],
                       booted=booted.as_dict() if booted else None, inactive=inactive.as_dict() if inactive else None)
-        if p["target"] is not None:
-            target = [s for s in found if s.name == p["target"]]
-            if not target:
-                module.fail_json(msg=f"target: no slot is named {p['target']!r}", **result)
-            engine_slots.refuse_booted(target[0])
+        if p["slot"] is not None:
+            slot = [s for s in found if s.name == p["slot"]]
+            if not slot:
+                module.fail_json(msg=f"slot: no slot is named {p['slot']!r}", **result)
+            engine_slots.refuse_booted(slot[0])
             if p["image_size"] is not None:
-                refuse_too_small(target[0].device, target[0].size, p["image_size"])
+                refuse_too_small(slot[0].device, slot[0].size, p["image_size"])
         if p["boot"]:
             env = boot.read_grub_env(p["boot"]["grubenv"])
             result.update(boot_env=env, next_boot=_next_boot(found, env))

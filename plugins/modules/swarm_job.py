@@ -78,12 +78,15 @@ options:
     description: For V(fetch), refuse unless O(target) is a block device.
     type: bool
     default: true
-  local_sources:
+  local_pieces:
     description:
       - For V(fetch), take every piece the host already holds from its own disks before joining the swarm
         (the target's unchanged pieces, zero pieces, pieces of the other slot); only the rest crosses the network.
       - Every piece taken locally is checked against the manifest first. Defaults to the agent's config.
+      - Its old name O(local_sources) is deprecated and goes in release 0.3.0.
     type: bool
+    aliases: [local_sources]
+    version_added: 0.2.0
   check_target:
     description:
       - For V(fetch), when to read the target for pieces already there. V(auto) does where no slot ledger
@@ -118,7 +121,7 @@ EXAMPLES = r'''
   p2pfleet.imaging.swarm_job:
     manifest: /var/lib/p2pfleet/manifests/release-2.img.manifest.json
     target: "{{ slots.inactive.device }}"
-    local_sources: false
+    local_pieces: false
   become: true
 
 - name: Seed release 2 from the server
@@ -201,7 +204,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client import AgentClient, AgentError
-from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import AGENT_ARGS, read_manifest_header
+from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import (
+    AGENT_ARGS, deprecate_renamed, read_manifest_header, renamed)
 
 RUNNING = ("claimed", "local", "checking", "downloading", "stalled", "flushing", "verifying", "repairing", "seeding")
 
@@ -215,9 +219,11 @@ def _put(client, p):
     options = dict(trackers=p["trackers"], peers=p["peers"])
     if p["action"] == "fetch":
         options["require_device"] = p["require_device"]
-        for key in ("seed_after", "stall_timeout", "local_sources", "check_target"):
+        for key in ("seed_after", "stall_timeout", "check_target"):
             if p[key] is not None:
                 options[key] = p[key]
+        if p["local_pieces"] is not None:
+            options["local_sources"] = p["local_pieces"]  # the agent's name for it
         return client.put_fetch(p["manifest"], p["target"], **options)
     return client.put_seed(p["manifest"], p["image"], super_seeding=p["super_seeding"], **options)
 
@@ -247,7 +253,7 @@ def main():
             seed_after=dict(type="bool"),
             stall_timeout=dict(type="float"),
             require_device=dict(type="bool", default=True),
-            local_sources=dict(type="bool"),
+            local_pieces=renamed(dict(type="bool"), "local_sources"),
             check_target=dict(type="str", choices=["auto", "always", "never"]),
             super_seeding=dict(type="bool", default=False),
             wait=dict(type="bool", default=False),
@@ -257,6 +263,7 @@ def main():
         required_if=[("action", "fetch", ["target"]), ("action", "seed", ["image"])],
         supports_check_mode=True,
     )
+    deprecate_renamed(module, {"local_sources": "local_pieces"})
     p = module.params
     client = AgentClient(p["socket"])
     try:
