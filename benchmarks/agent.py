@@ -149,7 +149,7 @@ def main():
             t_cli.append(time.monotonic() - t)
             t = time.monotonic()
             # Every byte over the wire: the target already holds the image from the round before.
-            job = client2.put_fetch(manifests[1], targets[2], peers=[sources[0]], local_sources=False)["job"]["id"]
+            job = client2.put_fetch(manifests[1], targets[2], peers=[sources[0]], local_pieces=False)["job"]["id"]
             wait_verified(client2, [job])
             t_agent.append(time.monotonic() - t)
             client2.remove(job)  # forgets the resume data: the next round starts from zero

@@ -5,7 +5,7 @@ default forks (5) and with forks = N, side by side.
 For each terminal count N it brings up a virtual lab of its own (docs/lab.md: real hosts,
 real agents, real reboots; every host link capped), converges the roles untimed (seed.yml),
 then runs reimage.yml twice, each time with a release image it has just built with the lab's
-own image builder and ``-e p2pfleet_local_sources=false`` (every byte of the image crosses
+own image builder and ``-e p2pfleet_local_pieces=false`` (every byte of the image crosses
 the network into every terminal):
 
 1. with ``ANSIBLE_FORKS=5`` (Ansible's default),
@@ -149,7 +149,7 @@ class Bench:
                    ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False")
         cmd = [ANSIBLE_PLAYBOOK, "-i", state["inventory"], os.path.join(ROOT, "playbooks", playbook),
                "-e", f"p2pfleet_image=/srv/images/{image}", "-e", "p2pfleet_progress_every=5",
-               "-e", "p2pfleet_local_sources=false"]
+               "-e", "p2pfleet_local_pieces=false"]
         run = run or Run(forks)
         cpu_before = children_cpu()
         in_fetch = in_wait = False

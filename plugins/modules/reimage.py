@@ -225,7 +225,7 @@ from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine import boo
 from ansible_collections.p2pfleet.imaging.plugins.module_utils.engine.errors import P2PFleetError
 
 # The fetch's options, by the module's name and the agent's.
-FETCH_OPTIONS = {"seed_after": "seed_after", "local_pieces": "local_sources", "stall_timeout": "stall_timeout"}
+FETCH_OPTIONS = ("seed_after", "local_pieces", "stall_timeout")  # passed to the agent as they are
 # Steps that need only the record and the slots: on a system with no agent, taken here.
 LOCAL_STEPS = ("read", "tried", "confirmed", "rolled_back")
 
@@ -288,7 +288,7 @@ def main():
     deprecate_renamed(module, {"local_sources": "local_pieces"})
     p = module.params
     client = AgentClient(p["socket"])
-    fetch = {agent_key: p[key] for key, agent_key in FETCH_OPTIONS.items() if p[key] is not None}
+    fetch = {key: p[key] for key in FETCH_OPTIONS if p[key] is not None}
     try:
         boot_id = boot.boot_id()
     except P2PFleetError as exc:

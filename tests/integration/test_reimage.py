@@ -136,7 +136,7 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
     assert play(lab, collections, "seed.yml", "release-3.img").rc == 0
     # Every byte over the network, so that there is a midway to kill it at (release 3 differs
     # from the slots' releases in a few pieces: test_release_4_moves_only_what_changed).
-    proc = play(lab, collections, "distribute.yml", "release-3.img", "-e", "p2pfleet_local_sources=false",
+    proc = play(lab, collections, "distribute.yml", "release-3.img", "-e", "p2pfleet_local_pieces=false",
                 popen=True)
     seen = []
     deadline = time.monotonic() + 300
@@ -155,7 +155,7 @@ def test_distribute_killed_midway_goes_on_and_a_rerun_fetches_nothing_twice(reim
         proc.wait()
     lab.ssh("t01", "kill -KILL $(systemctl show --property=MainPID --value p2pfleet-agent)")   # and one agent with it
 
-    rerun = play(lab, collections, "distribute.yml", "release-3.img", "-e", "p2pfleet_local_sources=false")
+    rerun = play(lab, collections, "distribute.yml", "release-3.img", "-e", "p2pfleet_local_pieces=false")
     assert rerun.rc == 0, rerun.tail()
     # every job was found where the agents had carried on (t01's after its restart), none put again
     assert "Plan the release and start its fetch (the agent chooses the slot and returns at once)" \

@@ -79,7 +79,7 @@ def test_a_terminal_cut_off_midway_is_dropped_the_others_switch_and_a_rerun_fini
     from lab import lab as labmod
     labmod.build_image(lab.state, 3)
     # Every byte over the network, so that there is a midway to cut t02 at.
-    proc = play(lab, collections, "reimage.yml", "release-3.img", "-e", "p2pfleet_local_sources=false",
+    proc = play(lab, collections, "reimage.yml", "release-3.img", "-e", "p2pfleet_local_pieces=false",
                 "-e", "p2pfleet_drop_after=20", popen=True)
     lines, cut = [], False
     deadline = time.monotonic() + 900
@@ -110,7 +110,7 @@ def test_a_terminal_cut_off_midway_is_dropped_the_others_switch_and_a_rerun_fini
     # it, and leaves the others alone (no reboot, nothing fetched).
     lab.power_on("t02")
     boots = {t: lab.firmware(t)["boots"] for t in ("t01", "t03")}
-    rerun = play(lab, collections, "reimage.yml", "release-3.img", "-e", "p2pfleet_local_sources=false")
+    rerun = play(lab, collections, "reimage.yml", "release-3.img", "-e", "p2pfleet_local_pieces=false")
     assert rerun.rc == 0, rerun.tail()
     assert release_of(lab, "t02") == "3" and record(lab, "t02")["phase"] == "confirmed"
     assert {t: lab.firmware(t)["boots"] for t in ("t01", "t03")} == boots
@@ -203,7 +203,7 @@ def test_the_tracker_stopped_for_a_minute_midway_is_ridden_out_and_the_run_compl
         outage["started"] = time.monotonic()
 
     # Every byte over the network, so that there is a midway to stop the tracker at.
-    proc = play(lab, collections, "reimage.yml", "release-5.img", "-e", "p2pfleet_local_sources=false",
+    proc = play(lab, collections, "reimage.yml", "release-5.img", "-e", "p2pfleet_local_pieces=false",
                 popen=True)
     lines, arrived, outage_thread = [], [], None
     deadline = time.monotonic() + 900

@@ -102,7 +102,7 @@ def test_with_two_forks_the_six_verify_jobs_and_the_six_reboots_each_run_togethe
     assert play(lab, collections, "seed.yml", "release-2.img", "--forks", FORKS, "-e", "tracker_bridges=1").rc == 0
     started, before = time.time(), into_rooms(lab)
     run = play(lab, collections, "distribute.yml", "release-2.img", "--forks", FORKS,
-               "-e", "p2pfleet_local_sources=false")
+               "-e", "p2pfleet_local_pieces=false")
     assert run.rc == 0, run.tail()
     # Each room's bridge alone fetched from outside: one copy into each room, not one per
     # terminal there (headers, acknowledgements and the agents' announces add a few %).

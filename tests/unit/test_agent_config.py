@@ -16,7 +16,7 @@ def test_defaults_and_a_full_config():
     assert cfg.announce_urls() == ["http://10.0.0.1:6969/announce?host=pc-101"]
     assert cfg.announce_urls(["http://t/announce?x=1"]) == ["http://t/announce?x=1&host=pc-101"]
     assert cfg.seed_after_fetch is False and cfg.stall_timeout == 600.0
-    assert (cfg.local_sources, cfg.check_target, cfg.link_rate) == (True, "auto", 125_000_000)
+    assert (cfg.local_pieces, cfg.check_target, cfg.link_rate) == (True, "auto", 125_000_000)
     assert (cfg.slots, cfg.boot) == ((), {})
 
 
@@ -49,6 +49,8 @@ def test_slots_and_boot_settings_for_the_boot_slot_guard():
     ({"stall_timeout": -5}, "stall_timeout: must be seconds in 0..86400"),
     ({"log_level": "loud"}, "log_level: must be one of debug, info, warning, error"),
     ({"local_sources": "no"}, "local_sources: must be true or false"),
+    ({"local_pieces": "no"}, "local_pieces: must be true or false"),
+    ({"local_sources": True, "local_pieces": False}, "local_sources, local_pieces: the same setting twice"),
     ({"check_target": "sometimes"}, "check_target: must be one of auto, always, never"),
     ({"link_rate": 0}, "link_rate: must be an integer in 1.."),
     ({"slots": "system_a"}, "slots: define at least two slots"),
@@ -88,3 +90,11 @@ def test_files_that_are_not_configs(tmp_path):
         config.load(str(tmp_path / "broken.yml"))
     with pytest.raises(ConfigError, match="not a regular file"):
         config.load("/dev/zero")
+
+
+def test_a_renamed_key_still_works_and_its_warning_names_the_new_one(caplog):
+    assert config.parse({"local_sources": False}, "/etc/p2pfleet/agent.yml").local_pieces is False
+    assert "/etc/p2pfleet/agent.yml: local_sources is deprecated and stops working in 0.3.0; use local_pieces" \
+        in caplog.text
+    caplog.clear()
+    assert config.parse({"local_pieces": False}).local_pieces is False and caplog.text == ""

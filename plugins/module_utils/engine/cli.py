@@ -217,7 +217,7 @@ def cmd_fetch(args) -> int:
     with _session_for(target, args) as session:
         snap, _changed = session.put_fetch(manifest, target, trackers=args.tracker or [], peers=peers,
                                            seed_after=args.keep_seeding, stall_timeout=args.stall_timeout,
-                                           local_sources=not args.no_local, check_target=args.check_target)
+                                           local_pieces=not args.no_local, check_target=args.check_target)
         job_id = snap.id
         if snap.warning:
             rep.message(f"warning: {snap.warning}")

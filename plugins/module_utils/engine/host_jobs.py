@@ -72,7 +72,7 @@ class HostJobs:
         return job.snapshot(time.monotonic()), True
 
     def put_fetch(self, manifest, target, trackers, peers, seed_after, stall_timeout, require_device,
-                  local_sources=True, check_target="auto", dry_run=False):
+                  local_pieces=True, check_target="auto", dry_run=False):
         if self.store is None:
             raise StateError("a fetch needs a state directory for its resume data")
         claimed = target if isinstance(target, Target) else None
@@ -92,7 +92,7 @@ class HostJobs:
             protect = own_files(manifest)
             manifest = self.store.keep_manifest(manifest)
             job = J.FetchJob(manifest, path, trackers, peers, seed_after, stall_timeout, require_device,
-                             local_sources, check_target)
+                             local_pieces, check_target)
             claim = claimed or job.claim(self.guard, self.store.root, protect)
         except BaseException:
             if claimed:

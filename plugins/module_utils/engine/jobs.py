@@ -507,16 +507,16 @@ class FetchJob(Job):
     action = "fetch"
 
     def __init__(self, manifest, path, trackers=(), peers=(), seed_after=False, stall_timeout=300.0,
-                 require_device=False, local_sources=True, check_target="auto"):
+                 require_device=False, local_pieces=True, check_target="auto"):
         super().__init__(manifest, path, trackers, peers, seed_after)
         self.stall_timeout = stall_timeout
         self.require_device = require_device
-        self.local_sources = local_sources
+        self.local_pieces = local_pieces
         self.check_target = check_target
 
     def record(self) -> dict:
         return dict(super().record(), stall_timeout=self.stall_timeout, require_device=self.require_device,
-                    local_sources=self.local_sources, check_target=self.check_target)
+                    local_pieces=self.local_pieces, check_target=self.check_target)
 
     # -- claimed: the target is checked and held -------------------------------------------
     def claim(self, guard, state_dir, protect=()) -> Target:
@@ -546,7 +546,7 @@ class FetchJob(Job):
             resumed = port.load_resume(self, identity)
             self.identity = identity
             self.resumed_bytes = _bytes_in(self.manifest, resumed.have_pieces) if resumed is not None else 0
-            if resumed is None and self.local_sources and port.ledger is not None:
+            if resumed is None and self.local_pieces and port.ledger is not None:
                 self._start_local(port, identity, target_entry)
                 return
             port.add(self, resume=resumed)

@@ -107,7 +107,8 @@ def job_from_record(manifest, record):
     if record["action"] == "fetch":
         job = J.FetchJob(manifest, record["path"], record.get("trackers", []), peers,
                          bool(record.get("seed_after")), float(record.get("stall_timeout") or 0),
-                         bool(record.get("require_device")), bool(record.get("local_sources", True)),
+                         bool(record.get("require_device")),
+                         bool(record.get("local_pieces", record.get("local_sources", True))),  # older records: local_sources
                          record.get("check_target") if record.get("check_target") in delta.CHECK_MODES
                          else "auto")
     elif record["action"] == "seed":

@@ -106,17 +106,17 @@ class Session:
                           dry_run)
 
     def put_fetch(self, manifest, target, trackers=(), peers=(), seed_after=False, stall_timeout=300.0,
-                  require_device=False, local_sources=True, check_target="auto", dry_run=False):
+                  require_device=False, local_pieces=True, check_target="auto", dry_run=False):
         """Fetch an image into ``target`` (a path, or a ``Target`` already claimed, whose
         claim then belongs to the job); ``(snapshot, changed)``. The same fetch again
-        returns the existing job unchanged. ``local_sources``: take the pieces this host
-        already holds from its own disks first (its local pieces); ``check_target``: when to
+        returns the existing job unchanged. ``local_pieces``: take the pieces this host
+        already holds from its own disks first; ``check_target``: when to
         read the target for pieces already there (``auto``, ``always``, ``never``; see
         ``delta``); ``dry_run``: as for ``put_seed`` (the target is not claimed)."""
         if check_target not in delta.CHECK_MODES:
             raise SessionError(f"check_target must be one of {', '.join(delta.CHECK_MODES)}, got {check_target!r}")
         return self._call(self._host.put_fetch, manifest, target, trackers, peers, seed_after, stall_timeout,
-                          require_device, bool(local_sources), check_target, dry_run)
+                          require_device, bool(local_pieces), check_target, dry_run)
 
     def slot_ledger(self) -> list:
         """What this host knows its slots hold (``slots.LedgerEntry.as_dict`` each)."""

@@ -3,6 +3,7 @@
 Every error names the offending key, and unknown keys are refused: a typo in a rendered
 config must not silently fall back to a default.
 """
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -14,10 +15,14 @@ from ..net import parse_announce_urls, parse_endpoint, parse_networks
 from ..slots import check_definitions
 from . import DEFAULT_SOCKET
 
+log = logging.getLogger("p2pfleet.agent")
+
 DEFAULT_STATE_DIR = "/var/lib/p2pfleet"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Keys a SIGHUP cannot change: they are bound when the agent starts.
 RESTART_KEYS = ("listen", "socket", "state_dir")
+# Keys renamed, old name -> new name: the old one still works, with a warning, until 0.3.0.
+RENAMED = {"local_sources": "local_pieces"}
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class AgentConfig:
     download_limit: int = 0
     seed_after_fetch: bool = True
     stall_timeout: float = 300.0
-    local_sources: bool = True
+    local_pieces: bool = True
     check_target: str = "auto"
     link_rate: int = DEFAULT_LINK_RATE
     log_level: str = "info"
@@ -90,15 +95,31 @@ def _boot(data, slots) -> dict:
     return {k: v for k, v in boot.items() if v is not None}
 
 
+def renamed_keys(data: dict, error, where: str = "") -> tuple:
+    """``data`` with every renamed key (``RENAMED``) under its new name, and the old names
+    that were given (new -> old, for error messages): an old name still works, with a
+    warning naming the new one. The agent's config and its API's bodies both go through here."""
+    data, given = dict(data), {}
+    for old, new in RENAMED.items():
+        if old in data:
+            if new in data:
+                raise error(f"{old}, {new}: the same setting twice; give only {new}")
+            log.warning("%s%s is deprecated and stops working in 0.3.0; use %s", where, old, new)
+            data[new] = data.pop(old)
+            given[new] = old
+    return data, given
+
+
 def parse(data, source: str = "") -> AgentConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys to values")
     known = set(AgentConfig.__dataclass_fields__) - {"source"}
-    unknown = sorted(str(k) for k in data if k not in known)
+    unknown = sorted(str(k) for k in data if k not in known and k not in RENAMED)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    data, given = renamed_keys(data, ConfigError, f"{source}: " if source else "")
     listen = data.get("listen", AgentConfig.listen)
     parse_endpoint(listen, error=ConfigError)
     for key in ("socket", "state_dir"):
@@ -116,9 +137,9 @@ def parse(data, source: str = "") -> AgentConfig:
     stall = data.get("stall_timeout", AgentConfig.stall_timeout)
     if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not 0 <= stall <= 86400:
         raise ConfigError(f"stall_timeout: must be seconds in 0..86400 (0 = never), got {stall!r}")
-    local_sources = data.get("local_sources", True)
-    if not isinstance(local_sources, bool):
-        raise ConfigError(f"local_sources: must be true or false, got {local_sources!r}")
+    local_pieces = data.get("local_pieces", True)
+    if not isinstance(local_pieces, bool):
+        raise ConfigError(f"{given.get('local_pieces', 'local_pieces')}: must be true or false, got {local_pieces!r}")
     check_target = data.get("check_target", "auto")
     if check_target not in CHECK_MODES:
         raise ConfigError(f"check_target: must be one of {', '.join(CHECK_MODES)}, got {check_target!r}")
@@ -132,7 +153,7 @@ def parse(data, source: str = "") -> AgentConfig:
         state_dir=data.get("state_dir", DEFAULT_STATE_DIR), trackers=tuple(trackers), host_name=host_name,
         allowed_networks=tuple(networks), upload_limit=_int(data, "upload_limit", 0, 1 << 40),
         download_limit=_int(data, "download_limit", 0, 1 << 40), seed_after_fetch=seed_after,
-        stall_timeout=float(stall), local_sources=local_sources, check_target=check_target,
+        stall_timeout=float(stall), local_pieces=local_pieces, check_target=check_target,
         link_rate=_int(data, "link_rate", 1, 1 << 40), log_level=level, slots=slots, boot=boot, source=source,
     )
 

@@ -37,10 +37,10 @@ log = logging.getLogger("p2pfleet.agent")
 
 API = "v1"
 MAX_BODY = 64 << 10
-_REIMAGE_KEYS = {"step", "manifest", "trackers", "peers", "seed_after", "stall_timeout", "local_sources", "check_target",
-                 "reason"}
+_REIMAGE_KEYS = {"step", "manifest", "trackers", "peers", "seed_after", "stall_timeout", "local_pieces", "check_target",
+                 "reason"} | set(agent_config.RENAMED)
 _PUT_KEYS = {"action", "manifest", "target", "image", "trackers", "peers", "seed_after", "stall_timeout",
-             "require_device", "super_seeding", "local_sources", "check_target"}
+             "require_device", "super_seeding", "local_pieces", "check_target"} | set(agent_config.RENAMED)
 
 
 class BadRequest(P2PFleetError):
@@ -83,7 +83,7 @@ class Agent:
             "allowed_networks": [str(n) for n in cfg.allowed_networks] or ["any"],
             "upload_limit": cfg.upload_limit, "download_limit": cfg.download_limit,
             "seed_after_fetch": cfg.seed_after_fetch, "stall_timeout": cfg.stall_timeout,
-            "local_sources": cfg.local_sources, "check_target": cfg.check_target, "link_rate": cfg.link_rate,
+            "local_pieces": cfg.local_pieces, "check_target": cfg.check_target, "link_rate": cfg.link_rate,
             "jobs": len(self.session.jobs()), "blocked_peers": self.session.blocked_peers(),
             "slots": self.session.slot_ledger(),
             "slot_definitions": [dict(d) for d in cfg.slots], "boot": dict(cfg.boot),
@@ -106,6 +106,7 @@ class Agent:
         unknown = sorted(set(body) - _PUT_KEYS)
         if unknown:
             raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_PUT_KEYS))})")
+        body, _given = agent_config.renamed_keys(body, BadRequest, "PUT /jobs: ")
         action = body.get("action")
         manifest = Manifest.load(_path(body, "manifest"))
         trackers = self.config.announce_urls(parse_announce_urls(body.get("trackers", []), error=BadRequest))
@@ -119,7 +120,7 @@ class Agent:
                                                require_device=_bool(body, "require_device", False),
                                                dry_run=dry_run, **options))
         elif action == "seed":
-            fetch_only = ("target", "seed_after", "stall_timeout", "require_device", "local_sources", "check_target")
+            fetch_only = ("target", "seed_after", "stall_timeout", "require_device", "local_pieces", "check_target")
             if any(key in body for key in fetch_only):
                 raise BadRequest(f"{', '.join(fetch_only)}: only for action fetch")
             snap, changed = await self._blocking(
@@ -138,7 +139,7 @@ class Agent:
         if check not in agent_config.CHECK_MODES:
             raise BadRequest(f"check_target: must be one of {', '.join(agent_config.CHECK_MODES)}, got {check!r}")
         return {"seed_after": _bool(body, "seed_after", self.config.seed_after_fetch), "stall_timeout": float(stall),
-                "local_sources": _bool(body, "local_sources", self.config.local_sources), "check_target": check}
+                "local_pieces": _bool(body, "local_pieces", self.config.local_pieces), "check_target": check}
 
     async def get_reimage(self, _request):
         return _json(await self._blocking(self.reimage.describe))
@@ -150,6 +151,7 @@ class Agent:
         unknown = sorted(set(body) - _REIMAGE_KEYS)
         if unknown:
             raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_REIMAGE_KEYS))})")
+        body, _given = agent_config.renamed_keys(body, BadRequest, "PUT /reimage: ")
         step = body.get("step")
         reason = body.get("reason", "")
         if not isinstance(reason, str) or len(reason) > 1000:
