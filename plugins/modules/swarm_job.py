@@ -13,8 +13,9 @@ description:
   - Puts a job on the local agent and returns at once with its progress. A fetch job downloads an image
     straight into a target partition from the lab's swarm, verifies it, and (by default) keeps seeding it
     to the other terminals. A seed job serves an image from a file or partition.
-  - Idempotent. The same job again (same manifest, same target) is found, not started again, and the module
-    reports no change; a job that was stopped or failed is started again, resuming from the pieces it had.
+  - Idempotent, as the agent decides it and the module passes on. The same job again (same manifest, same
+    target) is found, not started again, and reported unchanged; a job that was stopped or failed is started
+    again, resuming from the pieces it had; a verified fetch put again with O(seed_after) seeds.
   - Dangerous targets are refused by the agent with one line, and nothing is written; a mounted partition,
     the running root file system, a partition smaller than the image, a whole disk, another job's target.
   - Long transfers should not be waited for in one task (AWX and SSH time out); use
@@ -27,7 +28,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - Reports whether the job would be put or removed; the agent is only asked for its current jobs.
+      - Reports whether the job would be put, stopped or removed, as the agent answers a dry run; nothing changes.
   diff_mode:
     support: full
     details:
@@ -207,23 +208,19 @@ from ansible_collections.p2pfleet.imaging.plugins.module_utils._agent_client imp
 from ansible_collections.p2pfleet.imaging.plugins.module_utils._common import (
     AGENT_ARGS, deprecate_renamed, read_manifest_header, renamed)
 
-RUNNING = ("claimed", "local", "checking", "downloading", "stalled", "flushing", "verifying", "repairing", "seeding")
-
 
 def _same(job, p):
     path = p["target"] if p["action"] == "fetch" else p["image"]
     return job["action"] == p["action"] and job["path"] == path
 
 
-def _put(client, p):
-    options = dict(trackers=p["trackers"], peers=p["peers"])
+def _put(client, p, dry_run):
+    options = dict(trackers=p["trackers"], peers=p["peers"], dry_run=dry_run)
     if p["action"] == "fetch":
         options["require_device"] = p["require_device"]
-        for key in ("seed_after", "stall_timeout", "check_target"):
+        for key in ("seed_after", "stall_timeout", "local_pieces", "check_target"):
             if p[key] is not None:
                 options[key] = p[key]
-        if p["local_pieces"] is not None:
-            options["local_sources"] = p["local_pieces"]  # the agent's name for it
         return client.put_fetch(p["manifest"], p["target"], **options)
     return client.put_seed(p["manifest"], p["image"], super_seeding=p["super_seeding"], **options)
 
@@ -266,30 +263,31 @@ def main():
     deprecate_renamed(module, {"local_sources": "local_pieces"})
     p = module.params
     client = AgentClient(p["socket"])
+    check = module.check_mode
+    before = None
     try:
         header = read_manifest_header(p["manifest"])
         before = client.job(header["info_hash"])
-        if before is not None and not _same(before, p):
+        if p["state"] == "present":
+            # The agent decides whether the put changes anything, and refuses a clash; in
+            # check mode it only says what it would do (a dry run).
+            answer = _put(client, p, dry_run=check)
+            changed, after = answer["changed"], before if check else answer["job"]
+            if p["wait"] and not check:
+                after = _wait(module, client, header["info_hash"], p["wait_timeout"])
+        elif before is None:
+            changed, after = False, None
+        elif not _same(before, p):
             module.fail_json(msg=f"image {header['name']} already has a {before['action']} job on this host, on "
                                  f"{before['path']}; remove it first", job=before)
-        changed, after = False, before
-        if p["state"] == "present":
-            changed = before is None or before["state"] in ("stopped", "failed")
-            if changed and not module.check_mode:
-                after = _put(client, p)["job"]
-            if p["wait"] and not module.check_mode:
-                after = _wait(module, client, header["info_hash"], p["wait_timeout"])
         elif p["state"] == "stopped":
-            changed = before is not None and before["state"] in RUNNING
-            if changed and not module.check_mode:
-                after = client.stop(header["info_hash"])["job"]
+            answer = client.stop(header["info_hash"], dry_run=check)
+            changed, after = answer["changed"], answer["job"]
         else:
-            changed = before is not None
-            if changed and not module.check_mode:
-                client.remove(header["info_hash"])
-                after = None
+            changed = client.remove(header["info_hash"], dry_run=check)["changed"]
+            after = before if check else None
     except (AgentError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), **({"job": before} if before is not None else {}))
     result = dict(changed=changed, diff=dict(before=_brief(before), after=_brief(after)))
     if after is not None:
         result["job"] = after
