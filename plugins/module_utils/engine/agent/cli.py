@@ -1,8 +1,7 @@
 """``p2pfleet agent --config FILE``: run the agent until SIGINT/SIGTERM (SIGHUP reloads)."""
-import asyncio
 import signal
 
-from ..daemon import setup_logging
+from ..daemon import serve_daemon
 from .config import LOG_LEVELS, load
 
 
@@ -28,11 +27,4 @@ def run(args) -> int:
     # Imported here so other subcommands (and modules under AnsiballZ) never need aiohttp.
     from .server import serve
 
-    config = load(args.config)
-    if args.check:
-        # The command's output, never a module's.
-        print(f"{args.config}: config OK")  # pylint: disable=ansible-bad-function
-        return 0
-    setup_logging(args.log_level or config.log_level)
-    asyncio.run(serve(config))
-    return 0
+    return serve_daemon(args, load, serve)

@@ -1,8 +1,6 @@
 """``p2pfleet tracker --config FILE``: run the LAN tracker until SIGINT/SIGTERM."""
 
-import asyncio
-
-from ..daemon import setup_logging
+from ..daemon import serve_daemon
 from .config import load
 
 
@@ -24,11 +22,4 @@ def run(args) -> int:
     # Imported here so other subcommands (and modules under AnsiballZ) never need aiohttp.
     from .server import serve
 
-    config = load(args.config)
-    if args.check:
-        # The command's output, never a module's.
-        print(f"{args.config}: config OK")  # pylint: disable=ansible-bad-function
-        return 0
-    setup_logging(args.log_level or config.log_level)
-    asyncio.run(serve(config))
-    return 0
+    return serve_daemon(args, load, serve)
