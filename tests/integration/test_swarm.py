@@ -75,13 +75,14 @@ def test_interrupted_fetch_resumes_without_fetching_done_pieces_again(how, tmp_p
 
     def half_done(p):
         last = p.last_progress()
-        # An eta is shown once a rate is measured: a disk stalled for seconds on a busy CI
-        # host can leave the line that crosses 50 % without one, and the next has it.
-        return last is not None and last["percent"] >= 50 and (last["eta"] is not None or last["percent"] >= 75)
+        return last is not None and last["percent"] >= 50
 
     first.wait_for(half_done, 60, "first fetch reaching 50 %")
-    live = first.last_progress()
-    assert live["state"] == "downloading" and live["peers"] >= 1 and live["eta"] is not None, live
+    # What the admin watched on the way: downloading from a peer, with an ETA. Not asserted
+    # on the one line that crosses 50 %: on a busy CI host libtorrent's status came in bursts
+    # (49.5 % for 3 s, then 98.3 %) and the line after a burst has no rate measured yet.
+    seen = [e for e in first.events() if e.get("event") == "progress"]
+    assert any(e["state"] == "downloading" and e["peers"] >= 1 and e["eta"] is not None for e in seen), seen[-5:]
     resume_file = next(state.rglob("*.resume"), None)
     assert resume_file is not None, "no resume data written while fetching"
     if how == "SIGKILL":
