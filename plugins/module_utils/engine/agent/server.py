@@ -102,11 +102,7 @@ class Agent:
     async def put_job(self, request):
         """Put a job; the agent alone decides whether that changes anything (``changed``)."""
         dry_run = _dry_run(request)
-        body = await _body(request)
-        unknown = sorted(set(body) - _PUT_KEYS)
-        if unknown:
-            raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_PUT_KEYS))})")
-        body, _given = agent_config.renamed_keys(body, BadRequest, "PUT /jobs: ")
+        body = await _body(request, _PUT_KEYS, "PUT /jobs")
         action = body.get("action")
         manifest = Manifest.load(_path(body, "manifest"))
         trackers = self.config.announce_urls(parse_announce_urls(body.get("trackers", []), error=BadRequest))
@@ -147,11 +143,7 @@ class Agent:
     async def put_reimage(self, request):
         """Move this terminal's reimage (engine/reimage.py): ``step`` distribute (with the
         release's ``manifest`` and fetch options), verify, tried, confirmed or rolled_back."""
-        body = await _body(request)
-        unknown = sorted(set(body) - _REIMAGE_KEYS)
-        if unknown:
-            raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_REIMAGE_KEYS))})")
-        body, _given = agent_config.renamed_keys(body, BadRequest, "PUT /reimage: ")
+        body = await _body(request, _REIMAGE_KEYS, "PUT /reimage")
         step = body.get("step")
         reason = body.get("reason", "")
         if not isinstance(reason, str) or len(reason) > 1000:
@@ -311,7 +303,17 @@ def _error(status, message):
     return _json({"error": message}, status)
 
 
-async def _body(request) -> dict:
+async def _body(request, known, what) -> dict:
+    """The request's JSON object: an unknown key refused, a renamed one under its new name."""
+    body = await _json_object(request)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        current = sorted(known - set(agent_config.RENAMED))
+        raise BadRequest(f"{unknown[0]}: unknown key (known: {', '.join(current)})")
+    return agent_config.renamed_keys(body, BadRequest, f"{what}: ")[0]
+
+
+async def _json_object(request) -> dict:
     try:
         data = json.loads(await request.read())
     except (ValueError, RecursionError, UnicodeDecodeError):
